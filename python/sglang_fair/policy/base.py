@@ -1,0 +1,263 @@
+"""The interface every batch policy implements, and the pieces they share.
+
+A driver (the simulator or the SGLang runtime) calls, once per iteration::
+
+    plan = policy.plan(view)              # which decodes run, which prefills get how many tokens
+    ... run the batch ...
+    policy.observe(plan, measured_s)      # feeds the online cost model
+
+and ``policy.admission_budget(view)`` whenever a load balancer or admission control asks how much
+more prefill work this replica can take and still meet TTFT SLOs (the PAB).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar, Sequence
+
+from .cost_model import BatchShape, CostModel, OnlineCostModel
+from .request import RequestState
+
+__all__ = [
+    "AdmissionBudget",
+    "BatchBuilder",
+    "BatchPolicy",
+    "IterationView",
+    "Plan",
+    "PrefillChunk",
+    "first_token_deadline",
+    "prefill_admission_budget",
+]
+
+UNLIMITED = 1 << 62
+
+
+@dataclass(slots=True)
+class IterationView:
+    """What a policy may look at to plan one iteration.
+
+    ``decodes`` are running requests whose prompt is fully prefilled; ``prefills`` are requests with
+    prompt tokens left, the partially prefilled (chunked) ones first, then the waiting queue in
+    arrival order.  ``free_kv_tokens`` is what the KV pool can still hand out this iteration.
+    """
+
+    now_s: float
+    decodes: Sequence[RequestState]
+    prefills: Sequence[RequestState]
+    free_kv_tokens: int = UNLIMITED
+    total_kv_tokens: int = UNLIMITED
+    max_batch_requests: int = UNLIMITED
+    #: Hard cap on prefill tokens per iteration (activation memory), as SGLang's chunked prefill size.
+    max_prefill_tokens: int = UNLIMITED
+
+    @property
+    def kv_used_fraction(self) -> float:
+        if self.total_kv_tokens >= UNLIMITED or self.total_kv_tokens <= 0:
+            return 0.0
+        return 1.0 - self.free_kv_tokens / self.total_kv_tokens
+
+
+@dataclass(slots=True)
+class PrefillChunk:
+    request: RequestState
+    tokens: int
+
+
+@dataclass(slots=True)
+class Plan:
+    """One iteration's batch, with the numbers that explain it."""
+
+    decodes: list[RequestState] = field(default_factory=list)
+    prefills: list[PrefillChunk] = field(default_factory=list)
+    shape: BatchShape = field(default_factory=BatchShape)
+    time_budget_s: float = math.inf
+    predicted_s: float = 0.0
+    urgent_decodes: int = 0
+    skipped_decodes: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.decodes and not self.prefills
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(chunk.tokens for chunk in self.prefills)
+
+
+@dataclass(slots=True)
+class AdmissionBudget:
+    """Prefill Admission Budget: spare prefill work this replica can take within TTFT SLOs."""
+
+    seconds: float
+    tokens: float
+    horizon_s: float
+    decode_utilisation: float
+
+
+class BatchBuilder:
+    """Fills a plan while tracking KV, seats, token and time limits.
+
+    Policies differ in the order they offer requests and in which limit binds (a token budget for
+    Sarathi-like peers, a time budget for FairBatching); the accounting is written once, here.
+    """
+
+    __slots__ = ("plan", "model", "kv_left", "seats_left", "tokens_left", "prefill_tokens_left",
+                 "time_budget_s", "predicted_s")
+
+    def __init__(
+        self,
+        view: IterationView,
+        model: CostModel,
+        *,
+        token_budget: int = UNLIMITED,
+        time_budget_s: float = math.inf,
+    ) -> None:
+        self.plan = Plan(time_budget_s=time_budget_s)
+        self.model = model
+        self.kv_left = view.free_kv_tokens
+        self.seats_left = view.max_batch_requests
+        self.tokens_left = token_budget
+        self.prefill_tokens_left = view.max_prefill_tokens
+        self.time_budget_s = time_budget_s
+        self.predicted_s = model.fixed_s
+
+    @property
+    def time_left_s(self) -> float:
+        return self.time_budget_s - self.predicted_s
+
+    def add_decode(self, request: RequestState, *, force: bool = False) -> bool:
+        """Add one decode if it fits (``force`` ignores the token and time budgets, not KV)."""
+        if self.kv_left < 1 or self.seats_left < 1:
+            return False
+        cost_s = self.model.decode_cost_s(request.context_tokens)
+        if not force and (self.tokens_left < 1 or cost_s > self.time_left_s):
+            return False
+        self.kv_left -= 1
+        self.seats_left -= 1
+        self.tokens_left -= 1
+        self.predicted_s += cost_s
+        self.plan.decodes.append(request)
+        self.plan.shape.add_decode(request.context_tokens)
+        return True
+
+    def add_prefill(self, request: RequestState, *, min_chunk: int = 1, force: bool = False) -> int:
+        """Give ``request`` the largest chunk the limits allow; returns the tokens granted.
+
+        A chunk smaller than ``min_chunk`` (unless it finishes the prompt) is not worth its fixed
+        cost and is refused.  ``force`` ignores the time budget (used to guarantee progress).
+        """
+        if self.seats_left < 1:
+            return 0
+        remaining = request.remaining_prefill_tokens
+        limit = min(remaining, self.kv_left, self.tokens_left, self.prefill_tokens_left)
+        if not force and self.time_budget_s < math.inf:
+            limit = min(limit, self.model.max_chunk_tokens(self.time_left_s, request.prefilled_tokens))
+        if limit <= 0 or (limit < min_chunk and limit < remaining):
+            return 0
+        self.kv_left -= limit
+        self.seats_left -= 1
+        self.tokens_left -= limit
+        self.prefill_tokens_left -= limit
+        self.predicted_s += self.model.prefill_cost_s(limit, request.prefilled_tokens)
+        self.plan.prefills.append(PrefillChunk(request, limit))
+        self.plan.shape.add_prefill(limit, request.prefilled_tokens)
+        return limit
+
+    def finish(self, view: IterationView) -> Plan:
+        plan = self.plan
+        plan.predicted_s = self.model.predict_shape(plan.shape) if not plan.empty else 0.0
+        plan.skipped_decodes = len(view.decodes) - len(plan.decodes)
+        return plan
+
+
+class BatchPolicy:
+    """Base class: subclasses implement ``plan``; ``observe`` and the PAB come for free."""
+
+    name: ClassVar[str] = "base"
+    #: Whether the policy may leave running decodes out of an iteration.
+    skips_decodes: ClassVar[bool] = False
+
+    def __init__(self, cost_model: CostModel | OnlineCostModel, *, default_ttft_slo_s: float = 1.0) -> None:
+        if isinstance(cost_model, OnlineCostModel):
+            self.online = cost_model
+        else:
+            self.online = None
+            self._static_model = cost_model
+        self.default_ttft_slo_s = default_ttft_slo_s
+
+    @property
+    def cost_model(self) -> CostModel:
+        return self.online.current if self.online is not None else self._static_model
+
+    def plan(self, view: IterationView) -> Plan:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def observe(self, plan: Plan, measured_s: float) -> None:
+        if self.online is not None:
+            self.online.observe(plan.shape, measured_s)
+
+    def admission_budget(self, view: IterationView) -> AdmissionBudget:
+        return prefill_admission_budget(view, self.cost_model, self.default_ttft_slo_s)
+
+    def admit(self, request: RequestState, view: IterationView) -> bool:
+        """Admission control: can this replica still meet ``request``'s TTFT?"""
+        budget = prefill_admission_budget(view, self.cost_model, request.ttft_slo_s)
+        return budget.seconds >= self.cost_model.prefill_cost_s(request.prompt_tokens, 0)
+
+    def release(self, request: RequestState) -> None:
+        """The driver calls this once a request finishes or is aborted (drop per-request state)."""
+
+    def describe(self) -> dict:
+        """Settings and state worth showing on a status endpoint."""
+        return {"policy": self.name, "cost_model": self.cost_model.describe()}
+
+    # Helper shared by policies that guarantee progress: never return an empty plan when work exists.
+    @staticmethod
+    def ensure_progress(builder: BatchBuilder, view: IterationView) -> None:
+        if not builder.plan.empty:
+            return
+        for request in view.prefills:
+            if builder.add_prefill(request, force=True):
+                return
+        for request in view.decodes:
+            if builder.add_decode(request, force=True):
+                return
+
+
+def prefill_admission_budget(
+    view: IterationView, model: CostModel, horizon_s: float
+) -> AdmissionBudget:
+    """How much more prefill work fits while every queued prefill and a new one meet their TTFT.
+
+    Running decodes need an iteration every ``tpot`` seconds; the share of the machine they use at
+    that pace (``decode_utilisation``) is reserved.  The rest serves prefills in deadline order: for
+    each queued prefill the cumulative work ahead of and including it must finish by its first-token
+    deadline, and a new request arriving now gets ``horizon_s``.  The budget is the smallest margin
+    over those checks, in seconds and converted to prompt tokens.  O(n log n).
+    """
+    now = view.now_s
+    if view.decodes:
+        min_tpot = min(r.tpot_slo_s for r in view.decodes)
+        sum_context = sum(r.context_tokens for r in view.decodes)
+        decode_step_s = model.predict(len(view.decodes), sum_context, len(view.decodes))
+        utilisation = min(1.0, decode_step_s / min_tpot)
+    else:
+        utilisation = 0.0
+    spare_share = 1.0 - utilisation
+    margin_s = math.inf
+    cumulative_s = 0.0
+    queued = sorted(view.prefills, key=first_token_deadline)
+    for request in queued:
+        cumulative_s += model.prefill_cost_s(request.remaining_prefill_tokens, request.prefilled_tokens)
+        time_left_s = first_token_deadline(request) - now
+        if time_left_s > 0:  # one already late cannot be saved by refusing others; skip its check
+            margin_s = min(margin_s, time_left_s * spare_share - cumulative_s)
+    margin_s = min(margin_s, horizon_s * spare_share - cumulative_s)
+    per_token_s = model.per_new_token_s + model.per_context_token_s
+    tokens = margin_s / per_token_s if per_token_s > 0 else 0.0
+    return AdmissionBudget(margin_s, tokens, horizon_s, utilisation)
+
+
+def first_token_deadline(request: RequestState) -> float:
+    return request.arrival_s + request.ttft_slo_s

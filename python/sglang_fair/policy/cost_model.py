@@ -1,0 +1,383 @@
+"""Iteration-time cost model: ``T = a + b*new_tokens + c*sum_context + d*num_seqs + e*sum_chunk_sq``.
+
+* ``new_tokens``: tokens computed this iteration (1 per decode, the chunk size per prefill).
+* ``sum_context``: KV tokens the sequences attend to (a decode's context, a chunk's prefix+chunk).
+* ``num_seqs``: sequences in the batch.
+* ``sum_chunk_sq``: sum of squared prefill chunk sizes (the quadratic attention term of a chunk).
+
+The model is fitted offline from a profile (numpy least squares) and refitted online from measured
+iteration times, warm-started from the profile so a cold server never schedules blind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+
+import numpy as np
+
+__all__ = [
+    "BatchShape",
+    "CostModel",
+    "CostModelError",
+    "OnlineCostModel",
+    "FEATURE_NAMES",
+    "fit_cost_model",
+    "load_cost_model",
+    "preset_names",
+]
+
+FEATURE_NAMES = ("fixed", "new_tokens", "sum_context", "num_seqs", "sum_chunk_sq")
+
+
+class CostModelError(ValueError):
+    """A cost model name or file that cannot be used; the message is one line for the user."""
+
+
+class BatchShape:
+    """Running totals of a batch being formed; cheap to update, no allocation per request."""
+
+    __slots__ = ("new_tokens", "sum_context", "num_seqs", "sum_chunk_sq")
+
+    def __init__(self) -> None:
+        self.new_tokens = 0
+        self.sum_context = 0
+        self.num_seqs = 0
+        self.sum_chunk_sq = 0
+
+    def add_decode(self, context_tokens: int) -> None:
+        self.new_tokens += 1
+        self.sum_context += context_tokens
+        self.num_seqs += 1
+
+    def add_prefill(self, chunk_tokens: int, prefix_tokens: int) -> None:
+        self.new_tokens += chunk_tokens
+        self.sum_context += prefix_tokens + chunk_tokens
+        self.num_seqs += 1
+        self.sum_chunk_sq += chunk_tokens * chunk_tokens
+
+    def features(self) -> tuple[float, float, float, float, float]:
+        return (1.0, self.new_tokens, self.sum_context, self.num_seqs, self.sum_chunk_sq)
+
+    def __repr__(self) -> str:  # pragma: no cover
+        return (
+            f"BatchShape(new={self.new_tokens}, ctx={self.sum_context}, seqs={self.num_seqs}, "
+            f"chunk_sq={self.sum_chunk_sq})"
+        )
+
+
+@dataclass
+class CostModel:
+    """Linear iteration-time model; all coefficients in seconds per unit."""
+
+    fixed_s: float
+    per_new_token_s: float
+    per_context_token_s: float
+    per_seq_s: float = 0.0
+    per_chunk_sq_s: float = 0.0
+    name: str = "custom"
+    #: Free-form provenance and fit quality (``mape``, ``samples``, per shape class errors...).
+    info: dict = field(default_factory=dict)
+
+    # --- prediction ---------------------------------------------------------------------------
+    def coefficients(self) -> np.ndarray:
+        return np.array(
+            [self.fixed_s, self.per_new_token_s, self.per_context_token_s, self.per_seq_s,
+             self.per_chunk_sq_s]
+        )
+
+    def predict(
+        self, new_tokens: float, sum_context: float, num_seqs: float = 0.0, sum_chunk_sq: float = 0.0
+    ) -> float:
+        return (
+            self.fixed_s
+            + self.per_new_token_s * new_tokens
+            + self.per_context_token_s * sum_context
+            + self.per_seq_s * num_seqs
+            + self.per_chunk_sq_s * sum_chunk_sq
+        )
+
+    def predict_shape(self, shape: BatchShape) -> float:
+        return self.predict(shape.new_tokens, shape.sum_context, shape.num_seqs, shape.sum_chunk_sq)
+
+    def decode_cost_s(self, context_tokens: int) -> float:
+        """Marginal time of adding one decode to a batch."""
+        return self.per_new_token_s + self.per_context_token_s * context_tokens + self.per_seq_s
+
+    def prefill_cost_s(self, chunk_tokens: int, prefix_tokens: int) -> float:
+        """Marginal time of adding a prefill chunk to a batch."""
+        return (
+            (self.per_new_token_s + self.per_context_token_s) * chunk_tokens
+            + self.per_context_token_s * prefix_tokens
+            + self.per_seq_s
+            + self.per_chunk_sq_s * chunk_tokens * chunk_tokens
+        )
+
+    def max_chunk_tokens(self, room_s: float, prefix_tokens: int) -> int:
+        """Largest prefill chunk whose marginal time fits in ``room_s`` (0 if none)."""
+        if room_s <= 0:
+            return 0
+        linear = self.per_new_token_s + self.per_context_token_s
+        const = self.per_context_token_s * prefix_tokens + self.per_seq_s - room_s
+        quad = self.per_chunk_sq_s
+        if const >= 0:
+            return 0
+        if quad > 0:
+            # quad*x^2 + linear*x + const <= 0  ->  positive root of the quadratic.
+            root = (-linear + math.sqrt(linear * linear - 4.0 * quad * const)) / (2.0 * quad)
+        elif linear > 0:
+            root = -const / linear
+        else:  # a degenerate fit: time does not grow with tokens, so tokens are not the limit
+            return 1 << 30
+        return max(0, int(root))
+
+    # --- persistence --------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, *, source: str = "cost model") -> "CostModel":
+        if not isinstance(data, dict):
+            raise CostModelError(f"{source}: expected a JSON object with cost-model coefficients")
+        known = {f.name for f in fields(cls)}
+        required = ("fixed_s", "per_new_token_s", "per_context_token_s")
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise CostModelError(f"{source}: missing field(s) {', '.join(missing)}")
+        kwargs = {}
+        for key, value in data.items():
+            if key not in known:
+                continue
+            if key in ("name", "info"):
+                kwargs[key] = value
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise CostModelError(f"{source}: field {key} must be a finite number, got {value!r}")
+            kwargs[key] = float(value)
+        model = cls(**kwargs)
+        if model.per_new_token_s <= 0 and model.per_context_token_s <= 0:
+            raise CostModelError(f"{source}: per-token coefficients must not all be <= 0")
+        return model
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w") as handle:
+            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+
+    def describe(self) -> str:
+        return (
+            f"{self.name}: T = {self.fixed_s * 1e3:.3f} ms + {self.per_new_token_s * 1e6:.3f} us*new"
+            f" + {self.per_context_token_s * 1e9:.3f} ns*ctx + {self.per_seq_s * 1e6:.3f} us*seq"
+            f" + {self.per_chunk_sq_s * 1e12:.3f} ps*chunk^2"
+        )
+
+
+def fit_cost_model(
+    features: np.ndarray,
+    times_s: np.ndarray,
+    *,
+    terms: tuple[str, ...] = FEATURE_NAMES,
+    name: str = "fitted",
+    prior: CostModel | None = None,
+    prior_weight: float = 0.0,
+    trim_sigma: float = 3.5,
+) -> CostModel:
+    """Least-squares fit of a cost model to ``features`` (n x 5, see ``FEATURE_NAMES``).
+
+    Terms not in ``terms`` are fixed at 0 (or at the prior's value when a prior is given).  With
+    ``prior_weight > 0`` the fit is pulled toward ``prior`` (ridge on the difference), which keeps a
+    small online sample from flipping signs.  Rows whose residual is further than ``trim_sigma``
+    robust standard deviations out are dropped and the fit repeated once.  The fit minimises
+    relative error (rows weighted by 1/time) so small decode steps count as much as big prefills.
+    """
+    features = np.asarray(features, dtype=float)
+    times_s = np.asarray(times_s, dtype=float)
+    if features.ndim != 2 or features.shape[1] != len(FEATURE_NAMES):
+        raise ValueError(f"features must be n x {len(FEATURE_NAMES)}")
+    ok = np.isfinite(times_s) & (times_s > 0) & np.isfinite(features).all(axis=1)
+    features, times_s = features[ok], times_s[ok]
+    if len(times_s) == 0:
+        raise ValueError("no finite, positive samples to fit")
+    unknown = set(terms) - set(FEATURE_NAMES)
+    if unknown:
+        raise ValueError(f"unknown cost-model terms: {sorted(unknown)}")
+    active = [FEATURE_NAMES.index(t) for t in terms]
+    base = prior.coefficients() if prior is not None else np.zeros(len(FEATURE_NAMES))
+
+    def solve(rows: np.ndarray) -> np.ndarray:
+        x = features[rows][:, active]
+        y = times_s[rows] - features[rows] @ np.where(np.isin(range(5), active), 0.0, base)
+        weights = 1.0 / times_s[rows]
+        xw, yw = x * weights[:, None], y * weights
+        if prior is not None and prior_weight > 0:
+            # Scale each column so the ridge treats terms of different magnitude alike.
+            scale = np.sqrt((xw**2).mean(axis=0)) + 1e-30
+            reg = np.diag(scale) * math.sqrt(prior_weight * len(y))
+            xw = np.vstack([xw, reg])
+            yw = np.concatenate([yw, reg @ base[active]])
+        coef, *_ = np.linalg.lstsq(xw, yw, rcond=None)
+        full = np.where(np.isin(range(5), active), 0.0, base)
+        full[active] = coef
+        return full
+
+    rows = np.arange(len(times_s))
+    coef = solve(rows)
+    if len(rows) > 2 * len(active):
+        residual = (features @ coef - times_s) / times_s
+        mad = np.median(np.abs(residual - np.median(residual))) * 1.4826
+        if mad > 0:
+            keep = np.abs(residual - np.median(residual)) <= trim_sigma * mad
+            if keep.sum() >= len(active) and not keep.all():
+                coef = solve(np.nonzero(keep)[0])
+    predicted = features @ coef
+    mape = float(np.mean(np.abs(predicted - times_s) / times_s))
+    return CostModel(
+        *map(float, coef),
+        name=name,
+        info={"mape": mape, "samples": int(len(times_s)), "terms": list(terms)},
+    )
+
+
+class OnlineCostModel:
+    """A cost model that keeps refitting itself from measured iteration times.
+
+    Starts from ``prior`` (a preset or profile) and, once ``min_samples`` good measurements are in,
+    refits every ``refit_every`` observations over a ring buffer of the last ``window`` samples,
+    pulled toward the prior.  NaN, non-positive and wildly implausible measurements (more than
+    ``reject_factor`` times the prediction either way) are discarded and counted.
+    """
+
+    def __init__(
+        self,
+        prior: CostModel,
+        *,
+        window: int = 1024,
+        min_samples: int = 32,
+        refit_every: int = 64,
+        prior_weight: float = 0.05,
+        reject_factor: float = 20.0,
+        terms: tuple[str, ...] = ("fixed", "new_tokens", "sum_context", "num_seqs"),
+    ) -> None:
+        self.prior = prior
+        self.current = prior
+        self.window = window
+        self.min_samples = min_samples
+        self.refit_every = refit_every
+        self.prior_weight = prior_weight
+        self.reject_factor = reject_factor
+        self.terms = terms
+        self._features = np.zeros((window, len(FEATURE_NAMES)))
+        self._times = np.zeros(window)
+        self._count = 0  # total accepted samples (ring index = count % window)
+        self._since_refit = 0
+        self.rejected = 0
+        self.refits = 0
+
+    @property
+    def samples(self) -> int:
+        return min(self._count, self.window)
+
+    def predict_shape(self, shape: BatchShape) -> float:
+        return self.current.predict_shape(shape)
+
+    def observe(self, shape: BatchShape, measured_s: float) -> bool:
+        """Record one measured iteration; returns whether it was accepted."""
+        if shape.num_seqs == 0 or not isinstance(measured_s, (int, float)) or not math.isfinite(measured_s):
+            self.rejected += 1
+            return False
+        predicted = self.current.predict_shape(shape)
+        if measured_s <= 0 or (
+            predicted > 0
+            and not (predicted / self.reject_factor <= measured_s <= predicted * self.reject_factor)
+        ):
+            self.rejected += 1
+            return False
+        slot = self._count % self.window
+        self._features[slot] = shape.features()
+        self._times[slot] = measured_s
+        self._count += 1
+        self._since_refit += 1
+        if self._count >= self.min_samples and self._since_refit >= self.refit_every:
+            self.refit()
+        return True
+
+    def refit(self) -> CostModel:
+        n = self.samples
+        if n < self.min_samples:
+            return self.current
+        try:
+            fitted = fit_cost_model(
+                self._features[:n],
+                self._times[:n],
+                terms=self.terms,
+                name=f"{self.prior.name}+online",
+                prior=self.prior,
+                prior_weight=self.prior_weight,
+            )
+        except (ValueError, np.linalg.LinAlgError):
+            return self.current
+        # A fit that makes extra tokens free or negative would let batches grow without bound.
+        if fitted.per_new_token_s > 0 and fitted.fixed_s >= 0 and fitted.per_context_token_s >= 0:
+            self.current = fitted
+            self.refits += 1
+        self._since_refit = 0
+        return self.current
+
+    def recent_mape(self) -> float | None:
+        n = self.samples
+        if n == 0:
+            return None
+        predicted = self._features[:n] @ self.current.coefficients()
+        return float(np.mean(np.abs(predicted - self._times[:n]) / self._times[:n]))
+
+    def snapshot(self) -> dict:
+        return {
+            "model": self.current.to_dict(),
+            "prior": self.prior.name,
+            "samples": self.samples,
+            "rejected": self.rejected,
+            "refits": self.refits,
+            "recent_mape": self.recent_mape(),
+        }
+
+
+# --- presets ------------------------------------------------------------------------------------
+def _preset_dir():
+    return resources.files("sglang_fair.policy") / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(
+        entry.name[: -len(".json")]
+        for entry in _preset_dir().iterdir()
+        if entry.name.endswith(".json")
+    )
+
+
+def load_cost_model(name_or_path: str) -> CostModel:
+    """Load a shipped preset by name or a JSON file by path; raise ``CostModelError`` otherwise."""
+    if not name_or_path:
+        raise CostModelError("--cost-model: empty name")
+    candidate = _preset_dir() / f"{name_or_path}.json"
+    if candidate.is_file():
+        text, source = candidate.read_text(), f"preset {name_or_path}"
+    elif os.path.isfile(name_or_path):
+        source = name_or_path
+        with open(name_or_path) as handle:
+            text = handle.read()
+    else:
+        raise CostModelError(
+            f"--cost-model: unknown preset or missing file {name_or_path!r}"
+            f" (presets: {', '.join(preset_names())})"
+        )
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CostModelError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    model = CostModel.from_dict(data, source=source)
+    if model.name == "custom":
+        model.name = name_or_path
+    return model

@@ -1,0 +1,146 @@
+"""FairBatching (Lyu et al., arXiv 2510.14392): time-budgeted, three-phase batch formation.
+
+Each iteration:
+
+1. **Time budget.**  ``budget = safety * max(min_slack, min_tpot)`` over running decodes: the batch
+   may take as long as the most hurried decode can wait, but never less than one TPOT (a floor that
+   keeps batches from collapsing during a decode burst).  With no decodes, prefill runs unbounded in
+   time, limited by tokens and KV.
+2. **Urgent decodes** (ascending slack): a decode is urgent when sitting out this iteration would make
+   it miss its next deadline even if the next iteration serves it, i.e. ``slack < budget + floor``.
+   Urgent decodes always run.
+3. **Prefills**: partial (chunked) prefills first, then new ones by ascending first-token slack (or,
+   with client fairness, lowest VTC counter first).  Each gets the largest chunk the cost model says
+   fits the time left, so the chunk size falls out of the budget instead of a fixed token count.
+4. **Remaining decodes** (ascending slack) while they fit.  Decodes left out banked enough slack to
+   sit out; that compute went to the prefill surge.
+
+Prefill Admission Budget and admission control come from :func:`prefill_admission_budget`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .base import BatchBuilder, BatchPolicy, IterationView, Plan, first_token_deadline
+from .cost_model import CostModel, OnlineCostModel
+from .fairness import ClientCounters
+from .request import RequestState
+
+__all__ = ["FairBatchingPolicy"]
+
+
+class FairBatchingPolicy(BatchPolicy):
+    name = "fairbatching"
+    skips_decodes = True
+
+    def __init__(
+        self,
+        cost_model: CostModel | OnlineCostModel,
+        *,
+        default_ttft_slo_s: float = 1.0,
+        budget_safety: float = 0.9,
+        min_chunk_tokens: int = 32,
+        max_time_budget_s: float = math.inf,
+        client_fairness: bool = False,
+        input_weight: float = 1.0,
+        output_weight: float = 2.0,
+    ) -> None:
+        super().__init__(cost_model, default_ttft_slo_s=default_ttft_slo_s)
+        if not 0 < budget_safety <= 1:
+            raise ValueError("budget_safety must be in (0, 1]")
+        if min_chunk_tokens < 1:
+            raise ValueError("min_chunk_tokens must be >= 1")
+        # Plan against a slightly tighter line than the SLO so cost-model error does not turn into
+        # a missed mean TPOT: the steady-state iteration is ``budget_safety * tpot``.
+        self.budget_safety = budget_safety
+        self.min_chunk_tokens = min_chunk_tokens
+        self.max_time_budget_s = max_time_budget_s
+        self.clients = ClientCounters(input_weight, output_weight) if client_fairness else None
+
+    def time_budget_s(self, view: IterationView) -> tuple[float, float]:
+        """Return ``(budget, floor)`` for this iteration, both in seconds."""
+        if not view.decodes:
+            return self.max_time_budget_s, 0.0
+        now = view.now_s
+        min_slack = math.inf
+        min_tpot = math.inf
+        for request in view.decodes:
+            slack = request.slack_s(now)
+            if slack < min_slack:
+                min_slack = slack
+            if request.tpot_slo_s < min_tpot:
+                min_tpot = request.tpot_slo_s
+        floor_s = self.budget_safety * min_tpot
+        budget_s = max(self.budget_safety * min_slack, floor_s)
+        return min(budget_s, max(self.max_time_budget_s, floor_s)), floor_s
+
+    def plan(self, view: IterationView) -> Plan:
+        now = view.now_s
+        budget_s, floor_s = self.time_budget_s(view)
+        builder = BatchBuilder(view, self.cost_model, time_budget_s=budget_s)
+
+        # Phase 1: urgent decodes always run (only KV and seats can stop them).
+        by_slack = sorted(view.decodes, key=_next_deadline)
+        urgent_until_s = now + budget_s + floor_s
+        first_relaxed = len(by_slack)
+        for index, request in enumerate(by_slack):
+            if request.next_deadline_s >= urgent_until_s and request.can_skip:
+                first_relaxed = index
+                break
+            builder.add_decode(request, force=True)
+        builder.plan.urgent_decodes = len(builder.plan.decodes)
+
+        # Phase 2: prefills, continuing chunks first, then new ones.
+        self._add_prefills(builder, view)
+
+        # Phase 3: decodes that could wait, most hurried first, while they fit.
+        for request in by_slack[first_relaxed:]:
+            if not builder.add_decode(request, force=not request.can_skip):
+                if request.can_skip:
+                    break
+
+        if builder.plan.empty:
+            self.ensure_progress(builder, view)
+        plan = builder.finish(view)
+        if self.clients is not None:
+            for request in plan.decodes:
+                self.clients.charge_output(request)
+        return plan
+
+    def _add_prefills(self, builder: BatchBuilder, view: IterationView) -> None:
+        prefills = view.prefills
+        # Partial prefills lead the view; they keep their place so a chunked prompt finishes.
+        split = 0
+        while split < len(prefills) and prefills[split].prefilled_tokens > 0:
+            split += 1
+        waiting = prefills[split:]
+        if self.clients is not None:
+            self.clients.update_backlog(waiting)
+            waiting = self.clients.order(waiting, key=first_token_deadline)
+        elif len(waiting) > 1:
+            waiting = sorted(waiting, key=first_token_deadline)
+        for group in (prefills[:split], waiting):
+            for request in group:
+                granted = builder.add_prefill(request, min_chunk=self.min_chunk_tokens)
+                if granted and self.clients is not None:
+                    self.clients.charge_prefill(request, granted)
+                if builder.time_left_s <= 0 or builder.kv_left <= 0 or builder.seats_left <= 0:
+                    return
+
+    def release(self, request: RequestState) -> None:
+        if self.clients is not None:
+            self.clients.forget(request)
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info.update(
+            budget_safety=self.budget_safety,
+            min_chunk_tokens=self.min_chunk_tokens,
+            client_fairness=self.clients is not None,
+        )
+        return info
+
+
+def _next_deadline(request: RequestState) -> float:
+    return request.next_deadline_s

@@ -1,0 +1,61 @@
+"""VTC-style per-client virtual token counters (Sheng et al., OSDI'24), shared by the ``vtc`` peer and
+FairBatching's optional client fairness.
+
+Each client has a counter of service received: ``w_in`` per prompt token when a request is first
+scheduled and ``w_out`` per output token.  When a client becomes backlogged its counter is lifted to
+the minimum over the already-backlogged clients, so idle time is not banked as credit.  New work is
+taken from the backlogged client with the lowest counter.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from .request import RequestState
+
+__all__ = ["ClientCounters"]
+
+
+class ClientCounters:
+    def __init__(self, input_weight: float = 1.0, output_weight: float = 2.0) -> None:
+        self.input_weight = input_weight
+        self.output_weight = output_weight
+        self.counters: dict[str, float] = {}
+        self._backlogged: set[str] = set()
+        self._charged_input: set[str] = set()  # rids whose prompt has been charged
+
+    def update_backlog(self, waiting: Iterable[RequestState]) -> None:
+        """Lift counters of clients that just became backlogged."""
+        now_backlogged = {request.client for request in waiting}
+        newly = now_backlogged - self._backlogged
+        if newly:
+            still = self._backlogged & now_backlogged
+            floor = min((self.counters.get(c, 0.0) for c in still), default=None)
+            if floor is None:  # nobody was backlogged: lift to the minimum over known clients
+                floor = min(self.counters.values(), default=0.0)
+            for client in newly:
+                self.counters[client] = max(self.counters.get(client, 0.0), floor)
+        self._backlogged = now_backlogged
+
+    def order(self, waiting: Sequence[RequestState], key=None) -> list[RequestState]:
+        """Waiting requests, lowest-counter client first; ``key`` orders within a client."""
+        counters = self.counters
+        if key is None:
+            return sorted(waiting, key=lambda r: counters.get(r.client, 0.0))
+        return sorted(waiting, key=lambda r: (counters.get(r.client, 0.0), key(r)))
+
+    def charge_prefill(self, request: RequestState, tokens: int) -> None:
+        # Charge the whole prompt once, when the request is first scheduled (as VTC does).
+        if request.rid not in self._charged_input:
+            self._charged_input.add(request.rid)
+            self.counters[request.client] = (
+                self.counters.get(request.client, 0.0) + self.input_weight * request.prompt_tokens
+            )
+        if tokens >= request.remaining_prefill_tokens:  # completes the prompt: first output token
+            self.charge_output(request)
+
+    def charge_output(self, request: RequestState, tokens: int = 1) -> None:
+        self.counters[request.client] = self.counters.get(request.client, 0.0) + self.output_weight * tokens
+
+    def forget(self, request: RequestState) -> None:
+        self._charged_input.discard(request.rid)
