@@ -1,0 +1,87 @@
+"""Running SGLang where there is no GPU.
+
+:func:`setup` must run before anything imports SGLang (the launcher calls it first thing, and so
+does every process SGLang spawns, because they import our modules before SGLang's).  On a machine
+without CUDA it
+
+* puts a stand-in for ``sgl_kernel`` in place when the real one cannot load (it needs
+  ``libcuda.so.1``).  The stand-in's functions raise when called, so a kernel SGLang really needs
+  fails loudly instead of silently doing nothing;
+* sets ``SGLANG_USE_CPU_ENGINE=1`` so SGLang picks its CPU platform.
+
+On a machine with CUDA it does nothing.  :func:`cpu_server_defaults` are the server flags that make
+a CPU server start (added by the launcher only where the user gave none).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from .sgl_kernel_standin import install as _install_standin
+from .sgl_kernel_standin import is_installed as standin_installed
+
+__all__ = ["cpu_server_defaults", "has_cuda", "setup", "standin_installed"]
+
+logger = logging.getLogger("sglang_fair.platform")
+
+#: Set in the environment once the first process decided this is a CPU machine, so processes it
+#: spawns skip the probe (and its log line).
+_CPU_MARK = "SGLANG_FAIR_CPU_PLATFORM"
+
+#: Tokens of KV cache on CPU unless the user says otherwise (SGLang would otherwise size the pool
+#: from free host memory, ~15 GB).
+DEFAULT_CPU_MAX_TOTAL_TOKENS = 16384
+
+
+def has_cuda() -> bool:
+    """True where torch sees a CUDA (or ROCm) device."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _sgl_kernel_loads() -> bool:
+    try:
+        import sgl_kernel  # noqa: F401
+    except (ImportError, OSError):
+        for name in [m for m in sys.modules if m == "sgl_kernel" or m.startswith("sgl_kernel.")]:
+            del sys.modules[name]
+        return False
+    return True
+
+
+def setup() -> bool:
+    """Prepare this process for SGLang; return True when it runs on the CPU platform.
+
+    Idempotent and cheap after the first call in a process tree.
+    """
+    if os.environ.get(_CPU_MARK) == "1":
+        _install_standin()
+        os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
+        return True
+    if os.environ.get(_CPU_MARK) == "0" or has_cuda():
+        os.environ[_CPU_MARK] = "0"
+        return False
+    if _sgl_kernel_loads():
+        note = "sgl_kernel loads"
+    else:
+        _install_standin()
+        note = "using a stand-in for sgl_kernel whose functions raise if called"
+    os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
+    os.environ[_CPU_MARK] = "1"
+    # Logging may not be configured yet this early; this line must be seen, so print it.
+    print(f"sglang_fair: no CUDA device: CPU engine, {note}", file=sys.stderr, flush=True)
+    return True
+
+
+def cpu_server_defaults() -> dict[str, str | None]:
+    """SGLang flags (``--flag`` -> value, None for a switch) a CPU server needs."""
+    return {
+        "--device": "cpu",
+        "--disable-cuda-graph": None,
+        "--attention-backend": "torch_native",
+        "--sampling-backend": "pytorch",
+        "--max-total-tokens": str(DEFAULT_CPU_MAX_TOTAL_TOKENS),
+    }
