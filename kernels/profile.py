@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also time this many random off-grid shapes and report the fit's error on them")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs per shape (default 3 cuda, 2 cpu)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per shape; medians kept "
-                        "(default 10 cuda, 5 cpu)")
+                        "(default 10 cuda, 9 cpu)")
     parser.add_argument("--page-size", type=int, default=1, help="KV page size (SGLang's default is 1)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads on --device cpu (default 1: small ops on shared cores time "
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed for ragged decode contexts")
     parser.add_argument("--refit", metavar="CSV", default=None,
                         help="skip measuring: refit a CSV this tool wrote before")
+    parser.add_argument("--note", default=None, help="free text stored in the preset's info.note")
     parser.add_argument("--quiet", action="store_true", help="no per-shape progress lines")
     return parser
 
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> dict:
         spec = GRIDS[args.grid or ("default" if cuda else "tiny")]
         max_kv_tokens = args.max_kv_tokens or (262144 if cuda else 16384)
         warmup = args.warmup if args.warmup is not None else (3 if cuda else 2)
-        repeats = args.repeats if args.repeats is not None else (10 if cuda else 5)
+        repeats = args.repeats if args.repeats is not None else (10 if cuda else 9)
         if repeats < 1 or warmup < 0:
             raise ValueError("--repeats must be >= 1 and --warmup >= 0")
         backend = make_backend(args.device, shape, max_kv_tokens, page_size=args.page_size, threads=args.threads)
@@ -157,6 +158,8 @@ def run(args: argparse.Namespace) -> dict:
             "warmup": warmup,
             "repeats": repeats,
         }
+    if args.note:
+        info["note"] = args.note
     csv_path = os.path.join(args.out_dir, f"{name}.csv")
     json_path = os.path.join(args.out_dir, f"{name}.json")
     if not args.refit or os.path.abspath(args.refit) != os.path.abspath(csv_path):
