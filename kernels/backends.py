@@ -129,29 +129,52 @@ class _Backend:
         self.shape = shape
         self.max_kv_tokens = max_kv_tokens
 
-    def time_case(self, case: BatchCase, *, warmup: int, repeats: int) -> CaseTiming:
+    def sample_case(self, case: BatchCase) -> tuple[float, float, float, float]:
+        """One timed run of ``case``: (plan_s, layer_s, attention_s, head_s)."""
         if case.kv_tokens() > self.max_kv_tokens:
             raise ValueError(f"case needs {case.kv_tokens()} KV tokens, pool has {self.max_kv_tokens}")
-        plan_samples, layer_samples, attention_samples, head_samples = [], [], [], []
-        for index in range(warmup + repeats):
-            plan_s, batch = self._prepare(case)
-            layer_s, attention_s, head_s = self._run(batch)
-            if index >= warmup:
-                plan_samples.append(plan_s)
-                layer_samples.append(layer_s)
-                attention_samples.append(attention_s)
-                head_samples.append(head_s)
-        layer_s, spread = _median_and_spread(layer_samples)
-        plan_s = statistics.median(plan_samples)
-        head_s = statistics.median(head_samples)
+        plan_s, batch = self._prepare(case)
+        return (plan_s, *self._run(batch))
+
+    def summarize(self, samples: list[tuple[float, float, float, float]]) -> CaseTiming:
+        layer_s, spread = _median_and_spread([s[1] for s in samples])
+        plan_s = statistics.median(s[0] for s in samples)
+        head_s = statistics.median(s[3] for s in samples)
         return CaseTiming(
             total_s=plan_s + self.shape.num_layers * layer_s + head_s,
-            attention_s=statistics.median(attention_samples),
+            attention_s=statistics.median(s[2] for s in samples),
             layer_s=layer_s,
             plan_s=plan_s,
             head_s=head_s,
             spread=spread,
         )
+
+    def time_case(self, case: BatchCase, *, warmup: int, repeats: int) -> CaseTiming:
+        for _ in range(warmup):
+            self.sample_case(case)
+        return self.summarize([self.sample_case(case) for _ in range(repeats)])
+
+    def time_cases(self, cases: list[BatchCase], *, warmup: int, repeats: int, seed: int = 0,
+                   progress=None) -> list[CaseTiming]:
+        """Time all cases in interleaved rounds, each round in a fresh random order.
+
+        A burst of interference (another process on a shared CPU, GPU clocks settling) then lands
+        on a few samples of many cases instead of all samples of one, and the medians absorb it.
+        """
+        import random
+
+        order = list(range(len(cases)))
+        rng = random.Random(seed)
+        samples: list[list] = [[] for _ in cases]
+        for round_index in range(warmup + repeats):
+            rng.shuffle(order)
+            for index in order:
+                sample = self.sample_case(cases[index])
+                if round_index >= warmup:
+                    samples[index].append(sample)
+            if progress:
+                progress(round_index + 1, warmup + repeats)
+        return [self.summarize(case_samples) for case_samples in samples]
 
     def describe(self) -> str:
         return self.device_name

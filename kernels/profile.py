@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also time this many random off-grid shapes and report the fit's error on them")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs per shape (default 3 cuda, 2 cpu)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per shape; medians kept "
-                        "(default 10 cuda, 9 cpu)")
+                        "(default 10 cuda, 21 cpu: shared CPUs are noisy, shapes are cheap)")
     parser.add_argument("--page-size", type=int, default=1, help="KV page size (SGLang's default is 1)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads on --device cpu (default 1: small ops on shared cores time "
@@ -69,10 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def profile_cases(backend, cases: list[BatchCase], *, warmup: int, repeats: int, split: str,
-                  progress=None) -> list[ProfileRow]:
+                  seed: int = 0, progress=None) -> list[ProfileRow]:
+    timings = backend.time_cases(cases, warmup=warmup, repeats=repeats, seed=seed, progress=progress)
     rows = []
-    for index, case in enumerate(cases):
-        timing = backend.time_case(case, warmup=warmup, repeats=repeats)
+    for case, timing in zip(cases, timings):
         shape = case.batch_shape()
         rows.append(ProfileRow(
             shape_class=case.shape_class,
@@ -93,8 +93,6 @@ def profile_cases(backend, cases: list[BatchCase], *, warmup: int, repeats: int,
             spread=timing.spread,
             split=split,
         ))
-        if progress:
-            progress(index + 1, len(cases), case, rows[-1])
     return rows
 
 
@@ -125,7 +123,7 @@ def run(args: argparse.Namespace) -> dict:
         spec = GRIDS[args.grid or ("default" if cuda else "tiny")]
         max_kv_tokens = args.max_kv_tokens or (262144 if cuda else 16384)
         warmup = args.warmup if args.warmup is not None else (3 if cuda else 2)
-        repeats = args.repeats if args.repeats is not None else (10 if cuda else 9)
+        repeats = args.repeats if args.repeats is not None else (10 if cuda else 21)
         if repeats < 1 or warmup < 0:
             raise ValueError("--repeats must be >= 1 and --warmup >= 0")
         backend = make_backend(args.device, shape, max_kv_tokens, page_size=args.page_size, threads=args.threads)
@@ -135,19 +133,20 @@ def run(args: argparse.Namespace) -> dict:
         short = shape.name.split("/")[-1].lower()
         name = args.name or f"{'gpu' if cuda else 'cpu'}-{short}" + (f"-tp{shape.tp_degree}" if shape.tp_degree > 1 else "")
 
-        def progress(done, total, case, row):
+        def progress(done, total):
             if not args.quiet:
-                print(f"  [{done:>3}/{total}] {case.shape_class:<12} decodes={case.num_decodes:<4} "
-                      f"chunk={case.chunk_tokens:<5} prefix={case.prefix_tokens:<5} "
-                      f"{row.total_ms:9.3f} ms (attention {row.attention_ms:.3f} ms/layer)", flush=True)
+                print(f"  round {done}/{total} ({'warm-up' if done <= warmup else 'timed'})", flush=True)
 
         print(f"profiling {shape.name} on {backend.describe()}: {len(cases)} grid shapes"
-              f" + {len(holdout)} held out, {warmup} warm-up + {repeats} timed runs each", flush=True)
+              f" + {len(holdout)} held out, {warmup} warm-up + {repeats} timed rounds over all shapes", flush=True)
         started = time.perf_counter()
         for case in {cases[0], max(cases, key=lambda c: c.batch_shape().new_tokens)}:
             backend.time_case(case, warmup=1, repeats=1)  # lazy init, allocator and kernel caches
-        rows = profile_cases(backend, cases, warmup=warmup, repeats=repeats, split="grid", progress=progress)
-        rows += profile_cases(backend, holdout, warmup=warmup, repeats=repeats, split="holdout", progress=progress)
+        # Grid and held-out shapes are timed in the same rounds, so they see the same conditions.
+        rows = profile_cases(backend, cases + holdout, warmup=warmup, repeats=repeats, split="grid",
+                             seed=args.seed, progress=progress)
+        for row in rows[len(cases):]:
+            row.split = "holdout"
         info = {
             "source": f"python -m sglang_fair.profile --device {args.device} --grid {args.grid or ('default' if cuda else 'tiny')}",
             "device": backend.describe(),
