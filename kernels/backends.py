@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .grid import BatchCase
 from .model_shape import ModelShape
 
-__all__ = ["BackendError", "CaseTiming", "CpuBackend", "CudaBackend", "make_backend"]
+__all__ = ["BackendError", "CaseTiming", "CpuBackend", "CudaBackend", "PagedLayout", "make_backend", "paged_layout"]
 
 GPU_UNAVAILABLE = "FlashInfer/CUDA not available, use --device cpu"
 
@@ -122,6 +122,50 @@ def _sequence_layout(case: BatchCase) -> list[tuple[int, int]]:
     return layout
 
 
+@dataclass
+class PagedLayout:
+    """FlashInfer's index arrays for a case on a paged KV pool (sequences' pages contiguous).
+
+    ``page_*``: every sequence's whole KV (prefix and new tokens), for the decode wrapper.
+    ``prefix_*``: only the cached prefix, for the paged pass of an extend (zero pages when none).
+    ``qo_indptr``: new tokens per sequence (the ragged pass attends new tokens to each other).
+    FlashInfer's KV length of a sequence is ``(pages - 1) * page_size + last_page_len``.
+    """
+
+    page_indptr: list[int]
+    page_indices: list[int]
+    last_page_len: list[int]
+    prefix_indptr: list[int]
+    prefix_indices: list[int]
+    prefix_last_page_len: list[int]
+    qo_indptr: list[int]
+    new_slots: list[int]  # flat KV slot of each new token, where its K and V are written
+    positions: list[int]
+    last_rows: list[int]  # row of each sequence's last new token (the LM head's input)
+
+
+def paged_layout(case: BatchCase, page_size: int) -> PagedLayout:
+    layout = PagedLayout([0], [], [], [0], [], [], [0], [], [], [])
+    next_page = 0
+    for prefix, new in _sequence_layout(case):
+        total = prefix + new
+        pages = -(-total // page_size)
+        seq_pages = list(range(next_page, next_page + pages))
+        next_page += pages
+        layout.page_indices += seq_pages
+        layout.page_indptr.append(len(layout.page_indices))
+        layout.last_page_len.append(total - (pages - 1) * page_size)
+        prefix_pages = -(-prefix // page_size)
+        layout.prefix_indices += seq_pages[:prefix_pages]
+        layout.prefix_indptr.append(len(layout.prefix_indices))
+        layout.prefix_last_page_len.append(prefix - (prefix_pages - 1) * page_size if prefix_pages else page_size)
+        layout.new_slots += [seq_pages[0] * page_size + p for p in range(prefix, total)]
+        layout.positions += range(prefix, total)
+        layout.qo_indptr.append(layout.qo_indptr[-1] + new)
+        layout.last_rows.append(layout.qo_indptr[-1] - 1)
+    return layout
+
+
 class _Backend:
     device_name = "?"
 
@@ -216,14 +260,10 @@ class CpuBackend(_Backend):
             new_slots.append(slots[prefix:])
             row += new
             last_rows.append(row - 1)
-        batch = (
-            sequences,
-            torch.cat(positions),
-            torch.cat(new_slots),
-            torch.tensor(last_rows),
-            torch.randn(row, self.shape.hidden_size, dtype=self.dtype) * 0.1,
-        )
-        return time.perf_counter() - start, batch
+        index_tensors = (sequences, torch.cat(positions), torch.cat(new_slots), torch.tensor(last_rows))
+        plan_s = time.perf_counter() - start
+        hidden = torch.randn(row, self.shape.hidden_size, dtype=self.dtype) * 0.1  # input, not timed
+        return plan_s, (*index_tensors, hidden)
 
     def _run(self, batch):
         torch = self.torch
@@ -300,36 +340,19 @@ class CudaBackend(_Backend):
 
     def _prepare(self, case: BatchCase):
         torch = self.torch
-        layout = _sequence_layout(case)
         int32 = dict(dtype=torch.int32)
         torch.cuda.synchronize()
         start = time.perf_counter()
-        # Pages per sequence, contiguous in the pool; a sequence's tokens fill its pages in order.
-        page_indptr, prefix_indptr, qo_indptr = [0], [0], [0]
-        last_page, prefix_last_page, new_slots, positions, last_rows = [], [], [], [], []
-        page_indices, prefix_indices = [], []
-        next_page = 0
-        for prefix, new in layout:
-            total = prefix + new
-            pages = -(-total // self.page_size)
-            seq_pages = list(range(next_page, next_page + pages))
-            next_page += pages
-            page_indices += seq_pages
-            page_indptr.append(len(page_indices))
-            last_page.append(total - (pages - 1) * self.page_size)
-            prefix_pages = -(-prefix // self.page_size)
-            prefix_indices += seq_pages[:prefix_pages]
-            prefix_indptr.append(len(prefix_indices))
-            prefix_last_page.append(prefix - (prefix_pages - 1) * self.page_size if prefix_pages else self.page_size)
-            new_slots += [seq_pages[0] * self.page_size + p for p in range(prefix, total)]
-            positions += range(prefix, total)
-            qo_indptr.append(qo_indptr[-1] + new)
-            last_rows.append(qo_indptr[-1] - 1)
+        layout = paged_layout(case, self.page_size)
+        page_indptr, page_indices, last_page = layout.page_indptr, layout.page_indices, layout.last_page_len
+        prefix_indptr, prefix_indices = layout.prefix_indptr, layout.prefix_indices
+        prefix_last_page, qo_indptr = layout.prefix_last_page_len, layout.qo_indptr
+        new_slots, positions, last_rows = layout.new_slots, layout.positions, layout.last_rows
         cuda = lambda values, **kw: torch.tensor(values, device="cuda", **kw)  # noqa: E731
         shape, dtype = self.shape, self.dtype
         common = dict(num_qo_heads=shape.heads_per_rank, num_kv_heads=shape.kv_heads_per_rank)
         decode_only = not case.chunk_tokens
-        has_prefix = any(prefix for prefix, _ in layout)
+        has_prefix = layout.prefix_indptr[-1] > 0
         if decode_only:
             self.decode_wrapper.plan(
                 cuda(page_indptr, **int32), cuda(page_indices, **int32), cuda(last_page, **int32),
@@ -344,16 +367,15 @@ class CudaBackend(_Backend):
                     qo, cuda(prefix_indptr, **int32), cuda(prefix_indices, **int32),
                     cuda(prefix_last_page, **int32), head_dim_qk=shape.head_dim, page_size=self.page_size,
                     causal=False, q_data_type=dtype, kv_data_type=dtype, sm_scale=self.sm_scale, **common)
-        batch = (
-            decode_only,
-            has_prefix,
+        index_tensors = (
             cuda(positions, dtype=torch.long),
             cuda(new_slots, dtype=torch.long),
             cuda(last_rows, dtype=torch.long),
-            torch.randn(qo_indptr[-1], shape.hidden_size, device="cuda", dtype=dtype) * 0.1,
         )
         torch.cuda.synchronize()
-        return time.perf_counter() - start, batch
+        plan_s = time.perf_counter() - start
+        hidden = torch.randn(qo_indptr[-1], shape.hidden_size, device="cuda", dtype=dtype) * 0.1  # not timed
+        return plan_s, (decode_only, has_prefix, *index_tensors, hidden)
 
     def _run(self, batch):
         torch = self.torch
