@@ -305,13 +305,17 @@ class CudaBackend(_Backend):
                  decode_tensor_cores: bool | None = None) -> None:
         super().__init__(shape, max_kv_tokens)
         try:
-            import flashinfer
             import torch
+
+            if not torch.cuda.is_available():  # checked first: importing flashinfer takes seconds
+                raise BackendError(GPU_UNAVAILABLE)
+            import flashinfer
+            from flashinfer.cascade import merge_state
+        except BackendError:
+            raise
         except Exception as exc:  # ImportError, or a CUDA library that fails to load
-            raise BackendError(f"{GPU_UNAVAILABLE} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-        if not torch.cuda.is_available():
-            raise BackendError(GPU_UNAVAILABLE)
-        from flashinfer.cascade import merge_state
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            raise BackendError(f"{GPU_UNAVAILABLE} ({type(exc).__name__}: {detail})") from None
 
         self.torch, self.flashinfer, self.merge_state = torch, flashinfer, merge_state
         self.dtype = getattr(torch, shape.dtype)
