@@ -1,8 +1,14 @@
 """Per-request scheduling state and the SLO envelope derived from it.
 
-A request i that arrives at ``arrival_s`` with SLOs ``(ttft_slo_s, tpot_slo_s)`` owes its j-th output
-token (j = 0 is the first) by ``arrival_s + ttft_slo_s + j * tpot_slo_s``.  Slack is the deadline of
-the *next* token minus now.  Deadlines and slack are always derived, never stored, so the record
+A request i that arrives at ``arrival_s`` with SLOs ``(ttft_slo_s, tpot_slo_s)`` owes its first token
+by ``arrival_s + ttft_slo_s`` and its j-th output token (j >= 1) by
+``min(arrival_s + ttft_slo_s, first_token_s) + j * tpot_slo_s``: the envelope line, anchored at the
+first token when that came early.  Anchoring matters because the judged TPOT SLO is the *mean* time
+per output token after the first: a request whose first token came 0.8 s early could otherwise spend
+those 0.8 s between later tokens and miss its TPOT while staying inside the arrival-anchored
+envelope.  Meeting every deadline of this line meets both the envelope (every token j by
+``arrival + ttft + j * tpot``) and the mean-TPOT definition.  Slack is the deadline of the *next*
+token minus now.  Deadlines and slack are always derived, never stored, so the record
 cannot disagree with itself.
 """
 
@@ -71,17 +77,24 @@ class RequestState:
         self.handle = handle
 
     # --- derived envelope -------------------------------------------------------------------
+    def _anchor_s(self) -> float:
+        first_due_s = self.arrival_s + self.ttft_slo_s
+        first_s = self.first_token_s
+        return first_s if first_s is not None and first_s < first_due_s else first_due_s
+
     def deadline_s(self, token_index: int) -> float:
         """Deadline of output token ``token_index`` (0 is the first token)."""
-        return self.arrival_s + self.ttft_slo_s + token_index * self.tpot_slo_s
+        if token_index == 0:
+            return self.arrival_s + self.ttft_slo_s
+        return self._anchor_s() + token_index * self.tpot_slo_s
 
     @property
     def next_deadline_s(self) -> float:
-        return self.arrival_s + self.ttft_slo_s + self.generated_tokens * self.tpot_slo_s
+        return self._anchor_s() + self.generated_tokens * self.tpot_slo_s
 
     def slack_s(self, now_s: float) -> float:
         """Time left until the next token is due; negative means late."""
-        return self.arrival_s + self.ttft_slo_s + self.generated_tokens * self.tpot_slo_s - now_s
+        return self._anchor_s() + self.generated_tokens * self.tpot_slo_s - now_s
 
     @property
     def remaining_prefill_tokens(self) -> int:

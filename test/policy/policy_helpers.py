@@ -1,0 +1,15 @@
+"""Helpers shared by the policy tests (imported by module name; the test dirs are not packages)."""
+
+from sglang_fair.policy import CostModel, RequestState
+
+A100 = CostModel(0.00597, 7.55e-05, 3.0e-07, -2.7e-05, 0.0, name="a100-test")
+
+
+def make_request(rid="r", arrival=0.0, prompt=100, ttft=1.0, tpot=0.05, prefilled=0, generated=0,
+                 client="c0", can_skip=True, first_token_s=None) -> RequestState:
+    request = RequestState(str(rid), arrival, prompt, ttft, tpot, client=client, can_skip=can_skip,
+                           prefilled_tokens=prefilled, generated_tokens=generated)
+    if generated > 0:
+        request.first_token_s = arrival + ttft if first_token_s is None else first_token_s
+        request.last_token_s = request.first_token_s
+    return request

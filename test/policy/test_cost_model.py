@@ -1,0 +1,139 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from sglang_fair.policy import (
+    BatchShape,
+    CostModel,
+    CostModelError,
+    OnlineCostModel,
+    fit_cost_model,
+    load_cost_model,
+    preset_names,
+)
+
+
+def _samples(model: CostModel, n: int, rng, noise=0.0):
+    new = rng.integers(1, 4096, n)
+    ctx = new + rng.integers(0, 100_000, n)
+    seqs = rng.integers(1, 200, n)
+    features = np.column_stack([np.ones(n), new, ctx, seqs, np.zeros(n)]).astype(float)
+    times = features @ model.coefficients()
+    return features, times * (1 + noise * rng.standard_normal(n))
+
+
+def test_fit_recovers_coefficients(model):
+    rng = np.random.default_rng(0)
+    features, times = _samples(model, 400, rng)
+    fitted = fit_cost_model(features, times, terms=("fixed", "new_tokens", "sum_context", "num_seqs"))
+    assert fitted.info["mape"] < 1e-6
+    np.testing.assert_allclose(fitted.coefficients()[:3], model.coefficients()[:3], rtol=1e-4)
+
+
+def test_fit_ignores_nan_and_trims_outliers(model):
+    rng = np.random.default_rng(1)
+    features, times = _samples(model, 300, rng, noise=0.01)
+    times[:5] = np.nan
+    times[5:15] *= 30  # wild outliers
+    fitted = fit_cost_model(features, times, terms=("fixed", "new_tokens", "sum_context", "num_seqs"))
+    assert fitted.per_new_token_s == pytest.approx(model.per_new_token_s, rel=0.05)
+
+
+def test_fit_rejects_empty():
+    with pytest.raises(ValueError):
+        fit_cost_model(np.zeros((3, 5)), np.array([np.nan, -1, 0]))
+
+
+def test_save_load_roundtrip(tmp_path, model):
+    path = tmp_path / "m.json"
+    model.save(path)
+    loaded = load_cost_model(str(path))
+    np.testing.assert_allclose(loaded.coefficients(), model.coefficients())
+    assert loaded.name == model.name
+
+
+def test_presets_load():
+    assert "a100-llama2-7b" in preset_names()
+    m = load_cost_model("a100-llama2-7b")
+    assert m.predict(1, 1000, 1) > m.fixed_s > 0
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"fixed_s": 0.01}', "missing field"),
+        ('{"fixed_s": 0.01, "per_new_token_s": "x", "per_context_token_s": 0}', "finite number"),
+        ('{"fixed_s": 0.01, "per_new_token_s": 0, "per_context_token_s": 0}', "must not all be"),
+    ],
+)
+def test_load_errors_are_one_line(tmp_path, content, match):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(CostModelError, match=match) as info:
+        load_cost_model(str(path))
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(CostModelError, match="a100-llama2-7b") as info:
+        load_cost_model("no-such-model")
+    assert "\n" not in str(info.value)
+    with pytest.raises(CostModelError):
+        load_cost_model("")
+
+
+def _shape(new, ctx, seqs):
+    s = BatchShape()
+    s.new_tokens, s.sum_context, s.num_seqs = new, ctx, seqs
+    return s
+
+
+def test_online_cold_start_uses_prior(model):
+    online = OnlineCostModel(model, min_samples=32, refit_every=8)
+    assert online.current is model
+    for _ in range(10):
+        online.observe(_shape(100, 1000, 4), 0.02)
+    assert online.current is model and online.refits == 0
+
+
+def test_online_refit_tracks_a_slower_engine(model):
+    slower = CostModel(*(model.coefficients()[:4] * 1.5), name="slow")
+    online = OnlineCostModel(model, min_samples=32, refit_every=32, prior_weight=0.01)
+    rng = np.random.default_rng(2)
+    for _ in range(256):
+        shape = _shape(int(rng.integers(1, 2048)), int(rng.integers(1000, 90_000)), int(rng.integers(1, 100)))
+        online.observe(shape, slower.predict_shape(shape))
+    shape = _shape(1024, 50_000, 32)
+    assert online.refits > 0
+    assert online.predict_shape(shape) == pytest.approx(slower.predict_shape(shape), rel=0.05)
+
+
+def test_online_rejects_nan_negative_and_wild(model):
+    online = OnlineCostModel(model, min_samples=4, refit_every=4)
+    shape = _shape(100, 1000, 4)
+    for bad in (math.nan, math.inf, -1.0, 0.0, 1e6, "x", None):
+        assert not online.observe(shape, bad)
+    assert not online.observe(BatchShape(), 0.01)  # empty batch
+    assert online.rejected == 8 and online.samples == 0
+    before = online.current
+    for _ in range(8):
+        online.observe(shape, model.predict_shape(shape))
+    # A degenerate sample set (one shape) must not produce a model with free tokens.
+    assert online.current.per_new_token_s > 0 or online.current is before
+
+
+def test_max_chunk_tokens_fits_room(model):
+    for room in (0.001, 0.01, 0.1, 1.0):
+        for prefix in (0, 1000, 50_000):
+            chunk = model.max_chunk_tokens(room, prefix)
+            if chunk:
+                assert model.prefill_cost_s(chunk, prefix) <= room + 1e-12
+                assert model.prefill_cost_s(chunk + 1, prefix) > room - 1e-12
+    assert model.max_chunk_tokens(-1, 0) == 0
+    quad = CostModel(0.005, 5e-5, 3e-7, 0, 1.4e-11)
+    chunk = quad.max_chunk_tokens(0.2, 100)
+    assert quad.prefill_cost_s(chunk, 100) <= 0.2 < quad.prefill_cost_s(chunk + 1, 100)

@@ -1,0 +1,65 @@
+import math
+
+import pytest
+
+from sglang_fair.policy import RequestState, validate_slo
+
+from policy_helpers import make_request
+
+
+def test_first_token_deadline_is_arrival_plus_ttft():
+    r = make_request(arrival=10.0, ttft=2.0, tpot=0.1)
+    assert r.next_deadline_s == pytest.approx(12.0)
+    assert r.slack_s(11.5) == pytest.approx(0.5)
+    assert r.deadline_s(0) == pytest.approx(12.0)
+
+
+def test_envelope_without_early_first_token():
+    r = make_request(arrival=0.0, ttft=1.0, tpot=0.1)
+    r.record_prefill(100, end_s=1.0)  # first token exactly on time
+    assert r.generated_tokens == 1 and r.first_token_s == 1.0
+    assert r.deadline_s(3) == pytest.approx(1.3)
+    assert r.next_deadline_s == pytest.approx(1.1)
+
+
+def test_envelope_anchors_at_early_first_token():
+    # First token 0.8 s early: later tokens are paced from it so the mean TPOT SLO holds too.
+    r = make_request(arrival=0.0, ttft=1.0, tpot=0.1)
+    r.record_prefill(100, end_s=0.2)
+    assert r.next_deadline_s == pytest.approx(0.3)
+    r.record_token(0.25)
+    assert r.slack_s(0.25) == pytest.approx(0.15)
+
+
+def test_late_first_token_keeps_arrival_envelope():
+    r = make_request(arrival=0.0, ttft=1.0, tpot=0.1)
+    r.record_prefill(100, end_s=1.5)
+    assert r.next_deadline_s == pytest.approx(1.1)  # already late: urgent
+    assert r.slack_s(1.5) < 0
+
+
+def test_slack_is_monotone_as_tokens_arrive_ahead():
+    r = make_request(arrival=0.0, ttft=1.0, tpot=0.1)
+    r.record_prefill(100, end_s=0.5)
+    before = r.slack_s(0.52)
+    r.record_token(0.52)  # ran ahead of pace: banks a whole TPOT
+    assert r.slack_s(0.52) == pytest.approx(before + 0.1)
+
+
+def test_chunked_prefill_progress():
+    r = make_request(prompt=300)
+    r.record_prefill(100, 0.1)
+    assert r.is_prefilling and r.remaining_prefill_tokens == 200 and r.generated_tokens == 0
+    r.record_prefill(200, 0.2)
+    assert not r.is_prefilling and r.generated_tokens == 1 and r.context_tokens == 301
+
+
+@pytest.mark.parametrize("value", [0, -1, math.nan, math.inf, "1", True, None, 1e9])
+def test_validate_slo_rejects(value):
+    with pytest.raises(ValueError, match="ttft_slo"):
+        validate_slo("ttft_slo", value)
+
+
+def test_validate_slo_accepts_numbers():
+    assert validate_slo("x", 1) == 1.0
+    assert validate_slo("x", 0.05) == 0.05
