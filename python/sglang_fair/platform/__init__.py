@@ -22,13 +22,15 @@ import sys
 from .sgl_kernel_standin import install as _install_standin
 from .sgl_kernel_standin import is_installed as standin_installed
 
-__all__ = ["cpu_server_defaults", "has_cuda", "setup", "standin_installed"]
+__all__ = ["announce", "cpu_server_defaults", "has_cuda", "setup", "standin_installed"]
 
 logger = logging.getLogger("sglang_fair.platform")
 
 #: Set in the environment once the first process decided this is a CPU machine, so processes it
 #: spawns skip the probe (and its log line).
 _CPU_MARK = "SGLANG_FAIR_CPU_PLATFORM"
+
+_notice: str | None = None  # what setup() decided in this process, for announce()
 
 #: Tokens of KV cache on CPU unless the user says otherwise (SGLang would otherwise size the pool
 #: from free host memory, ~15 GB).
@@ -52,11 +54,13 @@ def _sgl_kernel_loads() -> bool:
     return True
 
 
-def setup() -> bool:
+def setup(announce_now: bool = True) -> bool:
     """Prepare this process for SGLang; return True when it runs on the CPU platform.
 
-    Idempotent and cheap after the first call in a process tree.
+    Idempotent and cheap after the first call in a process tree; only that first call has
+    something to announce (now, or later with :func:`announce`).
     """
+    global _notice
     if os.environ.get(_CPU_MARK) == "1":
         _install_standin()
         os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
@@ -71,17 +75,32 @@ def setup() -> bool:
         note = "using a stand-in for sgl_kernel whose functions raise if called"
     os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
     os.environ[_CPU_MARK] = "1"
-    # Logging may not be configured yet this early; this line must be seen, so print it.
-    print(f"sglang_fair: no CUDA device: CPU engine, {note}", file=sys.stderr, flush=True)
+    _notice = f"sglang_fair: no CUDA device: CPU engine, {note}"
+    if announce_now:
+        announce()
     return True
 
 
-def cpu_server_defaults() -> dict[str, str | None]:
-    """SGLang flags (``--flag`` -> value, None for a switch) a CPU server needs."""
-    return {
-        "--device": "cpu",
-        "--disable-cuda-graph": None,
-        "--attention-backend": "torch_native",
-        "--sampling-backend": "pytorch",
-        "--max-total-tokens": str(DEFAULT_CPU_MAX_TOTAL_TOKENS),
-    }
+def announce() -> None:
+    """Print, once, the line saying this process tree runs on the CPU engine (if it does).
+
+    Printed rather than logged: logging is not configured this early and the line must be seen.
+    """
+    global _notice
+    if _notice:
+        print(_notice, file=sys.stderr, flush=True)
+        _notice = None
+
+
+def cpu_server_defaults() -> list[tuple[tuple[str, ...], list[str]]]:
+    """SGLang flags a CPU server needs: ``(flags that already settle it, arguments to add)``."""
+    no_graph = ("--disable-cuda-graph",)
+    return [
+        (("--device",), ["--device", "cpu"]),
+        (("--cuda-graph-backend-decode", *no_graph), ["--cuda-graph-backend-decode", "disabled"]),
+        (("--cuda-graph-backend-prefill", *no_graph), ["--cuda-graph-backend-prefill", "disabled"]),
+        (("--attention-backend",), ["--attention-backend", "torch_native"]),
+        (("--sampling-backend",), ["--sampling-backend", "pytorch"]),
+        (("--max-total-tokens",), ["--max-total-tokens", str(DEFAULT_CPU_MAX_TOTAL_TOKENS)]),
+        (("--sleep-on-idle",), ["--sleep-on-idle"]),  # an idle scheduler would spin a core
+    ]

@@ -1,0 +1,1 @@
+"""Models sglang_fair provides itself, with no download: ``tiny_llama`` (the default model)."""
