@@ -1,0 +1,57 @@
+"""Per-request SLOs and skip eligibility, read off SGLang ``Req`` objects.
+
+Plain attribute reads only (no sglang import), so the rules are testable without a scheduler.
+"""
+
+from __future__ import annotations
+
+from sglang_fair.policy.request import validate_slo
+
+__all__ = ["SLO_FIELDS", "can_sit_out", "parse_request_slos"]
+
+#: ``custom_params`` keys -> what they set.  Values are seconds.
+SLO_FIELDS = ("ttft_slo", "tpot_slo")
+
+
+def parse_request_slos(custom_params: object, default_ttft_s: float, default_tpot_s: float) -> tuple[float, float]:
+    """Return ``(ttft_slo_s, tpot_slo_s)`` for one request or raise ``ValueError`` naming the field.
+
+    ``custom_params`` is SGLang's free-form per-request dict (``sampling_params.custom_params`` on
+    ``/generate``, top-level ``custom_params`` on the OpenAI API); keys other than ours are left to
+    whoever else reads them.
+    """
+    ttft_s, tpot_s = default_ttft_s, default_tpot_s
+    if custom_params is None:
+        return ttft_s, tpot_s
+    if not isinstance(custom_params, dict):
+        return ttft_s, tpot_s  # not ours to judge: SGLang validates its own custom_params shape
+    if "ttft_slo" in custom_params:
+        ttft_s = validate_slo("custom_params.ttft_slo", custom_params["ttft_slo"])
+    if "tpot_slo" in custom_params:
+        tpot_s = validate_slo("custom_params.tpot_slo", custom_params["tpot_slo"])
+    return ttft_s, tpot_s
+
+
+def can_sit_out(req) -> bool:
+    """Whether leaving ``req`` out of an iteration is safe.
+
+    A request sits out by being split off the running batch; per-row sampling state that the split
+    would have to carry (penalizer counts, grammar masks, logprob bookkeeping, custom logit
+    processors, logit bias, beams, hidden-state capture) makes it stay in, always.
+    """
+    if getattr(req, "return_logprob", False) or getattr(req, "grammar", None) is not None:
+        return False
+    if getattr(req, "custom_logit_processor", None) or getattr(req, "beam_group", None) is not None:
+        return False
+    if getattr(req, "return_hidden_states", False) or getattr(req, "input_embeds", None) is not None:
+        return False
+    params = getattr(req, "sampling_params", None)
+    if params is None:
+        return True
+    if getattr(params, "logit_bias", None):
+        return False
+    if getattr(params, "frequency_penalty", 0.0) or getattr(params, "presence_penalty", 0.0):
+        return False
+    if getattr(params, "repetition_penalty", 1.0) != 1.0 or getattr(params, "min_new_tokens", 0):
+        return False
+    return True
