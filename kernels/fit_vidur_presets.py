@@ -8,7 +8,7 @@ operator profiles of Llama-2-7B from microsoft/vidur (MIT, (c) Microsoft), ``dat
 
 * ``vidur_{a100,h100}_llama2_7b_mlp.csv``: per-layer median time (ms) of every linear and elementwise
   operator by token count (1..4096), TP 1, 2, 4, 8.  **Measured** on both GPUs; TP 1 is used.
-* ``vidur_a100_llama2_7b_attention_rows.csv``: 28 rows of the A100 attention profile (decode batches
+* ``vidur_a100_llama2_7b_attention_rows.csv``: 29 rows of the A100 attention profile (decode batches
   by KV length; one prefill chunk by chunk size and prefix).  **Measured** on A100 only.
 
 What is assumed, and how:
@@ -107,6 +107,7 @@ class AttentionModel:
             (decode if row["kind"] == "decode" else prefill).append((batch, chunk, kv, ms))
         d = np.array(decode, dtype=float)
         p = np.array(prefill, dtype=float)
+        self.decode_rows, self.prefill_rows = len(d), len(p)
         # Relative least squares so the 0.01 ms rows count as much as the 1 ms ones.
         self.decode_coef, self.decode_mape = self._fit(np.column_stack([np.ones(len(d)), d[:, 0], d[:, 0] * d[:, 2]]), d[:, 3])
         self.prefill_coef, self.prefill_mape = self._fit(
@@ -192,8 +193,8 @@ def build_presets(calibration: Path, *, date: str | None = None) -> dict:
     bandwidth_ratio = A100_HBM_GBPS / H100_HBM_GBPS
     h100_attention = a100_attention.scaled(decode_scale=bandwidth_ratio, prefill_scale=gemm_ratio)
     attention_fit = (
-        f"per-layer attention model fitted to the {len(a100_attention.decode_coef) and 12} decode and 16 prefill "
-        f"A100 rows: decode MAPE {a100_attention.decode_mape:.1%}, prefill MAPE {a100_attention.prefill_mape:.1%}"
+        f"per-layer attention model fitted to the {a100_attention.decode_rows} decode and "
+        f"{a100_attention.prefill_rows} prefill A100 rows: decode MAPE {a100_attention.decode_mape:.1%}, prefill MAPE {a100_attention.prefill_mape:.1%}"
     )
     common_assumed = [
         "LM head: not profiled; merged gate/up projection time at num_seqs tokens scaled by 32000/22016",
@@ -204,8 +205,8 @@ def build_presets(calibration: Path, *, date: str | None = None) -> dict:
         "a100-llama2-7b": (a100_ops, a100_attention, {
             "device": "NVIDIA A100 (Vidur's profile), Llama-2-7B, TP 1, fp16",
             "measured": ["linear and elementwise operators by token count (vidur_a100_llama2_7b_mlp.csv)",
-                         "attention: 28 rows (vidur_a100_llama2_7b_attention_rows.csv)"],
-            "assumed": ["attention between/beyond the 28 rows: " + attention_fit] + common_assumed,
+                         f"attention: {a100_attention.decode_rows + a100_attention.prefill_rows} rows (vidur_a100_llama2_7b_attention_rows.csv)"],
+            "assumed": [f"attention between/beyond the {a100_attention.decode_rows + a100_attention.prefill_rows} rows: " + attention_fit] + common_assumed,
         }),
         "h100-llama2-7b": (h100_ops, h100_attention, {
             "device": "NVIDIA H100 (Vidur's profile), Llama-2-7B, TP 1, fp16",
