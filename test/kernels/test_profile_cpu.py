@@ -184,7 +184,7 @@ def test_cpu_profile_predicts_held_out_shapes_within_reported_error(kernels_pkg,
 
 @pytest.mark.slow
 def test_cpu_profile_of_a_larger_shape(kernels_pkg, tmp_path):
-    """A 7B-wide layer on the CPU over the tiny grid (a minute or more): the fit still holds."""
+    """A 7B-wide layer on the CPU over the tiny grid (minutes on 2 cores): the fit still holds."""
     profile = kernels_pkg("profile")
     code = profile.main(["--device", "cpu", "--model", "llama2-7b", "--dtype", "float32", "--grid", "tiny",
                          "--holdout", "12", "--repeats", "5", "--max-kv-tokens", "8192", "--name", "wide",
