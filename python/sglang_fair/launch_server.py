@@ -225,6 +225,11 @@ def _serve(server_args) -> None:
             f"{PROG}: error: only the HTTP server is supported"
             " (not --encoder-only, --grpc-mode, --smg-grpc-mode or --use-ray)"
         )
+    from sglang.srt.entrypoints.http_server import app
+
+    from sglang_fair.runtime.http_routes import install_routes
+
+    install_routes(app)  # /get_load (PAB for sglang-router) and /fair/state
     launch_server(server_args, run_scheduler_process_func=run_scheduler_process)
 
 
@@ -241,7 +246,12 @@ def main(argv: list[str] | None = None) -> None:
     from sglang.srt.utils import kill_process_tree
 
     load_plugins()
-    server_args = prepare_server_args(sglang_argv(rest, ON_CPU))
+    sglang_args = sglang_argv(rest, ON_CPU)
+    if config.batch_policy != "sglang" and not _given(sglang_args, "--disable-overlap-schedule"):
+        # The policies time each iteration and split the running batch between steps; both need
+        # the plain (non-overlap) loop.  See docs/runtime.md.
+        sglang_args.append("--disable-overlap-schedule")
+    server_args = prepare_server_args(sglang_args)
     try:
         _serve(server_args)
     finally:

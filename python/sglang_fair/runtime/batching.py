@@ -43,6 +43,7 @@ from sglang_fair.policy import (
     policy_options,
 )
 from sglang_fair.policy.cost_model import BatchShape, CostModel, CostModelError
+from sglang_fair.runtime.load import horizon_tokens, load_tokens
 from sglang_fair.runtime.slo import can_sit_out, parse_request_slos
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ __all__ = ["CPU_PRIOR_PRESET", "FairBatchingMixin", "RuntimeRequestState", "SloC
 #: online refit takes over from measured iterations), and on a GPU when ``--cost-model`` is not given.
 CPU_PRIOR_PRESET = "cpu-tiny"
 GPU_PRIOR_PRESET = "a100-llama2-7b"
+CPU_REJECT_FACTOR = 1000.0
 
 #: Smallest chunk given to a chunked request the plan left out: SGLang always continues a chunked
 #: prefill once started, and a stalled chunk keeps its KV pinned.
@@ -138,7 +140,11 @@ def build_policy(config: FairConfig, *, chunked_prefill_size: int | None = None,
         prior = load_cost_model(config.cost_model)
     else:
         prior = load_cost_model(CPU_PRIOR_PRESET if on_cpu else GPU_PRIOR_PRESET)
-    online = OnlineCostModel(prior)
+    # The CPU preset profiles the model's kernels only; SGLang's host overhead per iteration on CPU
+    # is 10-100x that, so the default outlier gate (20x the prediction) would reject every
+    # measurement and the refit could never start.  Widen it for that prior only.
+    reject_factor = CPU_REJECT_FACTOR if (on_cpu and not config.cost_model) else 20.0
+    online = OnlineCostModel(prior, reject_factor=reject_factor)
     known = policy_options(name)
     options: dict = {}
     defaults = {
@@ -208,7 +214,7 @@ class FairBatchingMixin:
 
         self.fair_metrics = FairMetrics.maybe_create(self)
         logger.info(
-            "sglang_fair: batch policy %s (%s), decode skipping %s",
+            "sglang_fair: batch policy = %s; cost model %s; decode skipping %s",
             config.batch_policy,
             self.fair_policy.cost_model.describe(),
             "on" if self.fair_can_split and self.fair_policy.skips_decodes else "off",
@@ -264,6 +270,16 @@ class FairBatchingMixin:
     def _fair_state_of(self, req) -> RuntimeRequestState:
         state = self.fair_states.get(req.rid)
         if state is None or state.handle is not req:
+            if not self.fair_active:
+                # Stock batching keeps no records; a view (for the PAB on /get_load) is transient.
+                return RuntimeRequestState(
+                    req.rid,
+                    req.time_stats.scheduler_recv_time or time.perf_counter(),
+                    len(req.origin_input_ids),
+                    self.fair_config.ttft_slo_s,
+                    self.fair_config.tpot_slo_s,
+                    generated_tokens=len(req.output_ids),
+                )
             # A request that reached the scheduler some other way (retraction re-queue of one we
             # never saw, a session continuation): track it from now with the default SLOs.
             state = RuntimeRequestState(
@@ -464,7 +480,10 @@ class FairBatchingMixin:
 
     # ------------------------------------------------------------------ measure -> observe
     def run_batch(self, batch, *args, **kwargs):
-        if self.fair_active:
+        # Timed only in the plain loop: under overlap, run_batch returns before the forward ends
+        # and the result processed next belongs to the previous batch (the launcher turns overlap
+        # off for our policies; a user who forces it on keeps stock-like mixing, no refit).
+        if self.fair_active and not self.enable_overlap:
             self._fair_batch_start_s = time.perf_counter()
         return super().run_batch(batch, *args, **kwargs)
 
@@ -559,10 +578,18 @@ class FairBatchingMixin:
             "skipped_decodes_total": self.fair_skipped_decodes_total,
             "slo": self.fair_slo.snapshot(),
         }
-        if not self.fair_active:
-            return state
         view = self._fair_build_view(self.running_batch, now_s)
         pab = policy.admission_budget(view)
+        state["pab"] = {
+            "seconds": _finite(pab.seconds),
+            "tokens": _finite(pab.tokens),
+            "horizon_s": pab.horizon_s,
+            "horizon_tokens": _finite(horizon_tokens(policy.cost_model, pab.horizon_s)),
+            "decode_utilisation": pab.decode_utilisation,
+        }
+        state["load_tokens"] = load_tokens(policy.cost_model, pab)
+        if not self.fair_active:
+            return state
         plan = self.fair_last_plan
         state.update(
             time_budget_s=_finite(self.fair_last_budget_s),
@@ -576,12 +603,6 @@ class FairBatchingMixin:
                 "skipped_decodes": plan.skipped_decodes,
                 "prefill_tokens": plan.prefill_tokens,
                 "predicted_s": plan.predicted_s,
-            },
-            pab={
-                "seconds": _finite(pab.seconds),
-                "tokens": _finite(pab.tokens),
-                "horizon_s": pab.horizon_s,
-                "decode_utilisation": pab.decode_utilisation,
             },
             cost_model=policy.online.snapshot() if policy.online is not None else policy.cost_model.to_dict(),
         )

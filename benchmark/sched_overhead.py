@@ -1,0 +1,121 @@
+"""Scheduler CPU time per iteration: stock SGLang batching vs a sglang_fair policy, in process.
+
+Builds SGLang's real Scheduler (as FairScheduler) on the tiny CPU model, fills it with N running
+decodes, and steps it by hand.  Each iteration a short request arrives (so the prefill path, where
+the policy plans, runs every step) and the forward itself (``run_batch``) is excluded: the number
+is the CPU time of ``get_next_batch_to_run`` + ``process_batch_result`` (thread CPU time, so the
+other engineers' load on the machine does not count), which is where the policy's planning, the
+view, the R/K split and the record keeping happen.
+
+    .venv/bin/python benchmark/sched_overhead.py --running 64 256 --iterations 150 --repeats 3
+
+Prints one JSON line per (policy, running) with median/min/max over repeats of the per-iteration
+mean, and the ratio to stock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test" / "runtime"))
+
+from inproc import build_scheduler, make_req  # noqa: E402
+
+
+def measure(scheduler, running: int, iterations: int, warmup: int, tag: str) -> float:
+    """Mean scheduler CPU seconds per iteration with ``running`` decodes in flight."""
+    reqs = [make_req(f"{tag}-run{i}", 16, 100000) for i in range(running)]
+    for req in reqs:
+        scheduler._add_request_to_queue(req)
+    # admit them all (prefill in chunks) before measuring
+    for _ in range(200):
+        if len(scheduler.running_batch.reqs) + (len(scheduler.last_batch.reqs) if scheduler.last_batch else 0) >= running and not scheduler.waiting_queue:
+            break
+        _step(scheduler)
+    total_cpu_s = 0.0
+    counted = 0
+    for it in range(warmup + iterations):
+        scheduler._add_request_to_queue(make_req(f"{tag}-new{it}", 24, 2))
+        cpu_s = _step(scheduler)
+        if it >= warmup:
+            total_cpu_s += cpu_s
+            counted += 1
+    # finish: abort the long runners so the next measurement starts clean
+    from sglang.srt.managers.io_struct import AbortReq
+
+    scheduler.abort_request(AbortReq(abort_all=True))
+    for _ in range(50):
+        if _step(scheduler) is None and not scheduler.running_batch.reqs and not scheduler.waiting_queue:
+            break
+    return total_cpu_s / counted
+
+
+def _step(scheduler):
+    t0 = time.thread_time()
+    plan = scheduler.get_next_batch_to_run(running_batch=scheduler.running_batch, last_batch=scheduler.last_batch)
+    scheduler.running_batch = plan.running_batch
+    batch = plan.batch_to_run
+    t1 = time.thread_time()
+    if batch:
+        result = scheduler.run_batch(batch)
+        t2 = time.thread_time()
+        scheduler.process_batch_result(batch, result)
+        t3 = time.thread_time()
+    else:
+        t2 = t3 = time.thread_time()
+        scheduler.on_idle()
+    scheduler.last_batch = batch
+    return (t1 - t0) + (t3 - t2) if batch is not None else None
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policies", nargs="+", default=["sglang", "fairbatching"])
+    parser.add_argument("--running", nargs="+", type=int, default=[64, 256])
+    parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    max_running = max(args.running) + 64
+    results: dict[tuple[str, int], list[float]] = {}
+    for policy in args.policies:
+        scheduler = build_scheduler(
+            policy,
+            max_total_tokens=max_running * 1200,
+            chunked_prefill_size=2048,
+            max_running_requests=max_running,
+            ttft_slo_s=5.0,
+            tpot_slo_s=0.5,
+        )
+        for repeat in range(args.repeats):
+            for running in args.running:
+                mean_s = measure(scheduler, running, args.iterations, args.warmup, f"{policy}-{running}-{repeat}")
+                results.setdefault((policy, running), []).append(mean_s)
+                print(f"# {policy} running={running} repeat={repeat}: {mean_s * 1e3:.3f} ms/iter", file=sys.stderr)
+        del scheduler
+    for (policy, running), values in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        stock = results.get(("sglang", running))
+        ratio = statistics.median(values) / statistics.median(stock) if stock else None
+        print(
+            json.dumps(
+                {
+                    "policy": policy,
+                    "running": running,
+                    "median_ms": round(statistics.median(values) * 1e3, 4),
+                    "min_ms": round(min(values) * 1e3, 4),
+                    "max_ms": round(max(values) * 1e3, 4),
+                    "repeats": len(values),
+                    "iterations": args.iterations,
+                    "ratio_to_stock": None if ratio is None else round(ratio, 3),
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The SGLang 0.5.23 internals the runtime overrides or calls, pinned: an upstream change in their
+shape must fail here, loudly, rather than mis-batch in a server."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from sglang_fair import platform
+
+platform.setup(announce_now=False)
+
+
+def _params(func) -> list[str]:
+    return [name for name in inspect.signature(func).parameters if name != "self"]
+
+
+def test_sglang_version_is_the_one_pinned():
+    import sglang
+
+    assert sglang.__version__ == "0.5.23"
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ("get_new_batch_prefill", ["running_batch"]),
+        ("get_prefill_adder_class", []),
+        ("_add_request_to_queue", ["req", "is_retracted"]),
+        ("run_batch", ["batch"]),
+        ("process_batch_result", ["batch", "result"]),
+        ("on_idle", []),
+        ("_reqs_finishing_inflight", ["batch"]),
+        ("get_internal_state", ["recv_req"]),
+        ("abort_request", ["recv_req"]),
+    ],
+)
+def test_scheduler_methods_we_override_or_call(method, expected):
+    from sglang.srt.managers.scheduler import Scheduler
+
+    assert _params(getattr(Scheduler, method))[: len(expected)] == expected
+
+
+def test_prefill_adder_leading_parameters():
+    from sglang.srt.managers.schedule_policy import PrefillAdder
+
+    from sglang_fair.runtime.adder import EXPECTED_ADDER_PARAMS, adder_signature_matches
+
+    assert adder_signature_matches(PrefillAdder), _params(PrefillAdder.__init__)[: len(EXPECTED_ADDER_PARAMS)]
+    source = inspect.getsource(PrefillAdder.__init__)
+    assert "self.rem_input_tokens" in source and "self.rem_chunk_tokens" in source
+
+
+def test_adder_built_positionally_in_the_prefill_path():
+    """Our adder swaps the 8th positional argument (mixed decode tokens): SGLang must pass it so."""
+    from sglang.srt.managers.scheduler import Scheduler
+
+    source = inspect.getsource(Scheduler._get_new_batch_prefill_raw)
+    assert "self.get_prefill_adder_class()(" in source
+    assert "running_bs if self.is_mixed_chunk else 0," in source
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ("filter_batch", ["reqs_to_exclude", "keep_indices"]),
+        ("merge_batch", ["other"]),
+        ("mix_with_running", ["running_batch"]),
+        ("prepare_for_decode", []),
+        ("check_decode_mem", ["selected_indices"]),
+    ],
+)
+def test_schedule_batch_methods_used_by_the_split(method, expected):
+    from sglang.srt.managers.schedule_batch import ScheduleBatch
+
+    assert _params(getattr(ScheduleBatch, method)) == expected
+
+
+def test_penalizer_orchestrator_constructor():
+    from sglang.srt.sampling.penaltylib.orchestrator import BatchedPenalizerOrchestrator
+
+    assert _params(BatchedPenalizerOrchestrator.__init__) == ["vocab_size", "batch", "penalizers"]
+
+
+def test_finish_with_abort_takes_a_status_code():
+    from sglang.srt.managers.schedule_batch import Req
+
+    assert _params(Req.set_finish_with_abort)[:2] == ["error_msg", "status_code"]
