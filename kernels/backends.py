@@ -273,22 +273,28 @@ class CpuBackend(_Backend):
         hidden = torch.randn(row, self.shape.hidden_size, dtype=self.dtype) * 0.1  # input, not timed
         return plan_s, (*index_tensors, hidden)
 
+    def attend(self, batch, q, k, v):
+        """Write the new tokens' K/V into the cache and attend every sequence to its KV."""
+        sequences, _, new_slots, _, _ = batch
+        sdpa = self.torch.nn.functional.scaled_dot_product_attention
+        self.k_cache[new_slots] = k
+        self.v_cache[new_slots] = v
+        out = self.torch.empty_like(q)
+        for row, new, slots, mask in sequences:
+            q_seq = q[row : row + new].transpose(0, 1)  # heads, tokens, dim
+            k_seq = self.k_cache[slots].transpose(0, 1)
+            v_seq = self.v_cache[slots].transpose(0, 1)
+            out[row : row + new] = sdpa(q_seq, k_seq, v_seq, attn_mask=mask, enable_gqa=True).transpose(0, 1)
+        return out
+
     def _run(self, batch):
         torch = self.torch
-        sequences, positions, new_slots, last_rows, hidden = batch
-        sdpa = torch.nn.functional.scaled_dot_product_attention
+        _, positions, _, last_rows, hidden = batch
         attention_time = [0.0]
 
         def attention(q, k, v):
             start = self.clock()
-            self.k_cache[new_slots] = k
-            self.v_cache[new_slots] = v
-            out = torch.empty_like(q)
-            for row, new, slots, mask in sequences:
-                q_seq = q[row : row + new].transpose(0, 1)  # heads, tokens, dim
-                k_seq = self.k_cache[slots].transpose(0, 1)
-                v_seq = self.v_cache[slots].transpose(0, 1)
-                out[row : row + new] = sdpa(q_seq, k_seq, v_seq, attn_mask=mask, enable_gqa=True).transpose(0, 1)
+            out = self.attend(batch, q, k, v)
             attention_time[0] += self.clock() - start
             return out
 
@@ -351,6 +357,7 @@ class CudaBackend(_Backend):
         )
 
     def _prepare(self, case: BatchCase):
+        """Plan the case: (plan seconds, batch) where batch feeds ``attend`` and ``_run``."""
         torch = self.torch
         int32 = dict(dtype=torch.int32)
         torch.cuda.synchronize()
@@ -389,24 +396,29 @@ class CudaBackend(_Backend):
         hidden = torch.randn(qo_indptr[-1], shape.hidden_size, device="cuda", dtype=dtype) * 0.1  # not timed
         return plan_s, (decode_only, has_prefix, *index_tensors, hidden)
 
-    def _run(self, batch):
-        torch = self.torch
-        decode_only, has_prefix, positions, new_slots, last_rows, hidden = batch
+    def attend(self, batch, q, k, v):
+        """Write the new tokens' K/V into the paged cache and run the iteration's attention."""
+        decode_only, has_prefix, _, new_slots, _, _ = batch
         k_flat = self.k_cache.view(-1, *self.k_cache.shape[2:])
         v_flat = self.v_cache.view(-1, *self.v_cache.shape[2:])
+        k_flat[new_slots] = k
+        v_flat[new_slots] = v
+        if decode_only:
+            return self.decode_wrapper.run(q, (self.k_cache, self.v_cache))
+        out, lse = self.ragged_wrapper.run(q, k, v, return_lse=True)
+        if has_prefix:
+            out_prefix, lse_prefix = self.paged_wrapper.run(q, (self.k_cache, self.v_cache), return_lse=True)
+            out, _ = self.merge_state(out, lse, out_prefix, lse_prefix)
+        return out
+
+    def _run(self, batch):
+        torch = self.torch
+        _, _, positions, _, last_rows, hidden = batch
         events = [torch.cuda.Event(enable_timing=True) for _ in range(6)]
 
         def attention(q, k, v):
             events[1].record()
-            k_flat[new_slots] = k
-            v_flat[new_slots] = v
-            if decode_only:
-                out = self.decode_wrapper.run(q, (self.k_cache, self.v_cache))
-            else:
-                out, lse = self.ragged_wrapper.run(q, k, v, return_lse=True)
-                if has_prefix:
-                    out_prefix, lse_prefix = self.paged_wrapper.run(q, (self.k_cache, self.v_cache), return_lse=True)
-                    out, _ = self.merge_state(out, lse, out_prefix, lse_prefix)
+            out = self.attend(batch, q, k, v)
             events[2].record()
             return out
 

@@ -1,4 +1,7 @@
-"""Fixtures for the profiler tests; the profiler is loaded by path (the name ``kernels`` is taken)."""
+"""Fixtures for the profiler tests; the profiler is loaded by path (the name ``kernels`` is taken).
+
+Markers ``slow`` and ``gpu`` are registered and deselected by default in the repository's pytest.ini.
+"""
 
 import os
 import sys
@@ -8,20 +11,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long run, deselected unless -m slow or SGLANG_FAIR_RUN_SLOW=1")
-
-
-def pytest_collection_modifyitems(config, items):
-    # Skip only this folder's slow tests, and only when nobody asked for them.
-    if os.environ.get("SGLANG_FAIR_RUN_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
-        return
-    skip = pytest.mark.skip(reason="slow: run with -m slow or SGLANG_FAIR_RUN_SLOW=1")
-    for item in items:
-        if "slow" in item.keywords and HERE in Path(str(item.fspath)).resolve().parents:
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
