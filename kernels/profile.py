@@ -34,9 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time one transformer iteration over a grid of batch shapes (decodes, prefill "
         "chunk with prefix, mixed) and fit the FairBatching cost model to it.",
     )
-    parser.add_argument("--model", default="llama2-7b",
+    parser.add_argument("--model", default=None,
                         help="named shape (llama2-7b, llama2-13b, llama3-8b, mistral-7b, qwen2.5-7b, "
-                        "tiny) or a Hugging Face config.json (or its folder); default llama2-7b")
+                        "tiny) or a Hugging Face config.json (or its folder); default llama2-7b on cuda, "
+                        "tiny on cpu")
     parser.add_argument("--tp", type=int, default=None, help="tensor-parallel degree (profiles one rank)")
     parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
                         help="weights/KV dtype (default: the model's; float32 is CPU only)")
@@ -116,20 +117,25 @@ def run(args: argparse.Namespace) -> dict:
         name = args.name or os.path.splitext(os.path.basename(args.refit))[0]
         info = {"source": f"refit of {os.path.basename(args.refit)}"}
     else:
-        shape = load_model_shape(args.model).with_options(tp_degree=args.tp, dtype=args.dtype)
         cuda = args.device == "cuda"
-        if shape.dtype == "float32" and cuda:
-            shape = shape.with_options(dtype="bfloat16")
+        shape = load_model_shape(args.model or ("llama2-7b" if cuda else "tiny"))
+        shape = shape.with_options(tp_degree=args.tp, dtype=args.dtype)
+        if shape.dtype == "float32" and cuda and args.dtype is None:
+            shape = shape.with_options(dtype="bfloat16")  # a float32 config still serves in 16 bits
         spec = GRIDS[args.grid or ("default" if cuda else "tiny")]
         max_kv_tokens = args.max_kv_tokens or (262144 if cuda else 16384)
         warmup = args.warmup if args.warmup is not None else (3 if cuda else 2)
         repeats = args.repeats if args.repeats is not None else (10 if cuda else 21)
         if repeats < 1 or warmup < 0:
             raise ValueError("--repeats must be >= 1 and --warmup >= 0")
+        if args.page_size < 1 or max_kv_tokens < 1 or args.holdout < 0 or (args.threads or 1) < 1:
+            raise ValueError("--page-size, --max-kv-tokens and --threads must be >= 1, --holdout >= 0")
         backend = make_backend(args.device, shape, max_kv_tokens, page_size=args.page_size, threads=args.threads)
         cases = [c for c in build_grid(spec, seed=args.seed) if c.kv_tokens() <= max_kv_tokens]
         holdout = [c for c in sample_holdout(spec, args.holdout, seed=args.seed + 1)
                    if c.kv_tokens() <= max_kv_tokens] if args.holdout else []
+        if not cases:
+            raise ValueError(f"no grid shape fits in --max-kv-tokens {max_kv_tokens}")
         short = shape.name.split("/")[-1].lower()
         name = args.name or f"{'gpu' if cuda else 'cpu'}-{short}" + (f"-tp{shape.tp_degree}" if shape.tp_degree > 1 else "")
 
