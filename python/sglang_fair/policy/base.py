@@ -141,16 +141,18 @@ class BatchBuilder:
         self.plan.shape.add_decode(request.context_tokens)
         return True
 
-    def add_prefill(self, request: RequestState, *, min_chunk: int = 1, force: bool = False) -> int:
+    def add_prefill(self, request: RequestState, *, min_chunk: int = 1, force: bool = False,
+                    max_chunk: int = UNLIMITED) -> int:
         """Give ``request`` the largest chunk the limits allow; returns the tokens granted.
 
         A chunk smaller than ``min_chunk`` (unless it finishes the prompt) is not worth its fixed
         cost and is refused.  ``force`` ignores the time budget (used to guarantee progress).
+        ``max_chunk`` caps this one chunk (FairBatching's most-efficient chunk size).
         """
         if self.seats_left < 1:
             return 0
         remaining = request.remaining_prefill_tokens
-        limit = min(remaining, self.kv_left, self.tokens_left, self.prefill_tokens_left)
+        limit = min(remaining, self.kv_left, self.tokens_left, self.prefill_tokens_left, max_chunk)
         if not force and self.time_budget_s < math.inf:
             limit = min(limit, self.model.max_chunk_tokens(self.time_left_s, request.prefilled_tokens))
         if limit <= 0 or (limit < min_chunk and limit < remaining):

@@ -116,6 +116,20 @@ class CostModel:
             + self.per_chunk_sq_s * chunk_tokens * chunk_tokens
         )
 
+    def efficient_chunk_tokens(self, prefix_tokens: int = 0) -> int | None:
+        """Chunk size that minimises the time per prompt token of a chunk run on its own.
+
+        A chunk of ``x`` tokens after ``p`` prefix tokens costs about
+        ``a + (b + c) x + c p + e x^2`` (``a`` the iteration's fixed cost, ``e`` the quadratic
+        attention term); per token that is smallest at ``x = sqrt((a + c p) / e)``.  Larger chunks
+        spend more time per token in attention than they save in fixed cost.  ``None`` when the model
+        has no quadratic term (any chunk size is then as efficient).
+        """
+        if self.per_chunk_sq_s <= 0:
+            return None
+        fixed_s = max(self.fixed_s + self.per_context_token_s * prefix_tokens, 0.0)
+        return max(1, int(math.sqrt(fixed_s / self.per_chunk_sq_s)))
+
     def max_chunk_tokens(self, room_s: float, prefix_tokens: int) -> int:
         """Largest prefill chunk whose marginal time fits in ``room_s`` (0 if none)."""
         if room_s <= 0:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 
-from .base import BatchBuilder, BatchPolicy, IterationView, Plan, first_token_deadline
+from .base import UNLIMITED, BatchBuilder, BatchPolicy, IterationView, Plan, first_token_deadline
 from .cost_model import CostModel, OnlineCostModel
 from .fairness import ClientCounters
 from .request import RequestState
@@ -42,6 +42,7 @@ class FairBatchingPolicy(BatchPolicy):
         budget_safety: float = 0.9,
         min_chunk_tokens: int = 32,
         max_time_budget_s: float = math.inf,
+        max_chunk_tokens: int | None = None,
         client_fairness: bool = False,
         input_weight: float = 1.0,
         output_weight: float = 2.0,
@@ -56,6 +57,11 @@ class FairBatchingPolicy(BatchPolicy):
         self.budget_safety = budget_safety
         self.min_chunk_tokens = min_chunk_tokens
         self.max_time_budget_s = max_time_budget_s
+        # None: cap each chunk at the cost model's most efficient size (see
+        # CostModel.efficient_chunk_tokens); 0: no cap; n > 0: at most n tokens per chunk.
+        if max_chunk_tokens is not None and max_chunk_tokens < 0:
+            raise ValueError("max_chunk_tokens must be >= 0 (0 = no cap) or None (auto)")
+        self.max_chunk_tokens = max_chunk_tokens
         self.clients = ClientCounters(input_weight, output_weight) if client_fairness else None
 
     def time_budget_s(self, view: IterationView) -> tuple[float, float]:
@@ -95,10 +101,14 @@ class FairBatchingPolicy(BatchPolicy):
         self._add_prefills(builder, view)
 
         # Phase 3: decodes that could wait, most hurried first, while they fit.
+        # Once one skippable decode does not fit, the rest sit out, but a decode that cannot be
+        # skipped (penalizers, grammar) still runs, whatever comes before it.
+        fits = True
         for request in by_slack[first_relaxed:]:
-            if not builder.add_decode(request, force=not request.can_skip):
-                if request.can_skip:
-                    break
+            if not request.can_skip:
+                builder.add_decode(request, force=True)
+            elif fits and not builder.add_decode(request):
+                fits = False
 
         if builder.plan.empty:
             self.ensure_progress(builder, view)
@@ -122,11 +132,19 @@ class FairBatchingPolicy(BatchPolicy):
             waiting = sorted(waiting, key=first_token_deadline)
         for group in (prefills[:split], waiting):
             for request in group:
-                granted = builder.add_prefill(request, min_chunk=self.min_chunk_tokens)
+                granted = builder.add_prefill(request, min_chunk=self.min_chunk_tokens,
+                                              max_chunk=self._chunk_cap(builder.model, request))
                 if granted and self.clients is not None:
                     self.clients.charge_prefill(request, granted)
                 if builder.time_left_s <= 0 or builder.kv_left <= 0 or builder.seats_left <= 0:
                     return
+
+    def _chunk_cap(self, model: CostModel, request: RequestState) -> int:
+        if self.max_chunk_tokens is None:
+            efficient = model.efficient_chunk_tokens(request.prefilled_tokens)
+            # Never below the minimum chunk, so a cap cannot starve a prompt of progress.
+            return UNLIMITED if efficient is None else max(efficient, self.min_chunk_tokens)
+        return self.max_chunk_tokens or UNLIMITED
 
     def release(self, request: RequestState) -> None:
         if self.clients is not None:
@@ -137,6 +155,7 @@ class FairBatchingPolicy(BatchPolicy):
         info.update(
             budget_safety=self.budget_safety,
             min_chunk_tokens=self.min_chunk_tokens,
+            max_chunk_tokens=self.max_chunk_tokens,
             client_fairness=self.clients is not None,
         )
         return info

@@ -1,0 +1,119 @@
+"""Property tests: every policy's plan respects KV, seats and the prefill cap; FairBatching keeps its
+time budget except for forced work and always runs urgent decodes."""
+
+import math
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from policy_helpers import A100, make_request
+from sglang_fair.policy import POLICY_NAMES, FairBatchingPolicy, IterationView, make_policy
+
+NOW = 100.0
+
+
+@st.composite
+def views(draw, roomy=False):
+    n_dec = draw(st.integers(0, 40))
+    decodes = []
+    for i in range(n_dec):
+        arrival = draw(st.floats(NOW - 60, NOW - 0.01))
+        tpot = draw(st.sampled_from([0.02, 0.05, 0.1, 0.2]))
+        ttft = draw(st.sampled_from([0.5, 1.0, 2.0]))
+        generated = draw(st.integers(1, 400))
+        first = arrival + draw(st.floats(0.01, 3.0))
+        r = make_request(f"d{i}", arrival, draw(st.integers(1, 6000)), ttft, tpot,
+                         prefilled=0, generated=generated, first_token_s=first,
+                         can_skip=draw(st.booleans()) or draw(st.booleans()), client=f"c{i % 3}")
+        r.prefilled_tokens = r.prompt_tokens
+        decodes.append(r)
+    prefills = []
+    for i in range(draw(st.integers(0, 3))):  # partial prefills lead
+        prompt = draw(st.integers(2, 9000))
+        r = make_request(f"p{i}", draw(st.floats(NOW - 5, NOW)), prompt, 1.0, 0.05,
+                         prefilled=draw(st.integers(1, prompt - 1)), client=f"c{i % 2}")
+        prefills.append(r)
+    waiting = sorted(
+        (make_request(f"w{i}", draw(st.floats(NOW - 5, NOW)), draw(st.integers(1, 9000)),
+                      draw(st.sampled_from([0.5, 1.0, 2.0])), 0.05, client=f"c{i % 3}")
+         for i in range(draw(st.integers(0, 12)))),
+        key=lambda r: r.arrival_s,
+    )
+    prefills += waiting
+    if roomy:
+        free_kv, seats = 10**7, 10**4
+    else:
+        free_kv = draw(st.integers(0, 200_000))
+        seats = draw(st.integers(1, 300))
+    return IterationView(NOW, decodes, prefills, free_kv, 200_000, seats, draw(st.sampled_from([1, 64, 512, 8192])))
+
+
+def _options(name):
+    return {"sarathi": {"token_budget": 512}, "slai": {"token_budget": 256}}.get(name, {})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(view=views(), name=st.sampled_from(POLICY_NAMES))
+def test_plan_never_overcommits(view, name):
+    policy = make_policy(name, A100, **_options(name))
+    plan = policy.plan(view)
+    chunk_tokens = [c.tokens for c in plan.prefills]
+    assert len(plan.decodes) + sum(chunk_tokens) <= view.free_kv_tokens
+    assert len(plan.decodes) + len(plan.prefills) <= view.max_batch_requests
+    assert sum(chunk_tokens) <= view.max_prefill_tokens
+    decode_ids = {id(r) for r in view.decodes}
+    prefill_ids = {id(r) for r in view.prefills}
+    assert all(id(r) in decode_ids for r in plan.decodes)
+    assert len({id(r) for r in plan.decodes}) == len(plan.decodes)
+    assert len({id(c.request) for c in plan.prefills}) == len(plan.prefills)
+    for chunk in plan.prefills:
+        assert id(chunk.request) in prefill_ids
+        assert 1 <= chunk.tokens <= chunk.request.remaining_prefill_tokens
+    # Progress: work that fits must not produce an empty plan.
+    if view.decodes and view.free_kv_tokens >= 1:
+        assert not plan.empty
+    assert plan.predicted_s == (A100.predict_shape(plan.shape) if not plan.empty else 0.0)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(view=views(roomy=True), safety=st.sampled_from([0.8, 0.9, 1.0]))
+def test_fairbatching_budget_and_urgent_decodes(view, safety):
+    policy = FairBatchingPolicy(A100, budget_safety=safety)
+    budget_s, floor_s = policy.time_budget_s(view)
+    plan = policy.plan(view)
+    planned = {id(r) for r in plan.decodes}
+    # Urgent decodes (would miss their next deadline by sitting out) and unskippable ones always run.
+    for r in view.decodes:
+        if r.next_deadline_s < view.now_s + budget_s + floor_s or not r.can_skip:
+            assert id(r) in planned, "urgent decode left out"
+    if not view.decodes:
+        return
+    # Only forced work (urgent / unskippable decodes, a progress chunk) may exceed the time budget.
+    forced_s = sum(A100.decode_cost_s(r.context_tokens) for r in plan.decodes
+                   if r.next_deadline_s < view.now_s + budget_s + floor_s or not r.can_skip)
+    assert plan.predicted_s - forced_s <= budget_s + 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(view=views(roomy=True))
+def test_budget_floor_is_min_tpot(view):
+    policy = FairBatchingPolicy(A100, budget_safety=0.9)
+    budget_s, floor_s = policy.time_budget_s(view)
+    if view.decodes:
+        assert floor_s == 0.9 * min(r.tpot_slo_s for r in view.decodes)
+        assert budget_s >= floor_s
+    else:
+        assert math.isinf(budget_s)
+
+
+def test_decode_with_banked_slack_sits_out_for_prefill_surge():
+    # One decode far ahead of its envelope and a big prompt waiting: the prompt gets the time.
+    ahead = make_request("d", NOW - 1, 500, 1.0, 0.05, generated=10, first_token_s=NOW - 0.99)
+    ahead.prefilled_tokens = 500
+    ahead.generated_tokens = 200  # 200 tokens in 1 s: ~9 s of slack banked
+    prompt = make_request("w", NOW, 8000, 1.0, 0.05)
+    policy = FairBatchingPolicy(A100)
+    view = IterationView(NOW, [ahead], [prompt], 10**6, 10**6, 256, 8192)
+    plan = policy.plan(view)
+    assert plan.prefills and plan.prefills[0].tokens > 512
+    assert plan.urgent_decodes == 0
