@@ -1,0 +1,179 @@
+"""Fixtures for every test folder: a real sglang_fair server, started and torn down by the tests.
+
+``start_server(extra_args, log_dir)`` starts ``python -m sglang_fair.launch_server`` on a free port
+(the built-in tiny model unless ``--model-path`` is among the arguments), waits until it answers,
+and returns a :class:`ServerHandle`; ``handle.stop()`` ends its whole process group.  The server's
+output goes to a file under ``log_dir`` (pytest keeps its tmp folders), and a failing test shows
+that path and the log's tail.
+
+Fixtures: ``server`` (module scope, one server per batch policy listed in the environment variable
+``SGLANG_FAIR_E2E_POLICIES``, default ``sglang,fairbatching``, so every test that uses it runs
+against each; a test module may set ``SERVER_ARGS = [...]`` for extra flags), and
+``server_launcher`` (a function scope ``start_server`` that stops what it started).
+
+Test folders are not packages, so do not ``import conftest`` (pytest imports several files of that
+name); use the fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_E2E_POLICIES = "sglang,fairbatching"
+START_TIMEOUT_S = float(os.environ.get("SGLANG_FAIR_E2E_START_TIMEOUT", "600"))
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+@dataclass
+class ServerHandle:
+    base_url: str
+    process: subprocess.Popen
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+    startup_s: float | None = None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the server and every process it started (they share its process group)."""
+        if self.process.poll() is None:
+            _signal_group(self.process, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        _signal_group(self.process, signal.SIGKILL)  # stragglers (scheduler, detokenizer)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)  # started with start_new_session: pgid == pid
+    except ProcessLookupError:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_ready(handle: ServerHandle, timeout: float = START_TIMEOUT_S) -> None:
+    """Until the server reports its model and has generated a token (``/health_generate``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if handle.process.poll() is not None:
+            raise ServerStartError(
+                f"server exited with status {handle.process.returncode} before it was ready;"
+                f" log {handle.log_path}:\n{handle.log_tail()}"
+            )
+        try:
+            if (
+                requests.get(f"{handle.base_url}/model_info", timeout=5).ok
+                and requests.get(f"{handle.base_url}/health_generate", timeout=30).ok
+            ):
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1.0)
+    handle.stop()
+    raise ServerStartError(
+        f"server not ready after {timeout:.0f} s; log {handle.log_path}:\n{handle.log_tail()}"
+    )
+
+
+def start_server(extra_args=(), log_dir: str | os.PathLike | None = None) -> ServerHandle:
+    """Start ``python -m sglang_fair.launch_server *extra_args`` on a free port; wait until ready."""
+    log_dir = Path(log_dir) if log_dir is not None else Path(os.environ.get("TMPDIR", "/tmp"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    args = ["--host", "127.0.0.1", "--port", str(port), *map(str, extra_args)]
+    log_path = log_dir / f"server-{port}.log"
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sglang_fair.launch_server", *args],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    handle = ServerHandle(f"http://127.0.0.1:{port}", process, log_path, args)
+    print(f"server log: {log_path}", file=sys.stderr)
+    try:
+        wait_until_ready(handle)
+    except BaseException:
+        handle.stop()
+        raise
+    handle.startup_s = time.monotonic() - started
+    print(f"server ready in {handle.startup_s:.1f} s: {handle.base_url}", file=sys.stderr)
+    return handle
+
+
+def e2e_policies() -> list[str]:
+    text = os.environ.get("SGLANG_FAIR_E2E_POLICIES") or DEFAULT_E2E_POLICIES
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+@pytest.fixture(scope="module", params=e2e_policies())
+def server(request, tmp_path_factory):
+    """A server (default tiny model) per batch policy, shared by the tests of one module."""
+    policy = request.param
+    log_dir = tmp_path_factory.mktemp(f"server-{policy}")
+    extra = ["--batch-policy", policy, *getattr(request.module, "SERVER_ARGS", [])]
+    handle = start_server(extra, log_dir)
+    handle.policy = policy
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def server_launcher(tmp_path):
+    """``start_server`` whose servers are stopped when the test ends."""
+    started: list[ServerHandle] = []
+
+    def launch(extra_args=(), log_dir=None) -> ServerHandle:
+        handle = start_server(extra_args, log_dir or tmp_path)
+        started.append(handle)
+        return handle
+
+    yield launch
+    for handle in started:
+        handle.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test that used a server shows where that server's log is, and its tail."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, ServerHandle):
+            report.sections.append(
+                (f"server log {value.log_path}", value.log_tail(120))
+            )

@@ -1,0 +1,128 @@
+"""A real server on the tiny default model: native API, OpenAI API, frontend DSL, policy report.
+
+Runs once per policy in ``SGLANG_FAIR_E2E_POLICIES`` (see test/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.e2e
+
+
+def test_active_policy_in_log_and_server_info(server):
+    assert f"sglang_fair: batch policy = {server.policy}" in server.log_text()
+    info = requests.get(f"{server.base_url}/server_info", timeout=30).json()
+    states = info["internal_states"]
+    assert states and all(s["sglang_fair"]["batch_policy"] == server.policy for s in states)
+
+
+def test_cpu_standin_announced_once(server):
+    log = server.log_text()
+    if "no CUDA device" not in log:
+        pytest.skip("CUDA machine: no stand-in")
+    assert log.count("sglang_fair: no CUDA device") == 1
+
+
+def test_generate(server):
+    out = requests.post(
+        f"{server.base_url}/generate",
+        json={
+            "text": "The capital of France is",
+            "sampling_params": {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True},
+        },
+        timeout=120,
+    )
+    out.raise_for_status()
+    body = out.json()
+    assert isinstance(body["text"], str) and body["text"]
+    assert body["meta_info"]["completion_tokens"] == 12
+
+
+def test_generate_streaming(server):
+    chunks = []
+    with requests.post(
+        f"{server.base_url}/generate",
+        json={
+            "text": "Once upon a time",
+            "stream": True,
+            "sampling_params": {"max_new_tokens": 6, "temperature": 0, "ignore_eos": True},
+        },
+        stream=True,
+        timeout=120,
+    ) as response:
+        response.raise_for_status()
+        for line in response.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                chunks.append(line[len("data:") :].strip())
+    assert chunks[-1] == "[DONE]"
+    events = [json.loads(chunk) for chunk in chunks[:-1]]
+    assert len(events) >= 2  # tokens arrive one by one
+    assert events[-1]["meta_info"]["completion_tokens"] == 6
+    assert events[-1]["meta_info"]["finish_reason"]["type"] == "length"
+
+
+@pytest.fixture(scope="module")
+def openai_client(server):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", timeout=120)
+
+
+def test_openai_completions(openai_client):
+    model = openai_client.models.list().data[0].id
+    out = openai_client.completions.create(
+        model=model, prompt="Hello, my name is", max_tokens=8, temperature=0
+    )
+    assert out.choices and isinstance(out.choices[0].text, str)
+    assert out.usage.completion_tokens >= 1
+
+
+def test_openai_chat_completions(openai_client):
+    model = openai_client.models.list().data[0].id
+    out = openai_client.chat.completions.create(
+        model=model,
+        messages=[
+            {"role": "system", "content": "You answer briefly."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert out.choices[0].message.role == "assistant"
+    assert isinstance(out.choices[0].message.content, str)
+    assert out.usage.completion_tokens >= 1
+
+
+def test_openai_chat_streaming_with_slo_params(openai_client):
+    model = openai_client.models.list().data[0].id
+    stream = openai_client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Count to three."}],
+        max_tokens=6,
+        stream=True,
+        extra_body={"custom_params": {"ttft_slo": 2.0, "tpot_slo": 0.2}},
+    )
+    pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+    assert len(pieces) >= 2
+
+
+def test_frontend_dsl(server):
+    sgl = pytest.importorskip("sglang")
+
+    @sgl.function
+    def quiz(s, question):
+        s += "Q: " + question + "\nA:"
+        s += sgl.gen("answer", max_tokens=8, temperature=0)
+        s += "\nIs that right? " + sgl.select("verdict", choices=["yes", "no"])
+
+    backend = sgl.RuntimeEndpoint(server.base_url)
+    state = quiz.run(question="What is the capital of France?", backend=backend)
+    assert isinstance(state["answer"], str)
+    assert state["verdict"] in ("yes", "no")
+    states = quiz.run_batch(
+        [{"question": "Two plus two?"}, {"question": "Is the sky blue?"}], backend=backend
+    )
+    assert [s["verdict"] in ("yes", "no") for s in states] == [True, True]
