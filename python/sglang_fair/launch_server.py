@@ -214,8 +214,9 @@ def sglang_argv(rest: list[str], on_cpu: bool) -> list[str]:
 
 def _serve(server_args) -> None:
     from sglang.srt.arg_groups.overrides import resolving_view
-    from sglang.srt.entrypoints.http_server import launch_server
+    from sglang.srt.entrypoints.http_server import app, launch_server
 
+    from sglang_fair.runtime.http_routes import install_routes
     from sglang_fair.runtime.process import run_scheduler_process
 
     server_args.resolve_once()
@@ -225,10 +226,6 @@ def _serve(server_args) -> None:
             f"{PROG}: error: only the HTTP server is supported"
             " (not --encoder-only, --grpc-mode, --smg-grpc-mode or --use-ray)"
         )
-    from sglang.srt.entrypoints.http_server import app
-
-    from sglang_fair.runtime.http_routes import install_routes
-
     install_routes(app)  # /get_load (PAB for sglang-router) and /fair/state
     launch_server(server_args, run_scheduler_process_func=run_scheduler_process)
 

@@ -15,7 +15,6 @@ a CPU server start (added by the launcher only where the user gave none).
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -24,10 +23,8 @@ from .sgl_kernel_standin import is_installed as standin_installed
 
 __all__ = ["announce", "cpu_server_defaults", "has_cuda", "setup", "standin_installed"]
 
-logger = logging.getLogger("sglang_fair.platform")
-
-#: Set in the environment once the first process decided this is a CPU machine, so processes it
-#: spawns skip the probe (and its log line).
+#: Set in the environment by the first process that probed ("cuda", "cpu" or "cpu-standin"), so
+#: the processes it spawns skip the probe (and its log line) and make the same choice.
 _CPU_MARK = "SGLANG_FAIR_CPU_PLATFORM"
 
 _notice: str | None = None  # what setup() decided in this process, for announce()
@@ -61,20 +58,23 @@ def setup(announce_now: bool = True) -> bool:
     something to announce (now, or later with :func:`announce`).
     """
     global _notice
-    if os.environ.get(_CPU_MARK) == "1":
-        _install_standin()
+    decided = os.environ.get(_CPU_MARK)
+    if decided in ("cpu", "cpu-standin"):
+        if decided == "cpu-standin":
+            _install_standin()
         os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
         return True
-    if os.environ.get(_CPU_MARK) == "0" or has_cuda():
-        os.environ[_CPU_MARK] = "0"
+    if decided == "cuda" or has_cuda():
+        os.environ[_CPU_MARK] = "cuda"
         return False
     if _sgl_kernel_loads():
+        os.environ[_CPU_MARK] = "cpu"
         note = "sgl_kernel loads"
     else:
         _install_standin()
+        os.environ[_CPU_MARK] = "cpu-standin"
         note = "using a stand-in for sgl_kernel whose functions raise if called"
     os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
-    os.environ[_CPU_MARK] = "1"
     _notice = f"sglang_fair: no CUDA device: CPU engine, {note}"
     if announce_now:
         announce()
