@@ -141,6 +141,45 @@ class BatchBuilder:
         self.plan.shape.add_decode(request.context_tokens)
         return True
 
+    def add_decodes(self, requests: Sequence[RequestState], *, force: bool = False) -> int:
+        """Add ``requests`` in order while they fit; return how many were added.
+
+        Same rules as :meth:`add_decode` (stops at the first that does not fit), in one pass with
+        the totals kept in locals: this is the per-iteration hot path of every policy.
+        """
+        model = self.model
+        per_decode_s = model.per_new_token_s + model.per_seq_s
+        per_context_s = model.per_context_token_s
+        limit = min(self.kv_left, self.seats_left)
+        if not force:
+            limit = min(limit, self.tokens_left)
+        room_s = math.inf if force else self.time_budget_s - self.predicted_s
+        added_s = 0.0
+        added_context = 0
+        count = 0
+        decodes = self.plan.decodes
+        for request in requests:
+            if count >= limit:
+                break
+            context = request.prefilled_tokens + request.generated_tokens
+            cost_s = per_decode_s + per_context_s * context
+            if cost_s > room_s - added_s:
+                break
+            added_s += cost_s
+            added_context += context
+            count += 1
+            decodes.append(request)
+        if count:
+            self.kv_left -= count
+            self.seats_left -= count
+            self.tokens_left -= count
+            self.predicted_s += added_s
+            shape = self.plan.shape
+            shape.new_tokens += count
+            shape.sum_context += added_context
+            shape.num_seqs += count
+        return count
+
     def add_prefill(self, request: RequestState, *, min_chunk: int = 1, force: bool = False,
                     max_chunk: int = UNLIMITED) -> int:
         """Give ``request`` the largest chunk the limits allow; returns the tokens granted.

@@ -68,33 +68,39 @@ class FairBatchingPolicy(BatchPolicy):
         """Return ``(budget, floor)`` for this iteration, both in seconds."""
         if not view.decodes:
             return self.max_time_budget_s, 0.0
-        now = view.now_s
-        min_slack = math.inf
-        min_tpot = math.inf
-        for request in view.decodes:
-            slack = request.slack_s(now)
-            if slack < min_slack:
-                min_slack = slack
-            if request.tpot_slo_s < min_tpot:
-                min_tpot = request.tpot_slo_s
-        floor_s = self.budget_safety * min_tpot
-        budget_s = max(self.budget_safety * min_slack, floor_s)
+        min_deadline_s = min(map(_next_deadline, view.decodes))
+        min_tpot_s = min(request.tpot_slo_s for request in view.decodes)
+        return self._budget(min_deadline_s - view.now_s, min_tpot_s)
+
+    def _budget(self, min_slack_s: float, min_tpot_s: float) -> tuple[float, float]:
+        floor_s = self.budget_safety * min_tpot_s
+        budget_s = max(self.budget_safety * min_slack_s, floor_s)
         return min(budget_s, max(self.max_time_budget_s, floor_s)), floor_s
 
     def plan(self, view: IterationView) -> Plan:
         now = view.now_s
-        budget_s, floor_s = self.time_budget_s(view)
+        decodes = view.decodes
+        if decodes:
+            # One pass computes every deadline; the order, the budget and urgency all reuse it.
+            deadlines = list(map(_next_deadline, decodes))
+            order = sorted(range(len(decodes)), key=deadlines.__getitem__)
+            by_slack = [decodes[i] for i in order]
+            budget_s, floor_s = self._budget(deadlines[order[0]] - now,
+                                             min(request.tpot_slo_s for request in decodes))
+        else:
+            deadlines, order, by_slack = [], [], []
+            budget_s, floor_s = self.max_time_budget_s, 0.0
         builder = BatchBuilder(view, self.cost_model, time_budget_s=budget_s)
 
-        # Phase 1: urgent decodes always run (only KV and seats can stop them).
-        by_slack = sorted(view.decodes, key=_next_deadline)
+        # Phase 1: urgent decodes always run (only KV and seats can stop them): those whose next
+        # deadline falls before this iteration's end plus the next one's floor.
         urgent_until_s = now + budget_s + floor_s
         first_relaxed = len(by_slack)
-        for index, request in enumerate(by_slack):
-            if request.next_deadline_s >= urgent_until_s and request.can_skip:
-                first_relaxed = index
+        for rank, index in enumerate(order):
+            if deadlines[index] >= urgent_until_s and decodes[index].can_skip:
+                first_relaxed = rank
                 break
-            builder.add_decode(request, force=True)
+        builder.add_decodes(by_slack[:first_relaxed], force=True)
         builder.plan.urgent_decodes = len(builder.plan.decodes)
 
         # Phase 2: prefills, continuing chunks first, then new ones.
@@ -103,12 +109,11 @@ class FairBatchingPolicy(BatchPolicy):
         # Phase 3: decodes that could wait, most hurried first, while they fit.
         # Once one skippable decode does not fit, the rest sit out, but a decode that cannot be
         # skipped (penalizers, grammar) still runs, whatever comes before it.
-        fits = True
-        for request in by_slack[first_relaxed:]:
+        relaxed = by_slack[first_relaxed:]
+        added = builder.add_decodes(relaxed)
+        for request in relaxed[added:]:
             if not request.can_skip:
                 builder.add_decode(request, force=True)
-            elif fits and not builder.add_decode(request):
-                fits = False
 
         if builder.plan.empty:
             self.ensure_progress(builder, view)
@@ -127,7 +132,7 @@ class FairBatchingPolicy(BatchPolicy):
         waiting = prefills[split:]
         if self.clients is not None:
             self.clients.update_backlog(waiting)
-            waiting = self.clients.order(waiting, key=first_token_deadline)
+            waiting = self.clients.pick(waiting, key=first_token_deadline)
         elif len(waiting) > 1:
             waiting = sorted(waiting, key=first_token_deadline)
         for group in (prefills[:split], waiting):
@@ -162,4 +167,9 @@ class FairBatchingPolicy(BatchPolicy):
 
 
 def _next_deadline(request: RequestState) -> float:
-    return request.next_deadline_s
+    # RequestState.next_deadline_s, inlined: this runs for every decode of every iteration.
+    due_s = request.arrival_s + request.ttft_slo_s
+    first_s = request.first_token_s
+    if first_s is not None and first_s < due_s:
+        due_s = first_s
+    return due_s + request.generated_tokens * request.tpot_slo_s

@@ -9,7 +9,8 @@ taken from the backlogged client with the lowest counter.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import heapq
+from typing import Iterable, Iterator, Sequence
 
 from .request import RequestState
 
@@ -43,6 +44,33 @@ class ClientCounters:
         if key is None:
             return sorted(waiting, key=lambda r: counters.get(r.client, 0.0))
         return sorted(waiting, key=lambda r: (counters.get(r.client, 0.0), key(r)))
+
+    def pick(self, waiting: Sequence[RequestState], key=None) -> Iterator[RequestState]:
+        """Yield waiting requests one at a time from the client whose counter is lowest *now*.
+
+        Unlike :meth:`order`, the choice is re-made after every request, so charges the caller makes
+        between steps (``charge_prefill``) count: a batch that admits many prompts at once still
+        alternates between clients instead of taking them all from the client that was lowest when
+        the batch started.  ``key`` orders requests within a client.  O(n log n).
+        """
+        groups: dict[str, list[RequestState]] = {}
+        for request in waiting:
+            groups.setdefault(request.client, []).append(request)
+        if key is not None:
+            for group in groups.values():
+                group.sort(key=key)
+        counters = self.counters
+        heap = [(counters.get(client, 0.0), rank, client) for rank, client in enumerate(groups)]
+        heapq.heapify(heap)
+        taken = dict.fromkeys(groups, 0)
+        while heap:
+            _, rank, client = heapq.heappop(heap)
+            group = groups[client]
+            index = taken[client]
+            yield group[index]
+            taken[client] = index + 1
+            if index + 1 < len(group):
+                heapq.heappush(heap, (counters.get(client, 0.0), rank, client))
 
     def charge_prefill(self, request: RequestState, tokens: int) -> None:
         # Charge the whole prompt once, when the request is first scheduled (as VTC does).

@@ -63,12 +63,10 @@ class SglangPolicy(BatchPolicy):
             if builder.plan.prefills:
                 if self.mixed_chunk:
                     builder.tokens_left = UNLIMITED  # decodes were already counted in the budget
-                    for request in view.decodes:
-                        builder.add_decode(request, force=True)
+                    builder.add_decodes(view.decodes, force=True)
                 return builder.finish(view)
         builder = BatchBuilder(view, self.cost_model)
-        for request in view.decodes:
-            builder.add_decode(request, force=True)
+        builder.add_decodes(view.decodes, force=True)
         return builder.finish(view)
 
     def describe(self) -> dict:
@@ -94,8 +92,7 @@ class SarathiPolicy(BatchPolicy):
 
     def plan(self, view: IterationView) -> Plan:
         builder = BatchBuilder(view, self.cost_model, token_budget=self.token_budget)
-        for request in view.decodes:  # stall-free: every decode, whatever the budget says
-            builder.add_decode(request, force=True)
+        builder.add_decodes(view.decodes, force=True)  # stall-free: every decode, whatever the budget
         _fill_prefills(builder, view.prefills)
         return builder.finish(view)
 
@@ -151,9 +148,7 @@ class SlaiPolicy(BatchPolicy):
         split = _split_partial(view.prefills)
         _fill_prefills(builder, view.prefills[:split])
         _fill_prefills(builder, sorted(view.prefills[split:], key=_prompt_tokens))
-        for request in relaxed:
-            if not builder.add_decode(request):
-                break
+        builder.add_decodes(relaxed)
         if builder.plan.empty:
             self.ensure_progress(builder, view)
         return builder.finish(view)
@@ -188,7 +183,7 @@ class VtcPolicy(BatchPolicy):
         split = _split_partial(view.prefills)
         waiting = view.prefills[split:]
         self.clients.update_backlog(waiting)
-        for group in (view.prefills[:split], self.clients.order(waiting)):
+        for group in (view.prefills[:split], self.clients.pick(waiting)):
             for request in group:
                 granted = builder.add_prefill(request)
                 if granted:

@@ -50,6 +50,7 @@ ROUTER_NAMES = ("round_robin", "least_load", "power_of_two", "pab")
 #: Time-between-tokens histogram resolution (1 ms bins up to 60 s).
 TBT_BIN_S = 1e-3
 TBT_BINS = 60_001
+TBT_PER_S = 1.0 / TBT_BIN_S
 
 
 @dataclass
@@ -190,21 +191,25 @@ class Replica:
         sim = self.sim
         tbt_hist = sim.tbt_hist
         finished = False
+        hist_last = TBT_BINS - 1
         for request in plan.decodes:
+            generated = request.generated_tokens
             # Envelope metric (definition b): token j due at arrival + ttft + j * tpot.
-            slack = (request.arrival_s + request.ttft_slo_s
-                     + request.generated_tokens * request.tpot_slo_s - end_s)
+            slack = request.arrival_s + request.ttft_slo_s + generated * request.tpot_slo_s - end_s
             if slack < request.worst_slack_s:
                 request.worst_slack_s = slack
             gap = end_s - request.last_token_s
             if gap > request.max_tbt_s:
                 request.max_tbt_s = gap
-            bin_index = int(gap / TBT_BIN_S)
-            tbt_hist[bin_index if bin_index < TBT_BINS else TBT_BINS - 1] += 1
-            request.record_token(end_s)
-            self.held_kv_tokens += 1
-            if request.generated_tokens >= request.output_tokens:
+            bin_index = int(gap * TBT_PER_S)
+            tbt_hist[bin_index if bin_index < hist_last else hist_last] += 1
+            # RequestState.record_token, inlined (hot loop): a decode always follows the first token.
+            generated += 1
+            request.generated_tokens = generated
+            request.last_token_s = end_s
+            if generated >= request.output_tokens:
                 finished = True
+        self.held_kv_tokens += len(plan.decodes)
         admitted = False
         prefill_done = False
         for chunk in plan.prefills:

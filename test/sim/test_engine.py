@@ -1,0 +1,148 @@
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sim_helpers import A100, small_workload
+from sglang_fair.policy import POLICY_NAMES, CostModel, make_policy
+from sglang_fair.sim import ROUTER_NAMES, EngineConfig, Simulation, simulate, summarize
+
+
+class CheckedPolicy:
+    """Wraps a policy and checks, every iteration, that the engine never holds more KV than it has."""
+
+    def __init__(self, inner, capacity):
+        self.inner, self.capacity, self.iterations = inner, capacity, 0
+        self.name = inner.name
+
+    def __getattr__(self, item):
+        return getattr(self.inner, item)
+
+    def plan(self, view):
+        held = sum(r.context_tokens for r in view.decodes) + sum(r.prefilled_tokens for r in view.prefills)
+        assert held <= self.capacity
+        assert view.free_kv_tokens >= len(view.decodes)
+        plan = self.inner.plan(view)
+        assert len(plan.decodes) + plan.prefill_tokens <= view.free_kv_tokens
+        self.iterations += 1
+        return plan
+
+
+def test_single_request_timing_is_the_cost_model():
+    w = small_workload([100], [3], [0.5])
+    result = simulate(w, lambda: make_policy("sarathi", A100, token_budget=512), warmup_fraction=0)
+    prefill_s = A100.predict(100, 100, 1, 100 * 100)
+    assert result.first_token_s[0] == pytest.approx(0.5 + prefill_s)
+    decode_s = A100.predict(1, 101, 1) + A100.predict(1, 102, 1)
+    assert result.finish_s[0] == pytest.approx(0.5 + prefill_s + decode_s)
+    summary = summarize(result)
+    assert summary["ttft_p50_s"] == pytest.approx(prefill_s)
+    assert summary["tpot_p50_s"] == pytest.approx(decode_s / 2)
+    assert summary["attainment"] == 1.0 and summary["envelope_attainment"] == 1.0
+
+
+def test_metrics_definitions():
+    # Tight TPOT: the single request meets TTFT but not mean TPOT, and misses the envelope.
+    w = small_workload([100], [3], [0.0], ttft=1.0, tpot=0.001)
+    s = summarize(simulate(w, lambda: make_policy("sarathi", A100), warmup_fraction=0))
+    assert s["ttft_attainment"] == 1.0 and s["tpot_attainment"] == 0.0
+    # The early first token banks slack, so the arrival-anchored envelope (b) is still met.
+    assert s["attainment"] == 0.0 and s["envelope_attainment"] == 1.0
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(POLICY_NAMES),
+    n=st.integers(1, 25),
+    seed=st.integers(0, 10_000),
+    kv=st.sampled_from([3000, 20_000, 200_000]),
+    seats=st.sampled_from([2, 256]),
+)
+def test_every_request_finishes_and_kv_holds(name, n, seed, kv, seats):
+    rng = np.random.default_rng(seed)
+    prompts = rng.integers(1, 2500, n)
+    outputs = rng.integers(1, 60, n)
+    arrivals = np.sort(rng.uniform(0, 2.0, n))
+    w = small_workload(prompts, outputs, arrivals, ttft=float(rng.choice([0.2, 1.0])),
+                       tpot=float(rng.choice([0.01, 0.05])))
+    config = EngineConfig(kv_capacity_tokens=kv, max_running_requests=seats, max_prefill_tokens=1024)
+    result = simulate(w, lambda: CheckedPolicy(make_policy(name, A100), kv), config=config, warmup_fraction=0)
+    fits = (prompts + outputs) <= kv
+    assert np.isfinite(result.finish_s[fits]).all(), "a request starved"
+    assert result.rejected[~fits].all() and not result.rejected[fits].any()
+    assert (result.finish_s[fits] >= result.first_token_s[fits]).all()
+
+
+@pytest.mark.parametrize("router", ROUTER_NAMES)
+def test_routers_spread_and_finish(router):
+    rng = np.random.default_rng(1)
+    n = 120
+    w = small_workload(rng.integers(50, 2000, n), rng.integers(5, 80, n), np.sort(rng.uniform(0, 10, n)))
+    result = simulate(w, lambda: make_policy("fairbatching", A100), replicas=3, router=router, seed=2)
+    assert np.isfinite(result.finish_s).all()
+    counts = np.bincount(result.replica, minlength=3)
+    assert (counts > 10).all(), counts
+
+
+def test_pab_admission_control_rejects_under_overload():
+    rng = np.random.default_rng(0)
+    n = 300
+    w = small_workload(rng.integers(1000, 4000, n), rng.integers(5, 50, n), np.sort(rng.uniform(0, 3, n)))
+    result = simulate(w, lambda: make_policy("fairbatching", A100), replicas=2, router="pab",
+                      admission_control=True)
+    s = summarize(result)
+    assert 0 < s["rejected"] < n
+    admitted = ~result.rejected
+    assert np.isfinite(result.finish_s[admitted]).all()
+    # Requests that were admitted mostly make their TTFT: rejecting is what keeps them on time.
+    ttft = result.first_token_s[admitted] - w.arrival_s[admitted]
+    assert (ttft <= 1.0).mean() > 0.8
+
+
+def test_noise_and_true_cost_model():
+    w = small_workload([500] * 20, [20] * 20, np.linspace(0, 1, 20))
+    slower = CostModel(*(A100.coefficients() * 2), name="slow")
+    base = simulate(w, lambda: make_policy("sarathi", A100))
+    slow = simulate(w, lambda: make_policy("sarathi", A100), config=EngineConfig(true_cost_model=slower))
+    # The policy plans with its own model, the clock follows the engine's: the first prefill (alone) takes 2x.
+    assert slow.first_token_s[0] == pytest.approx(2 * base.first_token_s[0])
+    assert slow.busy_s > 1.5 * base.busy_s
+    noisy = [simulate(w, lambda: make_policy("fairbatching", A100), config=EngineConfig(noise_sigma=0.2), seed=5)
+             for _ in range(2)]
+    np.testing.assert_array_equal(noisy[0].finish_s, noisy[1].finish_s)  # deterministic per seed
+    assert noisy[0].busy_s != base.busy_s
+
+
+def test_empty_plan_with_work_is_an_error():
+    class Lazy:
+        name = "lazy"
+        cost_model = A100
+
+        def plan(self, view):
+            from sglang_fair.policy import Plan
+
+            return Plan()
+
+    w = small_workload([10], [2], [0.0])
+    with pytest.raises(RuntimeError, match="empty plan"):
+        Simulation(w, [Lazy()]).run()
+
+
+def test_early_stop_counts_misses():
+    rng = np.random.default_rng(0)
+    n = 400
+    w = small_workload(rng.integers(2000, 4000, n), rng.integers(50, 100, n), np.sort(rng.uniform(0, 5, n)),
+                       ttft=0.5)
+    full = summarize(simulate(w, lambda: make_policy("sarathi", A100)))
+    stopped = summarize(simulate(w, lambda: make_policy("sarathi", A100), stop_after_misses=20))
+    assert full["attainment"] < 0.9 and stopped["stopped_early"]
+    assert stopped["attainment"] < 0.9
+
+
+def test_scheduler_cpu_time_is_reported():
+    w = small_workload([300] * 30, [30] * 30, np.linspace(0, 1, 30))
+    s = summarize(simulate(w, lambda: make_policy("fairbatching", A100)))
+    assert s["iterations"] > 30 and 0 < s["plan_cpu_us_per_iter"] < 10_000
+    assert math.isfinite(s["tbt_p99_s"])
