@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test" / "runtime")
 from inproc import build_scheduler, make_req  # noqa: E402
 
 
-def measure(scheduler, running: int, iterations: int, warmup: int, tag: str) -> float:
+def measure(scheduler, running: int, iterations: int, warmup: int, tag: str, arrivals: int = 1) -> float:
     """Mean scheduler CPU seconds per iteration with ``running`` decodes in flight."""
     reqs = [make_req(f"{tag}-run{i}", 16, 100000) for i in range(running)]
     for req in reqs:
@@ -40,7 +40,8 @@ def measure(scheduler, running: int, iterations: int, warmup: int, tag: str) -> 
     total_cpu_s = 0.0
     counted = 0
     for it in range(warmup + iterations):
-        scheduler._add_request_to_queue(make_req(f"{tag}-new{it}", 24, 2))
+        for k in range(arrivals):
+            scheduler._add_request_to_queue(make_req(f"{tag}-new{it}-{k}", 24, 2))
         cpu_s = _step(scheduler)
         if it >= warmup:
             total_cpu_s += cpu_s
@@ -75,7 +76,13 @@ def _step(scheduler):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policies", nargs="+", default=["sglang", "fairbatching"])
+    parser.add_argument(
+        "--policies",
+        nargs="+",
+        default=["sglang", "sglang-mixed", "fairbatching"],
+        help="sglang-mixed = stock with --enable-mixed-chunk (SGLang's own decode+prefill batches)",
+    )
+    parser.add_argument("--arrivals", type=int, default=1, help="new short requests per iteration")
     parser.add_argument("--running", nargs="+", type=int, default=[64, 256])
     parser.add_argument("--iterations", type=int, default=150)
     parser.add_argument("--warmup", type=int, default=20)
@@ -83,39 +90,41 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     max_running = max(args.running) + 64
     results: dict[tuple[str, int], list[float]] = {}
-    for policy in args.policies:
+    for name in args.policies:
+        policy = "sglang" if name == "sglang-mixed" else name
         scheduler = build_scheduler(
             policy,
             max_total_tokens=max_running * 1200,
             chunked_prefill_size=2048,
             max_running_requests=max_running,
+            enable_mixed_chunk=name == "sglang-mixed",
             ttft_slo_s=5.0,
             tpot_slo_s=0.5,
         )
         for repeat in range(args.repeats):
             for running in args.running:
-                mean_s = measure(scheduler, running, args.iterations, args.warmup, f"{policy}-{running}-{repeat}")
-                results.setdefault((policy, running), []).append(mean_s)
-                print(f"# {policy} running={running} repeat={repeat}: {mean_s * 1e3:.3f} ms/iter", file=sys.stderr)
+                mean_s = measure(
+                    scheduler, running, args.iterations, args.warmup, f"{name}-{running}-{repeat}", args.arrivals
+                )
+                results.setdefault((name, running), []).append(mean_s)
+                print(f"# {name} running={running} repeat={repeat}: {mean_s * 1e3:.3f} ms/iter", file=sys.stderr)
         del scheduler
-    for (policy, running), values in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        stock = results.get(("sglang", running))
-        ratio = statistics.median(values) / statistics.median(stock) if stock else None
-        print(
-            json.dumps(
-                {
-                    "policy": policy,
-                    "running": running,
-                    "median_ms": round(statistics.median(values) * 1e3, 4),
-                    "min_ms": round(min(values) * 1e3, 4),
-                    "max_ms": round(max(values) * 1e3, 4),
-                    "repeats": len(values),
-                    "iterations": args.iterations,
-                    "ratio_to_stock": None if ratio is None else round(ratio, 3),
-                }
-            )
-        )
-
+    for (name, running), values in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        row = {
+            "policy": name,
+            "running": running,
+            "arrivals_per_iteration": args.arrivals,
+            "median_ms": round(statistics.median(values) * 1e3, 4),
+            "min_ms": round(min(values) * 1e3, 4),
+            "max_ms": round(max(values) * 1e3, 4),
+            "repeats": len(values),
+            "iterations": args.iterations,
+        }
+        for base in ("sglang", "sglang-mixed"):
+            stock = results.get((base, running))
+            if stock and name != base:
+                row[f"ratio_to_{base}"] = round(statistics.median(values) / statistics.median(stock), 3)
+        print(json.dumps(row))
 
 if __name__ == "__main__":
     main()

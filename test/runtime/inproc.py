@@ -29,9 +29,12 @@ def build_scheduler(
     max_running_requests: int = 64,
     load_format: str = "dummy",
     enable_mixed_chunk: bool = False,
+    stock: bool = False,
     **fair_fields,
 ):
-    """A ``FairScheduler`` for ``batch_policy``; ``fair_fields`` go into its :class:`FairConfig`."""
+    """A ``FairScheduler`` for ``batch_policy`` (SGLang's own ``Scheduler`` with ``stock=True``);
+    ``fair_fields`` go into its :class:`FairConfig`."""
+    stock_class = stock
     from sglang.srt.managers import scheduler as stock
     from sglang.srt.server_args import PortArgs, ServerArgs
 
@@ -57,7 +60,7 @@ def build_scheduler(
     port_args = PortArgs.init_new(server_args)
     stock.publish(server_args, role="scheduler", ranks=stock.SpawnRanks(world_rank=0, dp_rank=None, gpu_id=0))
     stock.configure_scheduler_process(server_args, 0)
-    return FairScheduler(server_args, port_args)
+    return (stock.Scheduler if stock_class else FairScheduler)(server_args, port_args)
 
 
 def make_req(rid: str, prompt_tokens: int = 40, max_new_tokens: int = 8, **sampling):

@@ -146,3 +146,23 @@ def test_custom_params_slos_reach_the_request_state(fair):
     state = fair.fair_states["slo"]
     assert (state.ttft_slo_s, state.tpot_slo_s) == (2.5, 0.2)
     run_until_idle(fair, [req])
+
+
+def test_admission_control_rejects_hopeless_ttft_with_503(fair):
+    fair.fair_config.admission_control = True
+    try:
+        hopeless = make_req("hopeless", 400, 4)
+        hopeless.sampling_params.custom_params = {"ttft_slo": 0.001}
+        fair._add_request_to_queue(hopeless)
+        fine = make_req("fine", 20, 4)
+        fine.sampling_params.custom_params = {"ttft_slo": 30.0}
+        fair._add_request_to_queue(fine)
+    finally:
+        fair.fair_config.admission_control = False
+    assert hopeless.to_finish is not None and hopeless.to_finish.status_code == 503
+    assert "TTFT" in hopeless.to_finish.message
+    assert fine.to_finish is None
+    run_until_idle(fair, [hopeless, fine])
+    assert len(fine.output_ids) == 4
+    assert fair.fair_slo.rejected_admission >= 1
+    idle_check(fair)

@@ -217,7 +217,7 @@ class FairBatchingMixin:
             "sglang_fair: batch policy = %s; cost model %s; decode skipping %s",
             config.batch_policy,
             self.fair_policy.cost_model.describe(),
-            "on" if self.fair_can_split and self.fair_policy.skips_decodes else "off",
+            "on" if self.fair_can_split else "off",
         )
 
     # ------------------------------------------------------------------ request intake
@@ -413,7 +413,9 @@ class FairBatchingMixin:
         planned = {id(state.handle) for state in plan.decodes}
         run_indices = []
         sit_indices = []
-        skip_allowed = self.fair_can_split and self.fair_policy.skips_decodes
+        # The plan is the truth: a policy that left a decode out (FairBatching's relaxed decodes,
+        # SLAI's non-critical ones past the token budget) gets it left out, when the loop allows.
+        skip_allowed = self.fair_can_split
         for index, req in enumerate(running_batch.reqs):
             state = self.fair_states.get(req.rid)
             if (
@@ -570,7 +572,7 @@ class FairBatchingMixin:
         state = {
             "batch_policy": self.fair_config.batch_policy,
             "active": self.fair_active,
-            "decode_skipping": bool(self.fair_can_split and policy.skips_decodes),
+            "decode_skipping": bool(self.fair_can_split),
             "policy": _jsonable(policy.describe()),
             "iterations": self.fair_iterations,
             "running_requests": len(self.running_batch.reqs),
