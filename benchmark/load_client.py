@@ -190,7 +190,10 @@ def check_loopback(url: str) -> None:
         raise ValueError(f"only loopback servers are benchmarked, got {url!r}")
 
 
-async def _send_one(session, url: str, spec: RequestSpec, ids: list[int], timeout_s: float) -> RequestResult:
+async def send_one(
+    session, url: str, spec: RequestSpec, ids: list[int], timeout_s: float, on_token=None
+) -> RequestResult:
+    """Stream one request; ``on_token(tokens_so_far)`` (optional) is called per streamed chunk."""
     import aiohttp
 
     result = RequestResult(spec)
@@ -228,6 +231,8 @@ async def _send_one(session, url: str, spec: RequestSpec, ids: list[int], timeou
                 total = int(chunk.get("meta_info", {}).get("completion_tokens", seen_tokens + 1))
                 result.token_times_s.extend([now] * max(0, total - seen_tokens))
                 seen_tokens = max(seen_tokens, total)
+                if on_token is not None:
+                    on_token(seen_tokens)
         result.latency_s = time.perf_counter() - start
         result.ok = seen_tokens > 0
         if not result.ok:
@@ -271,7 +276,7 @@ async def run_workload(
             delay_s = spec.arrival_offset_s - (time.perf_counter() - start)
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
-            result = await _send_one(session, url, spec, ids, request_timeout_s)
+            result = await send_one(session, url, spec, ids, request_timeout_s)
             last_done[0] = time.perf_counter()
             bar.update(1)
             return result

@@ -47,7 +47,7 @@ SCENARIOS = {
                                  ("sglang", "round_robin", False)]),
     "cluster4-2s": (4, 2.0, 0.1, [("fairbatching", "pab", False), ("fairbatching", "least_load", False),
                                   ("fairbatching", "round_robin", False), ("sarathi", "round_robin", False),
-                                  ("sarathi", "least_load", False), ("fairbatching", "pab", True)]),
+                                  ("fairbatching", "pab", True)]),
 }
 
 
@@ -88,6 +88,7 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float, default=0.02)
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--quick", action="store_true", help="no fixed-grid curves")
+    parser.add_argument("--grid-points", type=int, default=11, help="rates on the curve grid (0.5..1.0 x saturation)")
     parser.add_argument("--out", default=str(REPO / "benchmark" / "results" / "sim_compare.json"))
     parser.add_argument("--plots", default=str(REPO / "benchmark" / "plots"))
     args = parser.parse_args()
@@ -183,7 +184,7 @@ def main() -> int:
                 policy, router = key.split("/")
                 ac = policy.endswith("+ac")
                 variant = Variant(policy.replace("+ac", ""), router, replicas, best["options"], ac)
-                for frac in np.linspace(0.5, 1.0, 11):
+                for frac in np.linspace(0.5, 1.0, args.grid_points):
                     grid_payloads.append(((name, key, float(frac * sat)), (variant, args.trace, args.cost_model,
                                           args.num_requests * replicas, float(frac * sat), seeds[0], ttft, tpot)))
         curves: dict = {}
