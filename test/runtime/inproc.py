@@ -57,10 +57,21 @@ def build_scheduler(
         enable_mixed_chunk=enable_mixed_chunk,
         mem_fraction_static=0.5,
     )
+    _release_previous_scheduler()
     port_args = PortArgs.init_new(server_args)
     stock.publish(server_args, role="scheduler", ranks=stock.SpawnRanks(world_rank=0, dp_rank=None, gpu_id=0))
     stock.configure_scheduler_process(server_args, 0)
     return (stock.Scheduler if stock_class else FairScheduler)(server_args, port_args)
+
+
+def _release_previous_scheduler() -> None:
+    """SGLang builds its process groups once per process; tear down the previous scheduler's so
+    several tests (and the benchmark) can each build one here."""
+    from sglang.srt.distributed import bootstrap, parallel_state
+
+    if bootstrap._PARALLEL_INITIALISED:
+        parallel_state.destroy_model_parallel()
+        parallel_state.destroy_distributed_environment()
 
 
 def make_req(rid: str, prompt_tokens: int = 40, max_new_tokens: int = 8, **sampling):
