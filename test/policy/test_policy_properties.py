@@ -3,6 +3,8 @@ time budget except for forced work and always runs urgent decodes."""
 
 import math
 
+import pytest
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -117,3 +119,21 @@ def test_decode_with_banked_slack_sits_out_for_prefill_surge():
     plan = policy.plan(view)
     assert plan.prefills and plan.prefills[0].tokens > 512
     assert plan.urgent_decodes == 0
+
+
+def test_adaptive_safety_follows_model_error():
+    ahead = make_request("d", NOW - 1, 500, 1.0, 0.05, generated=10, first_token_s=NOW - 0.99)
+    ahead.prefilled_tokens = 500
+    view = IterationView(NOW, [ahead], [make_request("w", NOW, 3000, 1.0, 0.05)], 10**6, 10**6, 256, 8192)
+    exact = FairBatchingPolicy(A100)
+    assert exact.budget_safety == 0.9  # cold start
+    slow = FairBatchingPolicy(A100)
+    fixed = FairBatchingPolicy(A100, budget_safety=0.8)
+    for _ in range(64):
+        for policy, factor in ((exact, 1.0), (slow, 1.25), (fixed, 1.25)):
+            plan = policy.plan(view)
+            policy.observe(plan, factor * plan.predicted_s)
+            policy.observe(plan, math.nan)  # ignored
+    assert exact.budget_safety == 1.0
+    assert slow.budget_safety == pytest.approx(1 / 1.25)
+    assert fixed.budget_safety == 0.8

@@ -22,12 +22,22 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .base import UNLIMITED, BatchBuilder, BatchPolicy, IterationView, Plan, first_token_deadline
 from .cost_model import CostModel, OnlineCostModel
 from .fairness import ClientCounters
 from .request import RequestState
 
 __all__ = ["FairBatchingPolicy"]
+
+#: Adaptive budget safety: the margin before enough iterations were measured, the floor, and the
+#: window / refresh period of the measured-over-predicted ratios it is derived from.
+COLD_START_SAFETY = 0.9
+MIN_SAFETY = 0.5
+ERROR_WINDOW = 256
+ERROR_MIN_SAMPLES = 32
+ERROR_REFRESH = 32
 
 
 class FairBatchingPolicy(BatchPolicy):
@@ -39,7 +49,7 @@ class FairBatchingPolicy(BatchPolicy):
         cost_model: CostModel | OnlineCostModel,
         *,
         default_ttft_slo_s: float = 1.0,
-        budget_safety: float = 0.9,
+        budget_safety: float | None = None,
         min_chunk_tokens: int = 32,
         max_time_budget_s: float = math.inf,
         max_chunk_tokens: int | None = None,
@@ -48,13 +58,17 @@ class FairBatchingPolicy(BatchPolicy):
         output_weight: float = 2.0,
     ) -> None:
         super().__init__(cost_model, default_ttft_slo_s=default_ttft_slo_s)
-        if not 0 < budget_safety <= 1:
-            raise ValueError("budget_safety must be in (0, 1]")
+        if budget_safety is not None and not 0 < budget_safety <= 1:
+            raise ValueError("budget_safety must be in (0, 1] (or None: adaptive)")
         if min_chunk_tokens < 1:
             raise ValueError("min_chunk_tokens must be >= 1")
         # Plan against a slightly tighter line than the SLO so cost-model error does not turn into
-        # a missed mean TPOT: the steady-state iteration is ``budget_safety * tpot``.
-        self.budget_safety = budget_safety
+        # a missed TPOT: the steady-state iteration is ``budget_safety * tpot``.  ``None`` derives
+        # the margin from the model's observed error (see ``observe``), starting at 0.9.
+        self.fixed_safety = budget_safety
+        self.budget_safety = COLD_START_SAFETY if budget_safety is None else budget_safety
+        self._ratios = [0.0] * ERROR_WINDOW  # measured / predicted, a ring buffer
+        self._observed = 0
         self.min_chunk_tokens = min_chunk_tokens
         self.max_time_budget_s = max_time_budget_s
         # None: cap each chunk at the cost model's most efficient size (see
@@ -144,6 +158,21 @@ class FairBatchingPolicy(BatchPolicy):
                 if builder.time_left_s <= 0 or builder.kv_left <= 0 or builder.seats_left <= 0:
                     return
 
+    def observe(self, plan: Plan, measured_s: float) -> None:
+        super().observe(plan, measured_s)
+        if self.fixed_safety is not None or not plan.predicted_s > 0:
+            return
+        if not isinstance(measured_s, (int, float)) or not 0 < measured_s < math.inf:
+            return
+        self._ratios[self._observed % ERROR_WINDOW] = measured_s / plan.predicted_s
+        self._observed += 1
+        if self._observed >= ERROR_MIN_SAMPLES and self._observed % ERROR_REFRESH == 0:
+            # Leave room for the model's 90th-percentile under-prediction: an iteration predicted
+            # at ``budget`` then ends by ``budget * (1 + q90)`` nine times in ten.
+            ratios = self._ratios[: min(self._observed, ERROR_WINDOW)]
+            over = max(float(np.percentile(ratios, 90)) - 1.0, 0.0)
+            self.budget_safety = min(1.0, max(MIN_SAFETY, 1.0 / (1.0 + over)))
+
     def _chunk_cap(self, model: CostModel, request: RequestState) -> int:
         if self.max_chunk_tokens is None:
             efficient = model.efficient_chunk_tokens(request.prefilled_tokens)
@@ -159,6 +188,7 @@ class FairBatchingPolicy(BatchPolicy):
         info = super().describe()
         info.update(
             budget_safety=self.budget_safety,
+            adaptive_safety=self.fixed_safety is None,
             min_chunk_tokens=self.min_chunk_tokens,
             max_chunk_tokens=self.max_chunk_tokens,
             client_fairness=self.clients is not None,
