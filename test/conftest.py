@@ -111,11 +111,16 @@ def start_server(extra_args=(), log_dir: str | os.PathLike | None = None) -> Ser
     port = free_port()
     args = ["--host", "127.0.0.1", "--port", str(port), *map(str, extra_args)]
     log_path = log_dir / f"server-{port}.log"
+    # A server decides its platform itself, as it would for a user (this process may have decided
+    # already, e.g. by importing the launcher, and would otherwise pass the decision on).
+    inherited = ("SGLANG_FAIR_CPU_PLATFORM", "SGLANG_FAIR_CONFIG")
+    env = {k: v for k, v in os.environ.items() if k not in inherited}
     started = time.monotonic()
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "sglang_fair.launch_server", *args],
             cwd=REPO,
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
