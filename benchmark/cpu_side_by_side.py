@@ -228,7 +228,17 @@ def fit_calibration(samples: dict) -> "CostModel":  # noqa: F821
 
     features = np.asarray(samples["features"], dtype=float)
     times_s = np.asarray(samples["times_s"], dtype=float)
-    model = fit_cost_model(features, times_s, terms=COST_TERMS, name="cpu-bench-measured")
+    terms = list(COST_TERMS)
+    model = fit_cost_model(features, times_s, terms=tuple(terms), name="cpu-bench-measured")
+    # On a busy machine a per-token term can come out negative (noise trading off against the
+    # other terms); a scheduler would read that as free tokens, so drop such terms and refit.
+    while len(terms) > 2:
+        coefficients = dict(zip(COST_TERMS, model.coefficients()))
+        negative = [t for t in terms[1:] if coefficients[t] < 0]
+        if not negative:
+            break
+        terms.remove(negative[0])
+        model = fit_cost_model(features, times_s, terms=tuple(terms), name="cpu-bench-measured")
     predicted = features @ model.coefficients()
     model.info["shapes"] = [
         {"shape": label, "measured_ms": round(t * 1e3, 2), "predicted_ms": round(p * 1e3, 2)}
