@@ -88,6 +88,8 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float, default=0.02)
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--quick", action="store_true", help="no fixed-grid curves")
+    parser.add_argument("--cluster-budgets", default="",
+                        help="restrict the Sarathi sweep in cluster scenarios, e.g. 256,512,1024 (default: full sweep)")
     parser.add_argument("--grid-points", type=int, default=11, help="rates on the curve grid (0.5..1.0 x saturation)")
     parser.add_argument("--out", default=str(REPO / "benchmark" / "results" / "sim_compare.json"))
     parser.add_argument("--plots", default=str(REPO / "benchmark" / "plots"))
@@ -106,7 +108,11 @@ def main() -> int:
         saturation[name] = saturation_rps(trace, n, model, EngineConfig(), replicas)
         for seed in seeds:
             for policy, router, ac in members:
-                for variant in default_variants(policy, router, replicas, {}, sweep=True, admission_control=ac):
+                variants = default_variants(policy, router, replicas, {}, sweep=True, admission_control=ac)
+                if replicas > 1 and args.cluster_budgets and policy == "sarathi":
+                    keep = {int(b) for b in args.cluster_budgets.split(",")}
+                    variants = [v for v in variants if v.options.get("token_budget") in keep]
+                for variant in variants:
                     payloads.append((name, seed, variant, args.trace, args.cost_model, n, saturation[name],
                                      ttft, tpot, args.tolerance))
     print(f"{len(payloads)} capacity searches on {args.jobs} processes", file=sys.stderr)
