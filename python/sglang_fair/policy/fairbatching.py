@@ -34,7 +34,7 @@ __all__ = ["FairBatchingPolicy"]
 #: Adaptive budget safety: the margin before enough iterations were measured, the floor, and the
 #: window / refresh period of the measured-over-predicted ratios it is derived from.
 COLD_START_SAFETY = 0.9
-MIN_SAFETY = 0.5
+MIN_SAFETY = 0.8
 ERROR_WINDOW = 256
 ERROR_MIN_SAMPLES = 32
 ERROR_REFRESH = 32
