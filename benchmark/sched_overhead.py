@@ -29,7 +29,9 @@ from inproc import build_scheduler, make_req  # noqa: E402
 
 def measure(scheduler, running: int, iterations: int, warmup: int, tag: str, arrivals: int = 1) -> float:
     """Mean scheduler CPU seconds per iteration with ``running`` decodes in flight."""
-    reqs = [make_req(f"{tag}-run{i}", 16, 100000) for i in range(running)]
+    # Long enough to stay running through the measurement, short enough that SGLang's KV
+    # reservation for their remaining tokens does not block the arrivals.
+    reqs = [make_req(f"{tag}-run{i}", 16, warmup + iterations + 400) for i in range(running)]
     for req in reqs:
         scheduler._add_request_to_queue(req)
     # admit them all (prefill in chunks) before measuring

@@ -212,6 +212,21 @@ def sglang_argv(rest: list[str], on_cpu: bool) -> list[str]:
     return argv
 
 
+def _dp_pab(argv: list[str]) -> list[str]:
+    """``--load-balance-method pab`` (data parallel): SGLang's ``total_tokens`` method fed with the
+    PAB-derived load each FairScheduler rank publishes (sglang_fair.runtime.batching)."""
+    out = []
+    for index, arg in enumerate(argv):
+        if arg == "--load-balance-method=pab" or (
+            arg == "pab" and index > 0 and argv[index - 1] == "--load-balance-method"
+        ):
+            os.environ["SGLANG_FAIR_DP_PAB"] = "1"
+            out.append("--load-balance-method=total_tokens" if arg.startswith("--") else "total_tokens")
+        else:
+            out.append(arg)
+    return out
+
+
 def _serve(server_args) -> None:
     from sglang.srt.arg_groups.overrides import resolving_view
     from sglang.srt.entrypoints.http_server import app, launch_server
@@ -243,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     from sglang.srt.utils import kill_process_tree
 
     load_plugins()
-    sglang_args = sglang_argv(rest, ON_CPU)
+    sglang_args = _dp_pab(sglang_argv(rest, ON_CPU))
     if config.batch_policy != "sglang" and not _given(sglang_args, "--disable-overlap-schedule"):
         # The policies time each iteration and split the running batch between steps; both need
         # the plain (non-overlap) loop.  See docs/runtime.md.

@@ -166,3 +166,16 @@ def test_admission_control_rejects_hopeless_ttft_with_503(fair):
     assert len(fine.output_ids) == 4
     assert fair.fair_slo.rejected_admission >= 1
     idle_check(fair)
+
+
+def test_pab_load_goes_into_the_load_snapshot_for_dp_balancing(fair):
+    """``--load-balance-method pab``: the rank's LoadSnapshot carries the PAB load in the field
+    SGLang's ``total_tokens`` DP method compares."""
+    fair._fair_publish_pab_as_load()
+    waiting = make_req("dp-wait", 600, 2)
+    fair._add_request_to_queue(waiting)
+    snapshot = fair.load_inquirer.get_loads()
+    expected = fair.fair_pab_load_tokens()  # moves a little with the clock (slack)
+    assert expected > 0 and abs(snapshot.num_total_tokens - expected) <= 0.05 * expected
+    run_until_idle(fair, [waiting])
+    assert fair.load_inquirer.get_loads().num_total_tokens == 0

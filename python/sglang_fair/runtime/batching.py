@@ -55,6 +55,8 @@ __all__ = ["CPU_PRIOR_PRESET", "FairBatchingMixin", "RuntimeRequestState", "SloC
 CPU_PRIOR_PRESET = "cpu-tiny"
 GPU_PRIOR_PRESET = "a100-llama2-7b"
 CPU_REJECT_FACTOR = 1000.0
+#: Set (to "1") by the launcher for ``--load-balance-method pab``.
+DP_PAB_ENV = "SGLANG_FAIR_DP_PAB"
 
 #: Smallest chunk given to a chunked request the plan left out: SGLang always continues a chunked
 #: prefill once started, and a stalled chunk keeps its KV pinned.
@@ -171,6 +173,27 @@ class _NoPenalties:
         return None
 
 
+class _PabLoadInquirer:
+    """Delegates to SGLang's load inquirer; ``get_loads`` reports the PAB load as total tokens."""
+
+    def __init__(self, inner, scheduler) -> None:
+        self._inner = inner
+        self._scheduler = scheduler
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def get_loads(self, *args, **kwargs):
+        import msgspec
+
+        load = self._inner.get_loads(*args, **kwargs)
+        try:
+            return msgspec.structs.replace(load, num_total_tokens=self._scheduler.fair_pab_load_tokens())
+        except Exception as exc:  # never let the load report take the scheduler down
+            logger.warning("sglang_fair: PAB load failed, reporting stock load: %s", exc)
+            return load
+
+
 class FairBatchingMixin:
     """Scheduler overrides that apply a ``sglang_fair`` policy; see the module docstring."""
 
@@ -210,6 +233,8 @@ class FairBatchingMixin:
             # We mix decodes into prefill batches ourselves (with the R/K split), so SGLang's own
             # mixed-chunk path, which would take every decode, stays off.
             self.is_mixed_chunk = False
+        if os.environ.get(DP_PAB_ENV) == "1":
+            self._fair_publish_pab_as_load()
         from sglang_fair.runtime.metrics import FairMetrics
 
         self.fair_metrics = FairMetrics.maybe_create(self)
@@ -563,6 +588,20 @@ class FairBatchingMixin:
         if self.fair_active and self.fair_states:
             self._fair_sweep()
         return super().on_idle()
+
+    # ------------------------------------------------------------------ data parallel
+    def _fair_publish_pab_as_load(self) -> None:
+        """``--load-balance-method pab``: the launcher runs SGLang's ``total_tokens`` method and we
+        put the PAB-derived load (lower is better) in the ``num_total_tokens`` field of this rank's
+        load snapshot, the number that method compares; the DP controller itself is unchanged.
+        (``/v1/loads`` then shows the same number.)"""
+        # SGLang's load inquirer is a frozen slots dataclass: wrap it rather than patch it.
+        self.load_inquirer = _PabLoadInquirer(self.load_inquirer, self)
+
+    def fair_pab_load_tokens(self) -> int:
+        view = self._fair_build_view(self.running_batch, time.perf_counter())
+        policy = self.fair_policy
+        return load_tokens(policy.cost_model, policy.admission_budget(view))
 
     # ------------------------------------------------------------------ state
     def fair_runtime_state(self) -> dict:
