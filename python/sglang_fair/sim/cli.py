@@ -63,7 +63,7 @@ def _add_common(parser: argparse.ArgumentParser, *, num_requests_default: int) -
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Simulate FairBatching and its peers on a cost-model engine.")
-    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser, metavar="{capacity,run}")
     cap = verbs.add_parser("capacity", help="binary-search each policy's capacity (>= target attainment)")
     _add_common(cap, num_requests_default=2000)
     cap.add_argument("--target", type=float, default=0.9, help="attainment that defines capacity")
