@@ -66,11 +66,14 @@ MIN_CONTINUE_CHUNK_TOKENS = 32
 class RuntimeRequestState(RequestState):
     """RequestState plus the runtime's envelope bookkeeping (late tokens, SLO verdict)."""
 
-    __slots__ = ("late_tokens",)
+    __slots__ = ("late_tokens", "anchor_s")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.late_tokens = 0
+        #: The envelope's anchor (RequestState._anchor_s), cached once the first token is in:
+        #: it cannot change after that, and the per-iteration path reads it for every decode.
+        self.anchor_s = 0.0
 
     def note_tokens(self, generated_tokens: int, end_s: float) -> None:
         """Sync ``generated_tokens`` from SGLang and stamp the new tokens with ``end_s``."""
@@ -78,6 +81,8 @@ class RuntimeRequestState(RequestState):
             if end_s > self.deadline_s(self.generated_tokens):
                 self.late_tokens += 1
             self.record_token(end_s)
+        if self.first_token_s is not None:
+            self.anchor_s = self._anchor_s()
 
 
 class SloCounters:
@@ -524,6 +529,9 @@ class FairBatchingMixin:
         return output
 
     def _fair_after_batch(self, batch, measured_s: float, end_s: float) -> None:
+        # Runs every iteration over every request in the batch: kept lean (plain attribute work,
+        # no per-request method calls on the decode path) so it stays a small share of SGLang's
+        # own per-iteration CPU time (benchmark/sched_overhead.py).
         shape = BatchShape()
         executed = Plan(shape=shape)
         reqs = batch.reqs
@@ -531,21 +539,38 @@ class FairBatchingMixin:
         num_prefill_rows = len(reqs) - len(decoding) if batch.forward_mode.is_extend() else 0
         prefix_lens = batch.prefix_lens or []
         extend_lens = batch.extend_lens or []
+        states = self.fair_states
+        finished = []
+        sum_context = 0
         for index, req in enumerate(reqs):
-            state = self.fair_states.get(req.rid)
+            state = states.get(req.rid)
+            generated = len(req.output_ids)
             if index < num_prefill_rows and index < len(extend_lens):
                 prefix = prefix_lens[index] if index < len(prefix_lens) else 0
-                chunk = extend_lens[index]
-                shape.add_prefill(chunk, prefix)
+                shape.add_prefill(extend_lens[index], prefix)
                 if state is not None:
-                    state.prefilled_tokens = min(prefix + chunk, state.prompt_tokens)
+                    state.prefilled_tokens = min(prefix + extend_lens[index], state.prompt_tokens)
             else:
-                shape.add_decode(len(req.origin_input_ids) + len(req.output_ids))
+                sum_context += len(req.origin_input_ids) + generated
             if state is None:
                 continue
-            state.note_tokens(len(req.output_ids), end_s)
-            if req.finished():
-                self._fair_release(state, aborted=_is_abort(req))
+            if generated != state.generated_tokens:
+                if generated == state.generated_tokens + 1 and state.first_token_s is not None:
+                    # one more decode token: the envelope deadline of token j is anchor + j * tpot
+                    if end_s > state.anchor_s + state.generated_tokens * state.tpot_slo_s:
+                        state.late_tokens += 1
+                    state.generated_tokens = generated
+                    state.last_token_s = end_s
+                else:
+                    state.note_tokens(generated, end_s)
+            if req.finished_reason is not None:
+                finished.append((state, req))
+        decode_rows = len(reqs) - num_prefill_rows
+        shape.new_tokens += decode_rows
+        shape.num_seqs += decode_rows
+        shape.sum_context += sum_context
+        for state, req in finished:
+            self._fair_release(state, aborted=_is_abort(req))
         plan = self._fair_iteration_plan or executed
         executed.time_budget_s = plan.time_budget_s
         executed.predicted_s = self.fair_policy.cost_model.predict_shape(shape)
@@ -555,7 +580,7 @@ class FairBatchingMixin:
         self.fair_iterations += 1
         if self.fair_metrics is not None:
             self.fair_metrics.observe_iteration(self, plan, executed, measured_s)
-        if len(self.fair_states) > 2 * (len(self.waiting_queue) + len(self.running_batch.reqs)) + 64:
+        if len(states) > 2 * (len(self.waiting_queue) + len(self.running_batch.reqs)) + 64:
             self._fair_sweep()
 
     def _fair_release(self, state: RuntimeRequestState, *, aborted: bool) -> None:
