@@ -96,11 +96,20 @@ class FairBatchingPolicy(BatchPolicy):
         decodes = view.decodes
         if decodes:
             # One pass computes every deadline; the order, the budget and urgency all reuse it.
-            deadlines = list(map(_next_deadline, decodes))
+            deadlines = []
+            min_tpot_s = math.inf
+            for request in decodes:  # RequestState.next_deadline_s, inlined (the hot loop)
+                due_s = request.arrival_s + request.ttft_slo_s
+                first_s = request.first_token_s
+                if first_s is not None and first_s < due_s:
+                    due_s = first_s
+                tpot_s = request.tpot_slo_s
+                deadlines.append(due_s + request.generated_tokens * tpot_s)
+                if tpot_s < min_tpot_s:
+                    min_tpot_s = tpot_s
             order = sorted(range(len(decodes)), key=deadlines.__getitem__)
             by_slack = [decodes[i] for i in order]
-            budget_s, floor_s = self._budget(deadlines[order[0]] - now,
-                                             min(request.tpot_slo_s for request in decodes))
+            budget_s, floor_s = self._budget(deadlines[order[0]] - now, min_tpot_s)
         else:
             deadlines, order, by_slack = [], [], []
             budget_s, floor_s = self.max_time_budget_s, 0.0
