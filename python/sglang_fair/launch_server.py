@@ -115,39 +115,16 @@ def _fair_parser() -> _OneLineParser:
     return parser
 
 
-def _convert_option(key: str, text: str, default: object) -> object:
-    if isinstance(default, bool):
-        lowered = text.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{key} takes true or false, got {text!r}")
-    if isinstance(default, int):
-        return int(text)
-    if isinstance(default, float):
-        return float(text)
-    return text
-
-
 def _policy_options(policy: str, items: list[str]) -> dict:
-    from sglang_fair.policy import policy_options
+    from sglang_fair.policy.registry import parse_option_value
 
-    known = policy_options(policy)
     options = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"expected KEY=VALUE, got {item!r}")
-        if key not in known:
-            raise ValueError(
-                f"policy {policy!r} has no option {key!r} (options: {', '.join(sorted(known))})"
-            )
-        try:
-            options[key] = _convert_option(key, text.strip(), known[key])
-        except ValueError as exc:
-            raise ValueError(f"bad value for {key}: {exc}") from None
+        options[key] = parse_option_value(policy, key, text)
     return options
 
 

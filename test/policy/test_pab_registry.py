@@ -86,3 +86,17 @@ def test_observe_feeds_online_model():
         policy.observe(plan, math.nan)  # a broken timer must not break the policy
         policy.observe(plan, A100.predict_shape(plan.shape))
     assert online.rejected == 8 and online.samples == 8
+
+
+def test_option_text_is_typed_by_its_default():
+    from sglang_fair.policy.registry import parse_option_value
+
+    assert parse_option_value("sarathi", "token_budget", "256") == 256
+    assert parse_option_value("fairbatching", "client_fairness", "yes") is True
+    # Options whose default is None ("adaptive"/"auto") read a JSON number or null.
+    assert parse_option_value("fairbatching", "budget_safety", "0.8") == 0.8
+    assert parse_option_value("fairbatching", "budget_safety", "auto") is None
+    with pytest.raises(ValueError, match="has no option"):
+        parse_option_value("sarathi", "nope", "1")
+    with pytest.raises(ValueError, match="token_budget takes a number"):
+        parse_option_value("sarathi", "token_budget", "many")

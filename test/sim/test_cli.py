@@ -24,7 +24,7 @@ def trace(tmp_path):
     (["--tpot-slo", "nan"], "--tpot-slo must be a finite"),
     (["--cost-model", "no-such-gpu"], "unknown preset or missing file"),
     (["--option", "sarathi.token_budget=0"], "token_budget must be >= 1"),
-    (["--option", "sarathi.nope=1"], "does not take"),
+    (["--option", "sarathi.nope=1"], "has no option"),
     (["--replicas", "0"], "--replicas must be >= 1"),
 ])
 def test_bad_input_exits_2_with_one_line(trace, capsys, args, message):

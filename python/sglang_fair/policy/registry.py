@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import json
 
 from .base import BatchPolicy
 from .cost_model import CostModel, OnlineCostModel
 from .fairbatching import FairBatchingPolicy
 from .peers import SarathiPolicy, SglangPolicy, SlaiPolicy, VtcPolicy
 
-__all__ = ["POLICIES", "POLICY_NAMES", "make_policy", "policy_options"]
+__all__ = ["POLICIES", "POLICY_NAMES", "make_policy", "parse_option_value", "policy_options"]
 
 POLICIES: dict[str, type[BatchPolicy]] = {
     cls.name: cls
@@ -37,3 +38,33 @@ def make_policy(name: str, cost_model: CostModel | OnlineCostModel, **options) -
     if unknown:
         raise ValueError(f"policy {name!r} does not take option(s) {', '.join(unknown)}")
     return POLICIES[name](cost_model, **options)
+
+
+def parse_option_value(name: str, key: str, text: str) -> object:
+    """Read a ``KEY=VALUE`` policy option given as text (flags), typed by the option's default.
+
+    Options whose default is ``None`` (e.g. "adaptive") take a JSON value: a number, true/false,
+    or null.  Raises ``ValueError`` with a message naming the option.
+    """
+    known = policy_options(name)
+    if key not in known:
+        raise ValueError(f"policy {name!r} has no option {key!r} (options: {', '.join(sorted(known))})")
+    default = known[key]
+    text = text.strip()
+    if isinstance(default, bool):
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{key} takes true or false, got {text!r}")
+    try:
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if default is None:
+            return None if text.lower() in ("null", "none", "auto") else json.loads(text)
+    except ValueError:
+        raise ValueError(f"{key} takes a number, got {text!r}") from None
+    return text

@@ -14,7 +14,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from ..policy.cost_model import CostModelError, load_cost_model
-from ..policy.registry import POLICY_NAMES, make_policy
+from ..policy.registry import POLICY_NAMES, make_policy, parse_option_value
 from ..policy.request import validate_slo
 from .capacity import Variant, default_variants, run_probe, saturation_rps, search_capacity
 from .engine import ROUTER_NAMES, EngineConfig
@@ -88,9 +88,9 @@ def _parse_options(items: list[str], policies: list[str]) -> dict[str, dict]:
         if policy not in POLICY_NAMES:
             raise UsageError(f"--option: unknown policy {policy!r} (choose from {', '.join(POLICY_NAMES)})")
         try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
+            value = parse_option_value(policy, name, raw)
+        except ValueError as exc:
+            raise UsageError(f"--option: {exc}") from None
         options.setdefault(policy, {})[name] = value
     return options
 
