@@ -1,26 +1,10 @@
-"""Shared helpers for policy tests; registers the ``slow`` marker (deselected unless ``-m slow``)."""
+"""Shared fixtures for policy tests (markers are registered in the repository's pytest.ini)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
 from policy_helpers import A100
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long-running test, deselected by default (run with -m slow)")
-
-
-def pytest_collection_modifyitems(config, items):
-    if "slow" in (config.getoption("-m") or ""):
-        return
-    skip = pytest.mark.skip(reason="slow: run with -m slow")
-    here = str(Path(__file__).parent)
-    for item in items:  # only this folder's tests: other folders manage their own
-        if "slow" in item.keywords and str(item.fspath).startswith(here):
-            item.add_marker(skip)
 
 
 @pytest.fixture
