@@ -17,8 +17,8 @@ One command; it
    TTFT/TPOT percentiles side by side, as the median over seeds with the min..max spread;
 4. stops every server it started (also on Ctrl-C or an error).
 
-    python benchmark/cpu_side_by_side.py            # default, about 20-25 min on 2 cores
-    python benchmark/cpu_side_by_side.py --quick    # smoke check, < 5 min
+    python benchmark/cpu_side_by_side.py            # default: ~3 min on 2 quiet cores, 24 min busy
+    python benchmark/cpu_side_by_side.py --quick    # smoke check: ~2 min quiet, 16 min busy
 """
 
 from __future__ import annotations
