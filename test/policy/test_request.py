@@ -63,3 +63,18 @@ def test_validate_slo_rejects(value):
 def test_validate_slo_accepts_numbers():
     assert validate_slo("x", 1) == 1.0
     assert validate_slo("x", 0.05) == 0.05
+
+
+def test_judged_envelope_and_slo_verdict():
+    request = RequestState("r", 10.0, 100, 1.0, 0.1)
+    # The judged envelope line is not anchored at an early first token (BRIEF section 7).
+    assert request.envelope_deadline_s(0) == 11.0
+    assert abs(request.envelope_deadline_s(3) - 11.3) < 1e-12
+    request.record_token(10.5)  # first token 0.5 s after arrival: TTFT met
+    assert request.slo_met() == (True, True)  # one token: no TPOT to miss
+    request.record_token(10.6)
+    request.record_token(10.9)  # mean TPOT (10.9 - 10.5) / 2 = 0.2 s > 0.1 s
+    assert request.slo_met() == (True, False)
+    late = RequestState("late", 0.0, 100, 1.0, 0.1)
+    late.record_token(1.5)
+    assert late.slo_met() == (False, True)

@@ -53,7 +53,7 @@ def _shape_slack(scheduler, urgent, relaxed):
         state = scheduler.fair_states[req.rid]
         # The envelope line is anchored at the first token (policy.request): move both.
         anchor_s = now + slack_s - state.generated_tokens * state.tpot_slo_s
-        state.first_token_s = state.anchor_s = anchor_s
+        state.first_token_s = anchor_s
         state.arrival_s = anchor_s - state.ttft_slo_s + 1.0
 
 

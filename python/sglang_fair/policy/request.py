@@ -96,6 +96,23 @@ class RequestState:
         """Time left until the next token is due; negative means late."""
         return self._anchor_s() + self.generated_tokens * self.tpot_slo_s - now_s
 
+    # --- judged SLO definitions (BRIEF section 7), shared by the simulator and the runtime ------
+    def envelope_deadline_s(self, token_index: int) -> float:
+        """The judged envelope line: token j due by ``arrival + ttft + j * tpot`` (not anchored)."""
+        return self.arrival_s + self.ttft_slo_s + token_index * self.tpot_slo_s
+
+    def slo_met(self) -> tuple[bool, bool]:
+        """``(ttft_met, mean_tpot_met)`` of a request that has its first token.
+
+        Mean TPOT is the time from the first to the last token over the tokens after the first; a
+        one-token output has no TPOT and meets it.
+        """
+        ttft_met = self.first_token_s - self.arrival_s <= self.ttft_slo_s
+        if self.generated_tokens < 2:
+            return ttft_met, True
+        mean_tpot_s = (self.last_token_s - self.first_token_s) / (self.generated_tokens - 1)
+        return ttft_met, mean_tpot_s <= self.tpot_slo_s
+
     @property
     def remaining_prefill_tokens(self) -> int:
         return self.prompt_tokens - self.prefilled_tokens

@@ -66,23 +66,18 @@ MIN_CONTINUE_CHUNK_TOKENS = 32
 class RuntimeRequestState(RequestState):
     """RequestState plus the runtime's envelope bookkeeping (late tokens, SLO verdict)."""
 
-    __slots__ = ("late_tokens", "anchor_s")
+    __slots__ = ("late_tokens",)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.late_tokens = 0
-        #: The envelope's anchor (RequestState._anchor_s), cached once the first token is in:
-        #: it cannot change after that, and the per-iteration path reads it for every decode.
-        self.anchor_s = 0.0
+        self.late_tokens = 0  # tokens past the judged envelope line (envelope_deadline_s)
 
     def note_tokens(self, generated_tokens: int, end_s: float) -> None:
         """Sync ``generated_tokens`` from SGLang and stamp the new tokens with ``end_s``."""
         while self.generated_tokens < generated_tokens:
-            if end_s > self.deadline_s(self.generated_tokens):
+            if end_s > self.envelope_deadline_s(self.generated_tokens):
                 self.late_tokens += 1
             self.record_token(end_s)
-        if self.first_token_s is not None:
-            self.anchor_s = self._anchor_s()
 
 
 class SloCounters:
@@ -102,13 +97,7 @@ class SloCounters:
         if state.first_token_s is None:
             return
         self.finished += 1
-        ttft_s = state.first_token_s - state.arrival_s
-        ok_ttft = ttft_s <= state.ttft_slo_s
-        if state.generated_tokens > 1:
-            tpot_s = (state.last_token_s - state.first_token_s) / (state.generated_tokens - 1)
-        else:
-            tpot_s = 0.0
-        ok_tpot = tpot_s <= state.tpot_slo_s
+        ok_ttft, ok_tpot = state.slo_met()
         self.met_ttft += ok_ttft
         self.met_tpot += ok_tpot
         self.met_both += ok_ttft and ok_tpot
@@ -556,8 +545,8 @@ class FairBatchingMixin:
                 continue
             if generated != state.generated_tokens:
                 if generated == state.generated_tokens + 1 and state.first_token_s is not None:
-                    # one more decode token: the envelope deadline of token j is anchor + j * tpot
-                    if end_s > state.anchor_s + state.generated_tokens * state.tpot_slo_s:
+                    # one more decode token, checked against the judged envelope line
+                    if end_s > state.envelope_deadline_s(state.generated_tokens):
                         state.late_tokens += 1
                     state.generated_tokens = generated
                     state.last_token_s = end_s

@@ -93,11 +93,7 @@ class FairMetrics:
         self.finished.inc()
         if state.first_token_s is None:
             return
-        ok_ttft = state.first_token_s - state.arrival_s <= state.ttft_slo_s
-        tpot = 0.0
-        if state.generated_tokens > 1:
-            tpot = (state.last_token_s - state.first_token_s) / (state.generated_tokens - 1)
-        ok_tpot = tpot <= state.tpot_slo_s
+        ok_ttft, ok_tpot = state.slo_met()
         if ok_ttft:
             self.met_ttft.inc()
         if ok_tpot:

@@ -194,7 +194,7 @@ class Replica:
         hist_last = TBT_BINS - 1
         for request in plan.decodes:
             generated = request.generated_tokens
-            # Envelope metric (definition b): token j due at arrival + ttft + j * tpot.
+            # Envelope metric (definition b): RequestState.envelope_deadline_s, inlined (hot loop).
             slack = request.arrival_s + request.ttft_slo_s + generated * request.tpot_slo_s - end_s
             if slack < request.worst_slack_s:
                 request.worst_slack_s = slack
@@ -321,9 +321,8 @@ class Simulation:
     def finished(self, request: SimRequest) -> None:
         if request.index < self.warmup_requests or request.generated_tokens < 2:
             return
-        ttft_ok = request.first_token_s - request.arrival_s <= request.ttft_slo_s
-        tpot_s = (request.finish_s - request.first_token_s) / (request.generated_tokens - 1)
-        if ttft_ok and tpot_s > request.tpot_slo_s:
+        ttft_ok, tpot_ok = request.slo_met()
+        if ttft_ok and not tpot_ok:
             self.misses += 1
 
     # --- routing --------------------------------------------------------------------------------
