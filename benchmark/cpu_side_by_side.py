@@ -52,8 +52,9 @@ MAX_TOTAL_TOKENS = 32768
 #: The fair server's cap on one prefill chunk; below it the cost model and time budget decide.
 FAIR_MAX_CHUNK_TOKENS = 1024
 #: A per-sequence term is not fitted: on this noisy machine it came out negative (it trades off
-#: against the context term), which would make extra decodes look free.
-COST_TERMS = ("fixed", "new_tokens", "sum_context")
+#: against the context term), which would make extra decodes look free.  The extend-path terms are
+#: (a batch with a prefill runs SGLang's dearer extend path on CPU, for every row in it).
+COST_TERMS = ("fixed", "new_tokens", "sum_context", "prefill_iteration", "mixed_seqs")
 
 
 # --- servers ------------------------------------------------------------------------------------
@@ -149,17 +150,30 @@ def stop_server(peer: Peer) -> None:
 KEEPALIVE_PROMPT_TOKENS = 32
 
 
-async def _probe(url: str, prompt_tokens: int, output_tokens: int, count: int, seed: int):
-    """Send ``count`` identical requests at once while a keep-alive request is decoding, so the
-    server is never idle (an idle CPU server sleeps, and waking it would be timed as well)."""
+async def _probe(url: str, prompt_tokens: int, output_tokens: int, count: int, seed: int,
+                 keepalive_count: int = 1):
+    """Send ``count`` identical requests at once while ``keepalive_count`` keep-alive requests are
+    decoding: the server is never idle (an idle CPU server sleeps, and waking it would be timed as
+    well), and a prefill probed beside many of them is a mixed batch of that many decodes."""
     import aiohttp
 
-    keepalive = load_client.RequestSpec(10**6, 0.0, KEEPALIVE_PROMPT_TOKENS, 4096, 1e9, 1e9)
+    decoding = set()
     started = asyncio.Event()
+
+    def on_token(index: int, tokens: int) -> None:
+        if tokens >= 3:
+            decoding.add(index)
+            if len(decoding) == keepalive_count:
+                started.set()
+
     async with aiohttp.ClientSession() as session:
-        background = asyncio.create_task(load_client.send_one(
-            session, url, keepalive, load_client.prompt_ids(keepalive, seed, cpu_model.VOCAB_SIZE),
-            120.0, on_token=lambda n: n >= 3 and started.set()))
+        keepalives = [load_client.RequestSpec(10**6 + k, 0.0, KEEPALIVE_PROMPT_TOKENS, 4096, 1e9, 1e9)
+                      for k in range(keepalive_count)]
+        background = asyncio.gather(*[
+            load_client.send_one(session, url, spec,
+                                 load_client.prompt_ids(spec, seed + k, cpu_model.VOCAB_SIZE), 120.0,
+                                 on_token=lambda n, k=k: on_token(k, n))
+            for k, spec in enumerate(keepalives)])
         try:
             await asyncio.wait_for(started.wait(), timeout=60)
             specs = [load_client.RequestSpec(i, 0.0, prompt_tokens, output_tokens, 1e9, 1e9)
@@ -183,16 +197,19 @@ def calibrate(url: str, *, quick: bool, prefill_sizes: list[int], seed: int = 12
 
     decode_shapes = [(1, 32), (8, 256), (24, 128)] if quick else [
         (1, 32), (1, 256), (8, 32), (8, 256), (16, 128), (32, 64)]
+    # Prefills beside many decodes: what a mixed batch adds per row on the extend path.
+    mixed_shapes = [(64, 16)] if quick else [(64, 16), (256, 16), (128, 8)]
     repeats = 2
     output_tokens = 12 if quick else 16
     keepalive_context = KEEPALIVE_PROMPT_TOKENS + 8  # a few tokens into its decode
-    jobs = [("prefill", n, 1) for n in prefill_sizes] + [("decode", c, b) for b, c in decode_shapes]
+    jobs = ([("prefill", n, 1) for n in prefill_sizes] + [("prefill", n, b) for n, b in mixed_shapes]
+            + [("decode", c, b) for b, c in decode_shapes])
     measured: dict[tuple, list[float]] = {job: [] for job in jobs}
     for attempt in tqdm(range(repeats + 1), desc="calibrating", unit="pass", leave=False):
         for job in jobs:
             kind, tokens, batch = job
             if kind == "prefill":
-                (result,) = asyncio.run(_probe(url, tokens, 1, 1, seed + attempt))
+                (result,) = asyncio.run(_probe(url, tokens, 1, 1, seed + attempt, keepalive_count=batch))
                 if result.ok and attempt > 0:
                     measured[job].append(result.ttft_s)
                 continue
@@ -210,13 +227,14 @@ def calibrate(url: str, *, quick: bool, prefill_sizes: list[int], seed: int = 12
     for (kind, tokens, batch), values in measured.items():
         if not values:
             continue
-        # Every probed iteration also carries the keep-alive decode.
+        # Every probed iteration also carries the keep-alive decode(s); a prefill's is a mixed batch.
         if kind == "prefill":
-            rows.append((1.0, tokens + 1, tokens + keepalive_context, 2, tokens * tokens))
-            labels.append(f"prefill {tokens} (+1 decode)")
+            rows.append((1.0, tokens + batch, tokens + batch * keepalive_context, batch + 1,
+                         tokens * tokens, 1.0, batch + 1))
+            labels.append(f"prefill {tokens} (+{batch} decode{'s' if batch > 1 else ''})")
         else:
             mean_context = tokens + output_tokens / 2
-            rows.append((1.0, batch + 1, batch * mean_context + keepalive_context, batch + 1, 0.0))
+            rows.append((1.0, batch + 1, batch * mean_context + keepalive_context, batch + 1, 0.0, 0.0, 0))
             labels.append(f"decode {batch}x{tokens} (+1)")
         times.append(float(np.median(values)))
     return {"features": rows, "times_s": times, "labels": labels,
@@ -225,6 +243,7 @@ def calibrate(url: str, *, quick: bool, prefill_sizes: list[int], seed: int = 12
 
 def fit_calibration(samples: dict) -> "CostModel":  # noqa: F821
     from sglang_fair.policy import fit_cost_model
+    from sglang_fair.policy.cost_model import FEATURE_NAMES
 
     features = np.asarray(samples["features"], dtype=float)
     times_s = np.asarray(samples["times_s"], dtype=float)
@@ -233,7 +252,7 @@ def fit_calibration(samples: dict) -> "CostModel":  # noqa: F821
     # On a busy machine a per-token term can come out negative (noise trading off against the
     # other terms); a scheduler would read that as free tokens, so drop such terms and refit.
     while len(terms) > 2:
-        coefficients = dict(zip(COST_TERMS, model.coefficients()))
+        coefficients = dict(zip(FEATURE_NAMES, model.coefficients()))
         negative = [t for t in terms[1:] if coefficients[t] < 0]
         if not negative:
             break
@@ -254,7 +273,7 @@ def derive_slos(model, specs: list[load_client.RequestSpec]) -> tuple[float, flo
     smaller chunks meet and larger ones miss; cf. a GPU's 50 ms for ~500 new tokens). TTFT SLO:
     8x that (on a GPU 1 s is ~20 TPOT SLOs; CPU prompts are scaled down)."""
     mean_context = float(np.mean([s.prompt_tokens + s.output_tokens / 2 for s in specs]))
-    tpot_slo_s = model.predict(256 + 16, 16 * mean_context + 256, 17)
+    tpot_slo_s = model.predict(256 + 16, 16 * mean_context + 256, 17, 256 * 256, num_prefills=1)
     return round(8 * tpot_slo_s, 2), round(tpot_slo_s, 3)
 
 

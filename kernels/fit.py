@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sglang_fair.policy.cost_model import FEATURE_NAMES, CostModel, fit_cost_model
+from sglang_fair.policy.cost_model import FEATURE_NAMES, KERNEL_TERMS, CostModel, fit_cost_model
 
 from .grid import SHAPE_CLASSES
 
@@ -46,7 +46,10 @@ class ProfileRow:
     split: str = "grid"  # "grid" rows are fitted, "holdout" rows only checked
 
     def features(self) -> tuple[float, ...]:
-        return (1.0, self.new_tokens, self.sum_context, self.num_seqs, self.sum_chunk_sq)
+        """The values of ``FEATURE_NAMES``; a profiled shape with a chunk is an extend iteration."""
+        extend = self.chunk_tokens > 0
+        return (1.0, self.new_tokens, self.sum_context, self.num_seqs, self.sum_chunk_sq,
+                1.0 if extend else 0.0, self.num_seqs if extend else 0)
 
 
 def write_csv(path: str, rows: list[ProfileRow]) -> None:
@@ -113,7 +116,7 @@ def fit_rows(
     rows: list[ProfileRow],
     *,
     name: str,
-    terms: tuple[str, ...] = FEATURE_NAMES,
+    terms: tuple[str, ...] = KERNEL_TERMS,
     info: dict | None = None,
 ) -> CostModel:
     """Fit on the ``grid`` rows; report error on them and, if any, on the ``holdout`` rows."""

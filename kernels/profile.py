@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from sglang_fair.policy.cost_model import FEATURE_NAMES, CostModelError, load_cost_model
+from sglang_fair.policy.cost_model import FEATURE_NAMES, KERNEL_TERMS, CostModelError, load_cost_model
 
 from .backends import BackendError, make_backend
 from .fit import ProfileRow, fit_rows, format_error_table, read_csv, write_csv
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads on --device cpu (default 1: small ops on shared cores time "
                         "far steadier single-threaded)")
-    parser.add_argument("--terms", default=",".join(FEATURE_NAMES),
+    parser.add_argument("--terms", default=",".join(KERNEL_TERMS),
                         help=f"cost-model terms to fit, comma separated from {','.join(FEATURE_NAMES)}")
     parser.add_argument("--name", default=None, help="preset name (default DEVICE-MODEL[-tpN])")
     parser.add_argument("--out-dir", default=".", help="where NAME.csv and NAME.json go (default .)")

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from sglang_fair.policy.cost_model import (
-    FEATURE_NAMES,
+    KERNEL_TERMS,
     CostModel,
     CostModelError,
     load_cost_model,
@@ -28,7 +28,7 @@ def test_preset_loads_by_name_with_fit_error_per_class(name):
     assert model.name == name
     info = model.info
     assert info["date"] and info["device"] and info["source"]
-    assert set(info["terms"]) == set(FEATURE_NAMES)
+    assert set(info["terms"]) == set(KERNEL_TERMS)
     for shape_class in ("all",) + SHAPE_CLASSES:
         stats = info["fit_error"][shape_class]
         assert 0 <= stats["mape"] <= stats["max_ape"] and stats["samples"] > 0

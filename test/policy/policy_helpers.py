@@ -3,6 +3,10 @@
 from sglang_fair.policy import CostModel, RequestState
 
 A100 = CostModel(0.00597, 7.55e-05, 3.0e-07, -2.7e-05, 0.0, name="a100-test")
+#: An engine whose extend path is dear (like SGLang's CPU backend): a batch with a prefill chunk
+#: costs 12 ms more, plus 1.5 ms per sequence in it.
+CPU_LIKE = CostModel(0.0066, 9.5e-05, 3.1e-06, 0.0, 2e-08, per_prefill_iteration_s=0.012,
+                     per_mixed_seq_s=0.0015, name="cpu-like-test")
 
 
 def make_request(rid="r", arrival=0.0, prompt=100, ttft=1.0, tpot=0.05, prefilled=0, generated=0,

@@ -19,7 +19,7 @@ def _samples(model: CostModel, n: int, rng, noise=0.0):
     new = rng.integers(1, 4096, n)
     ctx = new + rng.integers(0, 100_000, n)
     seqs = rng.integers(1, 200, n)
-    features = np.column_stack([np.ones(n), new, ctx, seqs, np.zeros(n)]).astype(float)
+    features = np.column_stack([np.ones(n), new, ctx, seqs, np.zeros(n), np.zeros(n), np.zeros(n)]).astype(float)
     times = features @ model.coefficients()
     return features, times * (1 + noise * rng.standard_normal(n))
 
@@ -43,7 +43,7 @@ def test_fit_ignores_nan_and_trims_outliers(model):
 
 def test_fit_rejects_empty():
     with pytest.raises(ValueError):
-        fit_cost_model(np.zeros((3, 5)), np.array([np.nan, -1, 0]))
+        fit_cost_model(np.zeros((3, 7)), np.array([np.nan, -1, 0]))
 
 
 def test_save_load_roundtrip(tmp_path, model):
@@ -137,3 +137,90 @@ def test_max_chunk_tokens_fits_room(model):
     quad = CostModel(0.005, 5e-5, 3e-7, 0, 1.4e-11)
     chunk = quad.max_chunk_tokens(0.2, 100)
     assert quad.prefill_cost_s(chunk, 100) <= 0.2 < quad.prefill_cost_s(chunk + 1, 100)
+
+
+def _mixed_shapes(rng, n):
+    """Decode-only batches and batches with one prefill chunk among the decodes."""
+    shapes = []
+    for _ in range(n):
+        shape = BatchShape()
+        for _ in range(int(rng.integers(1, 40))):
+            shape.add_decode(int(rng.integers(16, 2000)))
+        if rng.random() < 0.5:
+            shape.add_prefill(int(rng.integers(1, 1024)), int(rng.integers(0, 512)))
+        shapes.append(shape)
+    return shapes
+
+
+def test_extend_terms_predict_and_fit():
+    from policy_helpers import CPU_LIKE
+
+    decode_only, mixed = BatchShape(), BatchShape()
+    for shape in (decode_only, mixed):
+        for context in (100, 200):
+            shape.add_decode(context)
+    mixed.add_prefill(64, 0)
+    assert decode_only.features()[5:] == (0.0, 0) and mixed.features()[5:] == (1.0, 3)
+    # A batch with a prefill pays the extend path once plus per sequence; a decode-only one does not.
+    without = CostModel(*CPU_LIKE.coefficients()[:5])
+    assert CPU_LIKE.predict_shape(decode_only) == pytest.approx(without.predict_shape(decode_only))
+    assert CPU_LIKE.predict_shape(mixed) == pytest.approx(without.predict_shape(mixed) + 0.012 + 3 * 0.0015)
+    assert CPU_LIKE.predict_shape(mixed) == pytest.approx(float(np.dot(mixed.features(), CPU_LIKE.coefficients())))
+    rng = np.random.default_rng(3)
+    shapes = _mixed_shapes(rng, 300)
+    features = np.array([s.features() for s in shapes], dtype=float)
+    times = np.array([CPU_LIKE.predict_shape(s) for s in shapes])
+    fitted = fit_cost_model(features, times, terms=("fixed", "new_tokens", "sum_context", "num_seqs",
+                                                     "sum_chunk_sq", "prefill_iteration", "mixed_seqs"))
+    np.testing.assert_allclose(fitted.coefficients(), CPU_LIKE.coefficients(), rtol=1e-3, atol=1e-12)
+    assert "prefill_iteration" in fitted.describe()
+
+
+def test_online_refit_learns_the_extend_path_cost(model):
+    """A prior without extend-path terms (a kernel profile) on an engine that has them."""
+    from policy_helpers import CPU_LIKE
+
+    prior = CostModel(*CPU_LIKE.coefficients()[:5], name="kernel-profile")
+    online = OnlineCostModel(prior, min_samples=32, refit_every=32, prior_weight=0.01)
+    rng = np.random.default_rng(4)
+    for shape in _mixed_shapes(rng, 256):
+        online.observe(shape, CPU_LIKE.predict_shape(shape) * (1 + 0.02 * rng.standard_normal()))
+    assert online.refits > 0
+    assert online.current.per_prefill_iteration_s == pytest.approx(0.012, rel=0.2)
+    assert online.current.per_mixed_seq_s == pytest.approx(0.0015, rel=0.2)
+
+
+def test_online_refit_never_keeps_a_negative_extend_cost(model):
+    # Prefill batches measured *faster* than decode-only ones (noise): the terms stay at the prior's 0.
+    online = OnlineCostModel(model, min_samples=32, refit_every=32, prior_weight=0.01)
+    rng = np.random.default_rng(5)
+    for shape in _mixed_shapes(rng, 128):
+        time_s = model.predict_shape(shape) - (0.002 if shape.num_prefills else 0.0)
+        online.observe(shape, time_s)
+    assert online.refits > 0
+    assert online.current.per_prefill_iteration_s >= 0 and online.current.per_mixed_seq_s >= 0
+
+
+def test_builder_charges_the_first_chunk_the_mixing_cost():
+    from policy_helpers import CPU_LIKE, make_request
+    from sglang_fair.policy import BatchBuilder, IterationView
+
+    decodes = [make_request(f"d{i}", 0.0, 100, generated=5) for i in range(10)]
+    for request in decodes:
+        request.prefilled_tokens = 100
+    prompt = make_request("w", 0.0, 4000)
+    view = IterationView(1.0, decodes, [prompt])
+    decode_s = sum(CPU_LIKE.decode_cost_s(r.context_tokens) for r in decodes)
+    # Room for the decodes and the mixing cost but not for a useful chunk: no chunk.
+    builder = BatchBuilder(view, CPU_LIKE, time_budget_s=CPU_LIKE.fixed_s + decode_s + 0.012 + 0.015)
+    builder.add_decodes(decodes)
+    assert builder.add_prefill(prompt, min_chunk=32) == 0 and not builder.mixed
+    # With room, the chunk pays the extend path for all 11 sequences, and a decode added after it
+    # pays the per-sequence cost too.
+    builder = BatchBuilder(view, CPU_LIKE, time_budget_s=0.2)
+    builder.add_decodes(decodes[:9])
+    granted = builder.add_prefill(prompt, min_chunk=32, max_chunk=256)
+    assert granted == 256 and builder.mixed
+    assert builder.add_decodes(decodes[9:]) == 1
+    assert builder.predicted_s == pytest.approx(CPU_LIKE.predict_shape(builder.plan.shape))
+    assert builder.predicted_s <= 0.2

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policy_helpers import A100, make_request
+from policy_helpers import A100, CPU_LIKE, make_request
 from sglang_fair.policy import POLICY_NAMES, FairBatchingPolicy, IterationView, make_policy
 
 NOW = 100.0
@@ -55,9 +55,9 @@ def _options(name):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(view=views(), name=st.sampled_from(POLICY_NAMES))
-def test_plan_never_overcommits(view, name):
-    policy = make_policy(name, A100, **_options(name))
+@given(view=views(), name=st.sampled_from(POLICY_NAMES), model=st.sampled_from([A100, CPU_LIKE]))
+def test_plan_never_overcommits(view, name, model):
+    policy = make_policy(name, model, **_options(name))
     plan = policy.plan(view)
     chunk_tokens = [c.tokens for c in plan.prefills]
     assert len(plan.decodes) + sum(chunk_tokens) <= view.free_kv_tokens
@@ -74,13 +74,14 @@ def test_plan_never_overcommits(view, name):
     # Progress: work that fits must not produce an empty plan.
     if view.decodes and view.free_kv_tokens >= 1:
         assert not plan.empty
-    assert plan.predicted_s == (A100.predict_shape(plan.shape) if not plan.empty else 0.0)
+    assert plan.predicted_s == (model.predict_shape(plan.shape) if not plan.empty else 0.0)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(view=views(roomy=True), safety=st.sampled_from([0.8, 0.9, 1.0]))
-def test_fairbatching_budget_and_urgent_decodes(view, safety):
-    policy = FairBatchingPolicy(A100, budget_safety=safety)
+@given(view=views(roomy=True), safety=st.sampled_from([0.8, 0.9, 1.0]),
+       model=st.sampled_from([A100, CPU_LIKE]))
+def test_fairbatching_budget_and_urgent_decodes(view, safety, model):
+    policy = FairBatchingPolicy(model, budget_safety=safety)
     budget_s, floor_s = policy.time_budget_s(view)
     plan = policy.plan(view)
     planned = {id(r) for r in plan.decodes}
@@ -91,7 +92,9 @@ def test_fairbatching_budget_and_urgent_decodes(view, safety):
     if not view.decodes:
         return
     # Only forced work (urgent / unskippable decodes, a progress chunk) may exceed the time budget.
-    forced_s = sum(A100.decode_cost_s(r.context_tokens) for r in plan.decodes
+    # (A forced decode in a batch with a prefill also pays the extend path's per-sequence cost.)
+    mixed_s = model.per_mixed_seq_s if plan.prefills else 0.0
+    forced_s = sum(model.decode_cost_s(r.context_tokens) + mixed_s for r in plan.decodes
                    if r.next_deadline_s < view.now_s + budget_s + floor_s or not r.can_skip)
     assert plan.predicted_s - forced_s <= budget_s + 1e-9
 
@@ -137,3 +140,57 @@ def test_adaptive_safety_follows_model_error():
     assert exact.budget_safety == 1.0
     assert slow.budget_safety == pytest.approx(1 / 1.25)
     assert fixed.budget_safety == 0.8
+
+
+def _fresh_decodes(count, tpot=0.05):
+    """Decodes that just got their first token: one TPOT of slack each."""
+    decodes = []
+    for i in range(count):
+        request = make_request(f"d{i}", NOW - 0.5, 200, 1.0, tpot, generated=1, first_token_s=NOW)
+        request.prefilled_tokens = 200
+        decodes.append(request)
+    return decodes
+
+
+def test_dear_extend_path_defers_a_small_chunk_until_slack_is_banked():
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
+    decodes = _fresh_decodes(16)
+    prompt = make_request("w", NOW, 4000, 2.0, 0.05)
+    plan = policy.plan(IterationView(NOW, decodes, [prompt], 10**6, 10**6, 256, 8192))
+    # 45 ms of budget leave room for a few tokens after the 36 ms extend overhead: not worth it.
+    assert not plan.prefills and len(plan.decodes) == 16
+    assert plan.predicted_s == CPU_LIKE.predict_shape(plan.shape)
+    # After two short decode-only steps every decode banked slack: a chunk worth its overhead runs.
+    for request in decodes:
+        request.generated_tokens = 3
+    plan = policy.plan(IterationView(NOW + 0.03, decodes, [prompt], 10**6, 10**6, 256, 8192))
+    assert plan.prefills
+    mixing_s = CPU_LIKE.mixing_cost_s(plan.urgent_decodes)
+    assert CPU_LIKE.prefill_cost_s(plan.prefills[0].tokens, 0) >= mixing_s
+
+
+@pytest.mark.parametrize("waited_s, served", [(0.0, False), (0.95, True)])
+def test_dear_extend_path_still_serves_a_prompt_near_its_ttft(waited_s, served):
+    # 4 fresh decodes leave room for a chunk worth less than its extend overhead: deferred while
+    # the prompt can wait, taken when it has 50 ms left of its 1 s TTFT.
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
+    prompt = make_request("w", NOW - waited_s, 300, 1.0, 0.05)
+    plan = policy.plan(IterationView(NOW, _fresh_decodes(4), [prompt], 10**6, 10**6, 256, 8192))
+    assert bool(plan.prefills) is served
+    assert len(plan.decodes) == 4
+
+
+def test_cheap_extend_path_never_defers():
+    # The same situation on a model without extend-path cost takes the chunk at once.
+    policy = FairBatchingPolicy(A100, budget_safety=0.9)
+    prompt = make_request("w", NOW, 4000, 2.0, 0.05)
+    plan = policy.plan(IterationView(NOW, _fresh_decodes(16), [prompt], 10**6, 10**6, 256, 8192))
+    assert plan.prefills
+
+
+def test_deferral_refunds_client_counters():
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9, client_fairness=True)
+    prompt = make_request("w", NOW, 4000, 2.0, 0.05, client="alice")
+    plan = policy.plan(IterationView(NOW, _fresh_decodes(16), [prompt], 10**6, 10**6, 256, 8192))
+    assert not plan.prefills
+    assert policy.clients.counters.get("alice", 0.0) == 0.0

@@ -6,6 +6,9 @@ from sglang_fair.policy import CostModel
 from sglang_fair.sim import Workload
 
 A100 = CostModel(0.0087, 5.42e-05, 2.86e-07, 1.35e-05, 1.185e-08, name="a100-test")
+#: An engine with a dear extend path (SGLang's CPU backend): FairBatching defers small chunks there.
+CPU_LIKE = CostModel(0.0066, 9.5e-05, 3.1e-06, 0.0, 2e-08, per_prefill_iteration_s=0.012,
+                     per_mixed_seq_s=0.0015, name="cpu-like-test")
 
 
 def small_workload(prompts, outputs, arrivals, ttft=1.0, tpot=0.05, clients=None) -> Workload:

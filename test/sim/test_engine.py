@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim_helpers import A100, small_workload
+from sim_helpers import A100, CPU_LIKE, small_workload
 from sglang_fair.policy import POLICY_NAMES, CostModel, make_policy
 from sglang_fair.sim import ROUTER_NAMES, EngineConfig, Simulation, simulate, summarize
 
@@ -59,8 +59,9 @@ def test_metrics_definitions():
     seed=st.integers(0, 10_000),
     kv=st.sampled_from([3000, 20_000, 200_000]),
     seats=st.sampled_from([2, 256]),
+    model=st.sampled_from([A100, CPU_LIKE]),
 )
-def test_every_request_finishes_and_kv_holds(name, n, seed, kv, seats):
+def test_every_request_finishes_and_kv_holds(name, n, seed, kv, seats, model):
     rng = np.random.default_rng(seed)
     prompts = rng.integers(1, 2500, n)
     outputs = rng.integers(1, 60, n)
@@ -68,7 +69,8 @@ def test_every_request_finishes_and_kv_holds(name, n, seed, kv, seats):
     w = small_workload(prompts, outputs, arrivals, ttft=float(rng.choice([0.2, 1.0])),
                        tpot=float(rng.choice([0.01, 0.05])))
     config = EngineConfig(kv_capacity_tokens=kv, max_running_requests=seats, max_prefill_tokens=1024)
-    result = simulate(w, lambda: CheckedPolicy(make_policy(name, A100), kv), config=config, warmup_fraction=0)
+    config.true_cost_model = model
+    result = simulate(w, lambda: CheckedPolicy(make_policy(name, model), kv), config=config, warmup_fraction=0)
     fits = (prompts + outputs) <= kv
     assert np.isfinite(result.finish_s[fits]).all(), "a request starved"
     assert result.rejected[~fits].all() and not result.rejected[fits].any()

@@ -103,7 +103,7 @@ class BatchBuilder:
     """
 
     __slots__ = ("plan", "model", "kv_left", "seats_left", "tokens_left", "prefill_tokens_left",
-                 "time_budget_s", "predicted_s")
+                 "time_budget_s", "predicted_s", "mixed", "mixing_s", "prefill_work_s")
 
     def __init__(
         self,
@@ -121,6 +121,11 @@ class BatchBuilder:
         self.prefill_tokens_left = view.max_prefill_tokens
         self.time_budget_s = time_budget_s
         self.predicted_s = model.fixed_s
+        #: Whether the plan holds a prefill chunk (the batch then runs on the dearer extend path).
+        self.mixed = False
+        #: What the plan's prefill chunks cost: the extend path's overhead, and their own tokens.
+        self.mixing_s = 0.0
+        self.prefill_work_s = 0.0
 
     @property
     def time_left_s(self) -> float:
@@ -131,6 +136,8 @@ class BatchBuilder:
         if self.kv_left < 1 or self.seats_left < 1:
             return False
         cost_s = self.model.decode_cost_s(request.context_tokens)
+        if self.mixed:
+            cost_s += self.model.per_mixed_seq_s
         if not force and (self.tokens_left < 1 or cost_s > self.time_left_s):
             return False
         self.kv_left -= 1
@@ -149,6 +156,8 @@ class BatchBuilder:
         """
         model = self.model
         per_decode_s = model.per_new_token_s + model.per_seq_s
+        if self.mixed:
+            per_decode_s += model.per_mixed_seq_s
         per_context_s = model.per_context_token_s
         limit = min(self.kv_left, self.seats_left)
         if not force:
@@ -186,21 +195,29 @@ class BatchBuilder:
 
         A chunk smaller than ``min_chunk`` (unless it finishes the prompt) is not worth its fixed
         cost and is refused.  ``force`` ignores the time budget (used to guarantee progress).
-        ``max_chunk`` caps this one chunk (FairBatching's most-efficient chunk size).
+        ``max_chunk`` caps this one chunk (FairBatching's most-efficient chunk size).  The first
+        chunk of a plan also pays the model's mixing cost (the extend path, for every sequence).
         """
         if self.seats_left < 1:
             return 0
         remaining = request.remaining_prefill_tokens
         limit = min(remaining, self.kv_left, self.tokens_left, self.prefill_tokens_left, max_chunk)
+        mixing_s = 0.0 if self.mixed else self.model.mixing_cost_s(self.plan.shape.num_seqs)
         if not force and self.time_budget_s < math.inf:
-            limit = min(limit, self.model.max_chunk_tokens(self.time_left_s, request.prefilled_tokens))
+            limit = min(limit, self.model.max_chunk_tokens(self.time_left_s - mixing_s,
+                                                           request.prefilled_tokens))
         if limit <= 0 or (limit < min_chunk and limit < remaining):
             return 0
+        self.mixed = True
+        self.mixing_s += mixing_s
+        self.predicted_s += mixing_s
         self.kv_left -= limit
         self.seats_left -= 1
         self.tokens_left -= limit
         self.prefill_tokens_left -= limit
-        self.predicted_s += self.model.prefill_cost_s(limit, request.prefilled_tokens)
+        work_s = self.model.prefill_cost_s(limit, request.prefilled_tokens)
+        self.prefill_work_s += work_s
+        self.predicted_s += work_s
         self.plan.prefills.append(PrefillChunk(request, limit))
         self.plan.shape.add_prefill(limit, request.prefilled_tokens)
         return limit

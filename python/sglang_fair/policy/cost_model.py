@@ -1,9 +1,20 @@
-"""Iteration-time cost model: ``T = a + b*new_tokens + c*sum_context + d*num_seqs + e*sum_chunk_sq``.
+"""Iteration-time cost model::
+
+    T = a + b*new_tokens + c*sum_context + d*num_seqs + e*sum_chunk_sq + f*prefill_iteration
+          + g*mixed_seqs
 
 * ``new_tokens``: tokens computed this iteration (1 per decode, the chunk size per prefill).
 * ``sum_context``: KV tokens the sequences attend to (a decode's context, a chunk's prefix+chunk).
 * ``num_seqs``: sequences in the batch.
 * ``sum_chunk_sq``: sum of squared prefill chunk sizes (the quadratic attention term of a chunk).
+* ``prefill_iteration``: 1 when the batch holds any prefill chunk.  An engine runs such a batch on
+  its extend path, which costs more than a pure decode step regardless of size: no CUDA graph on a
+  GPU, the per-sequence attention loop of SGLang's CPU backend.
+* ``mixed_seqs``: ``num_seqs`` of a batch with a prefill chunk (0 otherwise): the extra cost of each
+  sequence, decode rows included, carried through that extend path.
+
+The last two are properties of the running engine, not of kernels: a kernel profile cannot see them
+(``KERNEL_TERMS`` leaves them out) and the online refit learns them from measured iterations.
 
 The model is fitted offline from a profile (numpy least squares) and refitted online from measured
 iteration times, warm-started from the profile so a cold server never schedules blind.
@@ -25,12 +36,16 @@ __all__ = [
     "CostModelError",
     "OnlineCostModel",
     "FEATURE_NAMES",
+    "KERNEL_TERMS",
     "fit_cost_model",
     "load_cost_model",
     "preset_names",
 ]
 
-FEATURE_NAMES = ("fixed", "new_tokens", "sum_context", "num_seqs", "sum_chunk_sq")
+FEATURE_NAMES = ("fixed", "new_tokens", "sum_context", "num_seqs", "sum_chunk_sq",
+                 "prefill_iteration", "mixed_seqs")
+#: The terms a kernel profile (one forward, timed in isolation) can identify.
+KERNEL_TERMS = FEATURE_NAMES[:5]
 
 
 class CostModelError(ValueError):
@@ -40,13 +55,14 @@ class CostModelError(ValueError):
 class BatchShape:
     """Running totals of a batch being formed; cheap to update, no allocation per request."""
 
-    __slots__ = ("new_tokens", "sum_context", "num_seqs", "sum_chunk_sq")
+    __slots__ = ("new_tokens", "sum_context", "num_seqs", "sum_chunk_sq", "num_prefills")
 
     def __init__(self) -> None:
         self.new_tokens = 0
         self.sum_context = 0
         self.num_seqs = 0
         self.sum_chunk_sq = 0
+        self.num_prefills = 0
 
     def add_decode(self, context_tokens: int) -> None:
         self.new_tokens += 1
@@ -58,14 +74,18 @@ class BatchShape:
         self.sum_context += prefix_tokens + chunk_tokens
         self.num_seqs += 1
         self.sum_chunk_sq += chunk_tokens * chunk_tokens
+        self.num_prefills += 1
 
-    def features(self) -> tuple[float, float, float, float, float]:
-        return (1.0, self.new_tokens, self.sum_context, self.num_seqs, self.sum_chunk_sq)
+    def features(self) -> tuple[float, ...]:
+        """The values of ``FEATURE_NAMES``, in order."""
+        has_prefill = self.num_prefills > 0
+        return (1.0, self.new_tokens, self.sum_context, self.num_seqs, self.sum_chunk_sq,
+                1.0 if has_prefill else 0.0, self.num_seqs if has_prefill else 0)
 
     def __repr__(self) -> str:  # pragma: no cover
         return (
             f"BatchShape(new={self.new_tokens}, ctx={self.sum_context}, seqs={self.num_seqs}, "
-            f"chunk_sq={self.sum_chunk_sq})"
+            f"chunk_sq={self.sum_chunk_sq}, prefills={self.num_prefills})"
         )
 
 
@@ -78,6 +98,9 @@ class CostModel:
     per_context_token_s: float
     per_seq_s: float = 0.0
     per_chunk_sq_s: float = 0.0
+    #: Extra time of an iteration that holds a prefill chunk, and per sequence of such an iteration.
+    per_prefill_iteration_s: float = 0.0
+    per_mixed_seq_s: float = 0.0
     name: str = "custom"
     #: Free-form provenance and fit quality (``mape``, ``samples``, per shape class errors...).
     info: dict = field(default_factory=dict)
@@ -86,33 +109,46 @@ class CostModel:
     def coefficients(self) -> np.ndarray:
         return np.array(
             [self.fixed_s, self.per_new_token_s, self.per_context_token_s, self.per_seq_s,
-             self.per_chunk_sq_s]
+             self.per_chunk_sq_s, self.per_prefill_iteration_s, self.per_mixed_seq_s]
         )
 
     def predict(
-        self, new_tokens: float, sum_context: float, num_seqs: float = 0.0, sum_chunk_sq: float = 0.0
+        self, new_tokens: float, sum_context: float, num_seqs: float = 0.0, sum_chunk_sq: float = 0.0,
+        num_prefills: int = 0,
     ) -> float:
-        return (
+        time_s = (
             self.fixed_s
             + self.per_new_token_s * new_tokens
             + self.per_context_token_s * sum_context
             + self.per_seq_s * num_seqs
             + self.per_chunk_sq_s * sum_chunk_sq
         )
+        if num_prefills > 0:
+            time_s += self.per_prefill_iteration_s + self.per_mixed_seq_s * num_seqs
+        return time_s
 
     def predict_shape(self, shape: BatchShape) -> float:
-        return self.predict(shape.new_tokens, shape.sum_context, shape.num_seqs, shape.sum_chunk_sq)
+        return self.predict(shape.new_tokens, shape.sum_context, shape.num_seqs, shape.sum_chunk_sq,
+                            shape.num_prefills)
 
     def decode_cost_s(self, context_tokens: int) -> float:
-        """Marginal time of adding one decode to a batch."""
+        """Marginal time of adding one decode to a batch without prefill (add
+        ``per_mixed_seq_s`` when the batch has one)."""
         return self.per_new_token_s + self.per_context_token_s * context_tokens + self.per_seq_s
 
+    def mixing_cost_s(self, num_seqs: int) -> float:
+        """What the first prefill chunk adds to a batch of ``num_seqs`` decodes besides its own
+        tokens: the extend path's fixed cost and its per-sequence cost for the decodes already in."""
+        return self.per_prefill_iteration_s + self.per_mixed_seq_s * num_seqs
+
     def prefill_cost_s(self, chunk_tokens: int, prefix_tokens: int) -> float:
-        """Marginal time of adding a prefill chunk to a batch."""
+        """Marginal time of adding a prefill chunk to a batch that already holds one (add
+        :meth:`mixing_cost_s` for the first)."""
         return (
             (self.per_new_token_s + self.per_context_token_s) * chunk_tokens
             + self.per_context_token_s * prefix_tokens
             + self.per_seq_s
+            + self.per_mixed_seq_s
             + self.per_chunk_sq_s * chunk_tokens * chunk_tokens
         )
 
@@ -120,14 +156,16 @@ class CostModel:
         """Chunk size that minimises the time per prompt token of a chunk run on its own.
 
         A chunk of ``x`` tokens after ``p`` prefix tokens costs about
-        ``a + (b + c) x + c p + e x^2`` (``a`` the iteration's fixed cost, ``e`` the quadratic
+        ``a + (b + c) x + c p + e x^2`` (``a`` the iteration's fixed cost, that of an extend
+        iteration included, ``e`` the quadratic
         attention term); per token that is smallest at ``x = sqrt((a + c p) / e)``.  Larger chunks
         spend more time per token in attention than they save in fixed cost.  ``None`` when the model
         has no quadratic term (any chunk size is then as efficient).
         """
         if self.per_chunk_sq_s <= 0:
             return None
-        fixed_s = max(self.fixed_s + self.per_context_token_s * prefix_tokens, 0.0)
+        fixed_s = max(self.fixed_s + self.per_prefill_iteration_s
+                      + self.per_context_token_s * prefix_tokens, 0.0)
         return max(1, int(math.sqrt(fixed_s / self.per_chunk_sq_s)))
 
     def max_chunk_tokens(self, room_s: float, prefix_tokens: int) -> int:
@@ -135,7 +173,7 @@ class CostModel:
         if room_s <= 0:
             return 0
         linear = self.per_new_token_s + self.per_context_token_s
-        const = self.per_context_token_s * prefix_tokens + self.per_seq_s - room_s
+        const = self.per_context_token_s * prefix_tokens + self.per_seq_s + self.per_mixed_seq_s - room_s
         quad = self.per_chunk_sq_s
         if const >= 0:
             return 0
@@ -182,11 +220,15 @@ class CostModel:
             handle.write("\n")
 
     def describe(self) -> str:
-        return (
+        text = (
             f"{self.name}: T = {self.fixed_s * 1e3:.3f} ms + {self.per_new_token_s * 1e6:.3f} us*new"
             f" + {self.per_context_token_s * 1e9:.3f} ns*ctx + {self.per_seq_s * 1e6:.3f} us*seq"
             f" + {self.per_chunk_sq_s * 1e12:.3f} ps*chunk^2"
         )
+        if self.per_prefill_iteration_s or self.per_mixed_seq_s:
+            text += (f" + {self.per_prefill_iteration_s * 1e3:.3f} ms*prefill_iteration"
+                     f" + {self.per_mixed_seq_s * 1e6:.3f} us*mixed_seq")
+        return text
 
 
 def fit_cost_model(
@@ -199,7 +241,7 @@ def fit_cost_model(
     prior_weight: float = 0.0,
     trim_sigma: float = 3.5,
 ) -> CostModel:
-    """Least-squares fit of a cost model to ``features`` (n x 5, see ``FEATURE_NAMES``).
+    """Least-squares fit of a cost model to ``features`` (n x 7, see ``FEATURE_NAMES``).
 
     Terms not in ``terms`` are fixed at 0 (or at the prior's value when a prior is given).  With
     ``prior_weight > 0`` the fit is pulled toward ``prior`` (ridge on the difference), which keeps a
@@ -220,10 +262,11 @@ def fit_cost_model(
         raise ValueError(f"unknown cost-model terms: {sorted(unknown)}")
     active = [FEATURE_NAMES.index(t) for t in terms]
     base = prior.coefficients() if prior is not None else np.zeros(len(FEATURE_NAMES))
+    is_active = np.isin(range(len(FEATURE_NAMES)), active)
 
     def solve(rows: np.ndarray) -> np.ndarray:
         x = features[rows][:, active]
-        y = times_s[rows] - features[rows] @ np.where(np.isin(range(5), active), 0.0, base)
+        y = times_s[rows] - features[rows] @ np.where(is_active, 0.0, base)
         weights = 1.0 / times_s[rows]
         xw, yw = x * weights[:, None], y * weights
         if prior is not None and prior_weight > 0:
@@ -233,7 +276,7 @@ def fit_cost_model(
             xw = np.vstack([xw, reg])
             yw = np.concatenate([yw, reg @ base[active]])
         coef, *_ = np.linalg.lstsq(xw, yw, rcond=None)
-        full = np.where(np.isin(range(5), active), 0.0, base)
+        full = np.where(is_active, 0.0, base)
         full[active] = coef
         return full
 
@@ -242,9 +285,11 @@ def fit_cost_model(
     if len(rows) > 2 * len(active):
         residual = (features @ coef - times_s) / times_s
         mad = np.median(np.abs(residual - np.median(residual))) * 1.4826
-        if mad > 0:
+        if mad > 1e-9:  # below that the residuals are rounding, not outliers
             keep = np.abs(residual - np.median(residual)) <= trim_sigma * mad
-            if keep.sum() >= len(active) and not keep.all():
+            # Trim only if the rows kept still determine every term.
+            if (not keep.all()
+                    and np.linalg.matrix_rank(features[keep][:, active]) == len(active)):
                 coef = solve(np.nonzero(keep)[0])
     predicted = features @ coef
     mape = float(np.mean(np.abs(predicted - times_s) / times_s))
@@ -253,6 +298,10 @@ def fit_cost_model(
         name=name,
         info={"mape": mape, "samples": int(len(times_s)), "terms": list(terms)},
     )
+
+
+_EXTEND_TERMS = ("prefill_iteration", "mixed_seqs")
+_COEFFICIENT = {"prefill_iteration": "per_prefill_iteration_s", "mixed_seqs": "per_mixed_seq_s"}
 
 
 class OnlineCostModel:
@@ -273,7 +322,8 @@ class OnlineCostModel:
         refit_every: int = 64,
         prior_weight: float = 0.05,
         reject_factor: float = 20.0,
-        terms: tuple[str, ...] = ("fixed", "new_tokens", "sum_context", "num_seqs"),
+        terms: tuple[str, ...] = ("fixed", "new_tokens", "sum_context", "num_seqs",
+                                  "prefill_iteration", "mixed_seqs"),
     ) -> None:
         self.prior = prior
         self.current = prior
@@ -322,15 +372,24 @@ class OnlineCostModel:
         n = self.samples
         if n < self.min_samples:
             return self.current
+        terms = list(self.terms)
         try:
-            fitted = fit_cost_model(
-                self._features[:n],
-                self._times[:n],
-                terms=self.terms,
-                name=f"{self.prior.name}+online",
-                prior=self.prior,
-                prior_weight=self.prior_weight,
-            )
+            while True:
+                fitted = fit_cost_model(
+                    self._features[:n],
+                    self._times[:n],
+                    terms=tuple(terms),
+                    name=f"{self.prior.name}+online",
+                    prior=self.prior,
+                    prior_weight=self.prior_weight,
+                )
+                # The extend-path terms are costs; a negative fit is noise (or a window with no
+                # prefill in it) and would make mixing look free: keep the prior's value instead.
+                negative = [term for term in _EXTEND_TERMS
+                            if term in terms and getattr(fitted, _COEFFICIENT[term]) < 0]
+                if not negative:
+                    break
+                terms.remove(negative[0])
         except (ValueError, np.linalg.LinAlgError):
             return self.current
         # A fit that makes extra tokens free or negative would let batches grow without bound.

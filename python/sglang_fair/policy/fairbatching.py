@@ -12,6 +12,10 @@ Each iteration:
 3. **Prefills**: partial (chunked) prefills first, then new ones by ascending first-token slack (or,
    with client fairness, lowest VTC counter first).  Each gets the largest chunk the cost model says
    fits the time left, so the chunk size falls out of the budget instead of a fixed token count.
+   Where the engine's extend path is dear (the cost model's mixing cost: no CUDA graph, a slow
+   per-sequence attention loop), chunks that would carry less token work than that overhead are
+   deferred while every prompt can afford one more iteration: the short decode-only step banks
+   slack, and the next budget fits a chunk worth its overhead.
 4. **Remaining decodes** (ascending slack) while they fit.  Decodes left out banked enough slack to
    sit out; that compute went to the prefill surge.
 
@@ -128,6 +132,10 @@ class FairBatchingPolicy(BatchPolicy):
 
         # Phase 2: prefills, continuing chunks first, then new ones.
         self._add_prefills(builder, view)
+        if builder.mixed and decodes and self._defer_prefills(builder, now + budget_s + floor_s):
+            builder = BatchBuilder(view, self.cost_model, time_budget_s=budget_s)
+            builder.add_decodes(by_slack[:first_relaxed], force=True)
+            builder.plan.urgent_decodes = len(builder.plan.decodes)
 
         # Phase 3: decodes that could wait, most hurried first, while they fit.
         # Once one skippable decode does not fit, the rest sit out, but a decode that cannot be
@@ -166,6 +174,23 @@ class FairBatchingPolicy(BatchPolicy):
                     self.clients.charge_prefill(request, granted)
                 if builder.time_left_s <= 0 or builder.kv_left <= 0 or builder.seats_left <= 0:
                     return
+
+    def _defer_prefills(self, builder: BatchBuilder, next_end_s: float) -> bool:
+        """Whether this iteration's prefill chunks are worth less than the extend overhead they
+        bring, and every one of their prompts can still meet its TTFT after one more iteration."""
+        if builder.prefill_work_s >= builder.mixing_s:
+            return False
+        model = builder.model
+        for chunk in builder.plan.prefills:
+            request = chunk.request
+            finish_s = next_end_s + model.prefill_cost_s(request.remaining_prefill_tokens,
+                                                         request.prefilled_tokens)
+            if finish_s > first_token_deadline(request):
+                return False
+        if self.clients is not None:  # the VTC counters were charged for chunks that will not run
+            for chunk in builder.plan.prefills:
+                self.clients.refund_prefill(chunk.request, chunk.tokens)
+        return True
 
     def observe(self, plan: Plan, measured_s: float) -> None:
         super().observe(plan, measured_s)

@@ -82,6 +82,16 @@ class ClientCounters:
         if tokens >= request.remaining_prefill_tokens:  # completes the prompt: first output token
             self.charge_output(request)
 
+    def refund_prefill(self, request: RequestState, tokens: int) -> None:
+        """Undo :meth:`charge_prefill` for a chunk that was planned and then withdrawn."""
+        refund = 0.0
+        if request.prefilled_tokens == 0 and request.rid in self._charged_input:
+            self._charged_input.discard(request.rid)  # charged by this plan: its first chunk
+            refund += self.input_weight * request.prompt_tokens
+        if tokens >= request.remaining_prefill_tokens:
+            refund += self.output_weight
+        self.counters[request.client] = self.counters.get(request.client, 0.0) - refund
+
     def charge_output(self, request: RequestState, tokens: int = 1) -> None:
         self.counters[request.client] = self.counters.get(request.client, 0.0) + self.output_weight * tokens
 
