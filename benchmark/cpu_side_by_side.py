@@ -167,7 +167,9 @@ async def _probe(url: str, prompt_tokens: int, output_tokens: int, count: int, s
                 started.set()
 
     async with aiohttp.ClientSession() as session:
-        keepalives = [load_client.RequestSpec(10**6 + k, 0.0, KEEPALIVE_PROMPT_TOKENS, 4096, 1e9, 1e9)
+        # Together they stay well inside the KV pool (SGLang reserves room for their outputs).
+        keepalives = [load_client.RequestSpec(10**6 + k, 0.0, KEEPALIVE_PROMPT_TOKENS,
+                                              4096 // keepalive_count, 1e9, 1e9)
                       for k in range(keepalive_count)]
         background = asyncio.gather(*[
             load_client.send_one(session, url, spec,

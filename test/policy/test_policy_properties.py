@@ -96,7 +96,14 @@ def test_fairbatching_budget_and_urgent_decodes(view, safety, model):
     mixed_s = model.per_mixed_seq_s if plan.prefills else 0.0
     forced_s = sum(model.decode_cost_s(r.context_tokens) + mixed_s for r in plan.decodes
                    if r.next_deadline_s < view.now_s + budget_s + floor_s or not r.can_skip)
-    assert plan.predicted_s - forced_s <= budget_s + 1e-9
+    if plan.time_budget_s > budget_s:
+        # Stretched (dear extend path only) to the prefill work that matches the extend overhead,
+        # for a prompt that cannot wait: at most that work beyond the urgent decodes.
+        assert model.mixing_cost_s(0) > 0 and plan.prefills
+        mixing_s = model.mixing_cost_s(plan.urgent_decodes)
+        worthwhile = model.max_chunk_tokens(mixing_s, 0) + 1
+        assert plan.time_budget_s <= forced_s + model.fixed_s + mixing_s + model.prefill_cost_s(worthwhile, 0) + 1e-9
+    assert plan.predicted_s - forced_s <= plan.time_budget_s + 1e-9
 
 
 @settings(max_examples=60, deadline=None)
@@ -194,3 +201,32 @@ def test_deferral_refunds_client_counters():
     plan = policy.plan(IterationView(NOW, _fresh_decodes(16), [prompt], 10**6, 10**6, 256, 8192))
     assert not plan.prefills
     assert policy.clients.counters.get("alice", 0.0) == 0.0
+
+
+def test_dear_extend_path_under_overload_runs_a_chunk_worth_its_overhead():
+    # 16 decodes due now (all urgent) and a prompt about to miss its TTFT: rather than a sliver of
+    # prefill (or none) beside them, one chunk whose work matches the extend overhead.
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
+    decodes = _fresh_decodes(16)
+    for request in decodes:
+        request.first_token_s = NOW - 0.06  # a little behind their line
+    prompt = make_request("w", NOW - 0.95, 3000, 1.0, 0.05)
+    plan = policy.plan(IterationView(NOW, decodes, [prompt], 10**6, 10**6, 256, 8192))
+    assert plan.urgent_decodes == 16 and len(plan.decodes) == 16
+    (chunk,) = plan.prefills
+    mixing_s = CPU_LIKE.mixing_cost_s(16)
+    assert 0.99 * mixing_s <= CPU_LIKE.prefill_cost_s(chunk.tokens, 0) <= 1.1 * mixing_s
+    budget_s, _ = policy.time_budget_s(IterationView(NOW, decodes, [prompt]))
+    assert budget_s < plan.predicted_s <= plan.time_budget_s  # the budget was stretched for it
+
+
+def test_stretched_budget_packs_several_short_prompts():
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
+    decodes = _fresh_decodes(16)
+    for request in decodes:
+        request.first_token_s = NOW - 0.06
+    prompts = [make_request(f"w{i}", NOW - 0.95, 40, 1.0, 0.05) for i in range(8)]
+    plan = policy.plan(IterationView(NOW, decodes, prompts, 10**6, 10**6, 256, 8192))
+    assert len(plan.prefills) > 1 and all(c.tokens == 40 for c in plan.prefills)
+    work_s = sum(CPU_LIKE.prefill_cost_s(c.tokens, 0) for c in plan.prefills)
+    assert work_s >= 0.9 * CPU_LIKE.mixing_cost_s(16)

@@ -13,9 +13,12 @@ Each iteration:
    with client fairness, lowest VTC counter first).  Each gets the largest chunk the cost model says
    fits the time left, so the chunk size falls out of the budget instead of a fixed token count.
    Where the engine's extend path is dear (the cost model's mixing cost: no CUDA graph, a slow
-   per-sequence attention loop), chunks that would carry less token work than that overhead are
-   deferred while every prompt can afford one more iteration: the short decode-only step banks
-   slack, and the next budget fits a chunk worth its overhead.
+   per-sequence attention loop), an iteration's prefill work must at least match that overhead.
+   When the budget cannot fit that much, the prefill waits while the next prompt can afford one
+   more iteration (the short decode-only step banks slack, and the next budget fits a chunk worth
+   its overhead); when it cannot wait, the iteration is stretched to one such chunk rather than
+   paying the overhead for a sliver, which under overload would leave the machine busy with
+   overhead while the queue grows.
 4. **Remaining decodes** (ascending slack) while they fit.  Decodes left out banked enough slack to
    sit out; that compute went to the prefill surge.
 
@@ -132,10 +135,24 @@ class FairBatchingPolicy(BatchPolicy):
 
         # Phase 2: prefills, continuing chunks first, then new ones.
         self._add_prefills(builder, view)
-        if builder.mixed and decodes and self._defer_prefills(builder, now + budget_s + floor_s):
+        worthwhile = self._worthwhile_chunk_tokens(builder, view, now + budget_s + floor_s)
+        if worthwhile is not None:
+            # The prefill carried less work than its extend overhead: redo phase 2, deferring the
+            # prefill (0) or with one chunk worth the overhead.
+            self._refund(builder)
             builder = BatchBuilder(view, self.cost_model, time_budget_s=budget_s)
             builder.add_decodes(by_slack[:first_relaxed], force=True)
             builder.plan.urgent_decodes = len(builder.plan.decodes)
+            if worthwhile:
+                # Stretch the budget to hold that much prefill work, over one prompt or several
+                # short ones (relaxed decodes then sit out, as they would for any prefill surge).
+                model = builder.model
+                stretched_s = (builder.predicted_s + model.mixing_cost_s(builder.plan.urgent_decodes)
+                               + model.prefill_cost_s(worthwhile, 0))
+                builder.time_budget_s = builder.plan.time_budget_s = stretched_s
+                self._add_prefills(builder, view)
+                if not builder.mixed:  # nothing could use it (the prefill cap, a minimum chunk)
+                    builder.time_budget_s = builder.plan.time_budget_s = budget_s
 
         # Phase 3: decodes that could wait, most hurried first, while they fit.
         # Once one skippable decode does not fit, the rest sit out, but a decode that cannot be
@@ -155,6 +172,7 @@ class FairBatchingPolicy(BatchPolicy):
         return plan
 
     def _add_prefills(self, builder: BatchBuilder, view: IterationView) -> None:
+        """Grant chunks in order while time, KV and seats last."""
         prefills = view.prefills
         # Partial prefills lead the view; they keep their place so a chunked prompt finishes.
         split = 0
@@ -175,22 +193,39 @@ class FairBatchingPolicy(BatchPolicy):
                 if builder.time_left_s <= 0 or builder.kv_left <= 0 or builder.seats_left <= 0:
                     return
 
-    def _defer_prefills(self, builder: BatchBuilder, next_end_s: float) -> bool:
-        """Whether this iteration's prefill chunks are worth less than the extend overhead they
-        bring, and every one of their prompts can still meet its TTFT after one more iteration."""
-        if builder.prefill_work_s >= builder.mixing_s:
-            return False
+    def _worthwhile_chunk_tokens(self, builder: BatchBuilder, view: IterationView,
+                                 next_end_s: float) -> int | None:
+        """``None`` when phase 2 stands; otherwise redo it with no prefill (0) or with a budget
+        stretched to hold this many prompt tokens.
+
+        Phase 2 stands when the extend path is free (a GPU preset), when nothing waits, or when
+        the planned prefill work is at least the extend overhead it brings.  Otherwise the head of
+        the prefill order decides: if it can still meet its TTFT after one more iteration, the
+        prefill waits; if not, the iteration gets the smallest prefill work that matches the
+        overhead.
+        """
         model = builder.model
-        for chunk in builder.plan.prefills:
-            request = chunk.request
-            finish_s = next_end_s + model.prefill_cost_s(request.remaining_prefill_tokens,
-                                                         request.prefilled_tokens)
-            if finish_s > first_token_deadline(request):
-                return False
-        if self.clients is not None:  # the VTC counters were charged for chunks that will not run
+        if not view.decodes or not view.prefills:
+            return None
+        if builder.mixed and builder.prefill_work_s >= builder.mixing_s:
+            return None
+        mixing_s = model.mixing_cost_s(builder.plan.urgent_decodes)
+        if mixing_s <= 0:
+            return None
+        if not builder.mixed and (builder.kv_left <= 0 or builder.seats_left <= 0):
+            return None  # memory or seats, not time, keep the prompts out
+        head = view.prefills[0] if view.prefills[0].prefilled_tokens > 0 else min(
+            view.prefills, key=first_token_deadline)
+        finish_s = next_end_s + model.prefill_cost_s(head.remaining_prefill_tokens, head.prefilled_tokens)
+        if finish_s <= first_token_deadline(head):
+            return 0 if builder.mixed else None  # it can wait: decode-only now, slack banks
+        return model.max_chunk_tokens(mixing_s, 0) + 1
+
+    def _refund(self, builder: BatchBuilder) -> None:
+        """The VTC counters were charged for chunks of a plan that is being redone."""
+        if self.clients is not None:
             for chunk in builder.plan.prefills:
                 self.clients.refund_prefill(chunk.request, chunk.tokens)
-        return True
 
     def observe(self, plan: Plan, measured_s: float) -> None:
         super().observe(plan, measured_s)
