@@ -230,3 +230,24 @@ def test_stretched_budget_packs_several_short_prompts():
     assert len(plan.prefills) > 1 and all(c.tokens == 40 for c in plan.prefills)
     work_s = sum(CPU_LIKE.prefill_cost_s(c.tokens, 0) for c in plan.prefills)
     assert work_s >= 0.9 * CPU_LIKE.mixing_cost_s(16)
+
+
+@pytest.mark.parametrize("demote", [True, False])
+def test_a_prompt_that_lost_its_ttft_goes_behind_one_that_can_still_make_it(demote):
+    # Room for one prompt this iteration: deadline order would serve the lost cause (arrived 3 s
+    # ago, TTFT 1 s) and make the fresh one late too.
+    late = make_request("late", NOW - 3.0, 2000, 1.0, 0.05)
+    fresh = make_request("fresh", NOW - 0.5, 2000, 1.0, 0.05)
+    policy = FairBatchingPolicy(A100, demote_late_prompts=demote)
+    view = IterationView(NOW, [], [late, fresh], 10**6, 10**6, 256, max_prefill_tokens=2000)
+    plan = policy.plan(view)
+    assert [chunk.request.rid for chunk in plan.prefills] == (["fresh"] if demote else ["late"])
+    assert policy.describe()["demote_late_prompts"] is demote
+
+
+def test_late_prompts_keep_their_order_and_are_still_served():
+    late = [make_request(f"late{i}", NOW - 3.0 + i * 0.1, 100, 1.0, 0.05) for i in range(3)]
+    fresh = make_request("fresh", NOW - 0.5, 100, 1.0, 0.05)
+    policy = FairBatchingPolicy(A100)
+    plan = policy.plan(IterationView(NOW, [], late + [fresh], 10**6, 10**6, 256, 8192))
+    assert [chunk.request.rid for chunk in plan.prefills] == ["fresh", "late0", "late1", "late2"]

@@ -63,6 +63,7 @@ class FairBatchingPolicy(BatchPolicy):
         client_fairness: bool = False,
         input_weight: float = 1.0,
         output_weight: float = 2.0,
+        demote_late_prompts: bool = True,
     ) -> None:
         super().__init__(cost_model, default_ttft_slo_s=default_ttft_slo_s)
         if budget_safety is not None and not 0 < budget_safety <= 1:
@@ -84,6 +85,10 @@ class FairBatchingPolicy(BatchPolicy):
             raise ValueError("max_chunk_tokens must be >= 0 (0 = no cap) or None (auto)")
         self.max_chunk_tokens = max_chunk_tokens
         self.clients = ClientCounters(input_weight, output_weight) if client_fairness else None
+        # A waiting prompt that cannot meet its TTFT any more (even prefilled alone, now) goes
+        # behind those that still can: under overload, deadline order would otherwise spend the
+        # machine on lost causes first and make every prompt behind them late too.
+        self.demote_late_prompts = demote_late_prompts
 
     def time_budget_s(self, view: IterationView) -> tuple[float, float]:
         """Return ``(budget, floor)`` for this iteration, both in seconds."""
@@ -184,6 +189,8 @@ class FairBatchingPolicy(BatchPolicy):
             waiting = self.clients.pick(waiting, key=first_token_deadline)
         elif len(waiting) > 1:
             waiting = sorted(waiting, key=first_token_deadline)
+            if self.demote_late_prompts:
+                waiting = self._late_last(waiting, view.now_s, builder.model)
         for group in (prefills[:split], waiting):
             for request in group:
                 granted = builder.add_prefill(request, min_chunk=self.min_chunk_tokens,
@@ -220,6 +227,17 @@ class FairBatchingPolicy(BatchPolicy):
         if finish_s <= first_token_deadline(head):
             return 0 if builder.mixed else None  # it can wait: decode-only now, slack banks
         return model.max_chunk_tokens(mixing_s, 0) + 1
+
+    @staticmethod
+    def _late_last(waiting: list[RequestState], now_s: float, model: CostModel) -> list[RequestState]:
+        """``waiting`` (in deadline order) with the prompts that can no longer meet their TTFT
+        moved behind the others, keeping each group's order."""
+        late = [request for request in waiting
+                if now_s + model.prefill_cost_s(request.prompt_tokens, 0) > first_token_deadline(request)]
+        if not late or len(late) == len(waiting):
+            return waiting
+        late_ids = {id(request) for request in late}
+        return [request for request in waiting if id(request) not in late_ids] + late
 
     def _refund(self, builder: BatchBuilder) -> None:
         """The VTC counters were charged for chunks of a plan that is being redone."""
@@ -261,6 +279,7 @@ class FairBatchingPolicy(BatchPolicy):
             min_chunk_tokens=self.min_chunk_tokens,
             max_chunk_tokens=self.max_chunk_tokens,
             client_fairness=self.clients is not None,
+            demote_late_prompts=self.demote_late_prompts,
         )
         return info
 
