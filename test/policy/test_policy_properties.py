@@ -28,6 +28,7 @@ def views(draw, roomy=False):
                          prefilled=0, generated=generated, first_token_s=first,
                          can_skip=draw(st.booleans()) or draw(st.booleans()), client=f"c{i % 3}")
         r.prefilled_tokens = r.prompt_tokens
+        r.max_new_tokens = draw(st.one_of(st.none(), st.integers(generated, generated + 300)))
         decodes.append(r)
     prefills = []
     for i in range(draw(st.integers(0, 3))):  # partial prefills lead
@@ -85,17 +86,26 @@ def test_fairbatching_budget_and_urgent_decodes(view, safety, model):
     budget_s, floor_s = policy.time_budget_s(view)
     plan = policy.plan(view)
     planned = {id(r) for r in plan.decodes}
-    # Urgent decodes (would miss their next deadline by sitting out) and unskippable ones always run.
+    # Urgent decodes (would miss their next deadline by sitting out) and unskippable ones always
+    # run; a decode that can no longer meet its SLO is urgent only on its slower line.
     for r in view.decodes:
-        if r.next_deadline_s < view.now_s + budget_s + floor_s or not r.can_skip:
+        lost = policy.is_lost(r, view.now_s)
+        due_s = r.last_token_s + policy.lost_tpot_factor * r.tpot_slo_s if lost else r.next_deadline_s
+        if due_s < view.now_s + budget_s + floor_s or not r.can_skip:
             assert id(r) in planned, "urgent decode left out"
     if not view.decodes:
         return
     # Only forced work (urgent / unskippable decodes, a progress chunk) may exceed the time budget.
     # (A forced decode in a batch with a prefill also pays the extend path's per-sequence cost.)
     mixed_s = model.per_mixed_seq_s if plan.prefills else 0.0
-    forced_s = sum(model.decode_cost_s(r.context_tokens) + mixed_s for r in plan.decodes
-                   if r.next_deadline_s < view.now_s + budget_s + floor_s or not r.can_skip)
+    urgent_until_s = view.now_s + budget_s + floor_s
+
+    def forced(r):
+        if policy.is_lost(r, view.now_s):  # due on its slower line
+            return r.last_token_s + policy.lost_tpot_factor * r.tpot_slo_s < urgent_until_s or not r.can_skip
+        return r.next_deadline_s < urgent_until_s or not r.can_skip
+
+    forced_s = sum(model.decode_cost_s(r.context_tokens) + mixed_s for r in plan.decodes if forced(r))
     if plan.time_budget_s > budget_s:
         # Stretched (dear extend path only) to the prefill work that matches the extend overhead,
         # for a prompt that cannot wait: at most that work beyond the urgent decodes.
@@ -238,11 +248,11 @@ def test_a_prompt_that_lost_its_ttft_goes_behind_one_that_can_still_make_it(demo
     # ago, TTFT 1 s) and make the fresh one late too.
     late = make_request("late", NOW - 3.0, 2000, 1.0, 0.05)
     fresh = make_request("fresh", NOW - 0.5, 2000, 1.0, 0.05)
-    policy = FairBatchingPolicy(A100, demote_late_prompts=demote)
+    policy = FairBatchingPolicy(A100, demote_lost_requests=demote)
     view = IterationView(NOW, [], [late, fresh], 10**6, 10**6, 256, max_prefill_tokens=2000)
     plan = policy.plan(view)
     assert [chunk.request.rid for chunk in plan.prefills] == (["fresh"] if demote else ["late"])
-    assert policy.describe()["demote_late_prompts"] is demote
+    assert policy.describe()["demote_lost_requests"] is demote
 
 
 def test_late_prompts_keep_their_order_and_are_still_served():
@@ -251,3 +261,42 @@ def test_late_prompts_keep_their_order_and_are_still_served():
     policy = FairBatchingPolicy(A100)
     plan = policy.plan(IterationView(NOW, [], late + [fresh], 10**6, 10**6, 256, 8192))
     assert [chunk.request.rid for chunk in plan.prefills] == ["fresh", "late0", "late1", "late2"]
+
+
+def test_lost_decodes_do_not_set_the_budget_and_may_sit_out():
+    # One decode missed its TTFT long ago and is far behind its line; another is on time with
+    # banked slack. The budget follows the one that can still meet its SLO, and the lost one is
+    # no longer urgent (it runs when room is left, ahead of other relaxed decodes).
+    lost = make_request("lost", NOW - 10, 200, 1.0, 0.05, generated=5, first_token_s=NOW - 8)
+    lost.prefilled_tokens = 200
+    lost.last_token_s = NOW + 0.005  # streaming on its slower line: not due this iteration
+    ahead = make_request("ahead", NOW - 1, 200, 1.0, 0.05, generated=19, first_token_s=NOW - 0.95)
+    ahead.prefilled_tokens = 200
+    prompt = make_request("w", NOW, 8000, 1.0, 0.05)
+    view = IterationView(NOW, [lost, ahead], [prompt], 10**6, 10**6, 256, 8192)
+    policy = FairBatchingPolicy(A100, budget_safety=1.0)
+    assert policy.is_lost(lost, NOW) and not policy.is_lost(ahead, NOW)
+    budget_s, _ = policy.time_budget_s(view)
+    assert budget_s == pytest.approx(max(ahead.next_deadline_s - NOW, 0.05))
+    plan = policy.plan(view)
+    assert plan.urgent_decodes == 1 and plan.decodes[0] is ahead and plan.prefills
+    # Once it has waited lost_tpot_factor TPOTs for a token, it is due again and runs.
+    lost.last_token_s = NOW - 0.2
+    plan = policy.plan(view)
+    assert plan.urgent_decodes == 2 and lost in plan.decodes
+    keep = FairBatchingPolicy(A100, budget_safety=1.0, demote_lost_requests=False)
+    assert keep.time_budget_s(view)[0] == pytest.approx(0.05)  # pinned at the floor by the lost one
+    assert keep.plan(view).decodes[0] is lost
+
+
+def test_a_decode_past_its_last_possible_deadline_is_lost():
+    # On time for its TTFT, but 3 s behind with at most 10 tokens left at 50 ms each.
+    behind = make_request("b", NOW - 4, 100, 1.0, 0.05, generated=5, first_token_s=NOW - 3.9)
+    behind.prefilled_tokens = 100
+    policy = FairBatchingPolicy(A100)
+    behind.max_new_tokens = 15
+    assert policy.is_lost(behind, NOW)
+    behind.max_new_tokens = 200  # may still catch up over a long output
+    assert not policy.is_lost(behind, NOW)
+    behind.max_new_tokens = None
+    assert not policy.is_lost(behind, NOW)

@@ -27,6 +27,7 @@ Prefill Admission Budget and admission control come from :func:`prefill_admissio
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -63,7 +64,8 @@ class FairBatchingPolicy(BatchPolicy):
         client_fairness: bool = False,
         input_weight: float = 1.0,
         output_weight: float = 2.0,
-        demote_late_prompts: bool = True,
+        demote_lost_requests: bool = True,
+        lost_tpot_factor: float = 2.0,
     ) -> None:
         super().__init__(cost_model, default_ttft_slo_s=default_ttft_slo_s)
         if budget_safety is not None and not 0 < budget_safety <= 1:
@@ -85,18 +87,36 @@ class FairBatchingPolicy(BatchPolicy):
             raise ValueError("max_chunk_tokens must be >= 0 (0 = no cap) or None (auto)")
         self.max_chunk_tokens = max_chunk_tokens
         self.clients = ClientCounters(input_weight, output_weight) if client_fairness else None
-        # A waiting prompt that cannot meet its TTFT any more (even prefilled alone, now) goes
-        # behind those that still can: under overload, deadline order would otherwise spend the
-        # machine on lost causes first and make every prompt behind them late too.
-        self.demote_late_prompts = demote_late_prompts
+        # Requests that can no longer meet their SLO go behind those that still can: a waiting
+        # prompt past its TTFT (even prefilled alone, now), a decode that missed its TTFT or whose
+        # last possible token is already past its line.  Under overload, deadline order would
+        # otherwise spend the machine on lost causes first and make everything behind them late.
+        self.demote_lost_requests = demote_lost_requests
+        if not lost_tpot_factor >= 1:
+            raise ValueError("lost_tpot_factor must be >= 1")
+        self.lost_tpot_factor = lost_tpot_factor
 
     def time_budget_s(self, view: IterationView) -> tuple[float, float]:
         """Return ``(budget, floor)`` for this iteration, both in seconds."""
         if not view.decodes:
             return self.max_time_budget_s, 0.0
-        min_deadline_s = min(map(_next_deadline, view.decodes))
         min_tpot_s = min(request.tpot_slo_s for request in view.decodes)
-        return self._budget(min_deadline_s - view.now_s, min_tpot_s)
+        protected = [r for r in view.decodes if not self.is_lost(r, view.now_s)]
+        if not protected:
+            return self._budget(min_tpot_s, min_tpot_s)
+        return self._budget(min(map(_next_deadline, protected)) - view.now_s, min_tpot_s)
+
+    def is_lost(self, request: RequestState, now_s: float) -> bool:
+        """Whether a decode can no longer meet its SLO (and ``demote_lost_requests`` is on): it
+        missed its TTFT, or even its last possible token (``max_new_tokens``) is past its line."""
+        if not self.demote_lost_requests or request.first_token_s is None:
+            return False
+        due_s = request.arrival_s + request.ttft_slo_s
+        if request.first_token_s > due_s:
+            return True
+        due_s = min(due_s, request.first_token_s)
+        last = request.max_new_tokens
+        return bool(last) and now_s > due_s + (last - 1) * request.tpot_slo_s
 
     def _budget(self, min_slack_s: float, min_tpot_s: float) -> tuple[float, float]:
         floor_s = self.budget_safety * min_tpot_s
@@ -106,22 +126,47 @@ class FairBatchingPolicy(BatchPolicy):
     def plan(self, view: IterationView) -> Plan:
         now = view.now_s
         decodes = view.decodes
+        lost: list[RequestState] = []
         if decodes:
             # One pass computes every deadline; the order, the budget and urgency all reuse it.
             deadlines = []
+            lost_ranks = []
             min_tpot_s = math.inf
-            for request in decodes:  # RequestState.next_deadline_s, inlined (the hot loop)
+            demote = self.demote_lost_requests
+            for index, request in enumerate(decodes):  # next_deadline_s, inlined (the hot loop)
                 due_s = request.arrival_s + request.ttft_slo_s
                 first_s = request.first_token_s
+                tpot_s = request.tpot_slo_s
                 if first_s is not None and first_s < due_s:
                     due_s = first_s
-                tpot_s = request.tpot_slo_s
+                elif demote and first_s is not None and first_s > due_s:
+                    lost_ranks.append(index)  # missed its TTFT: no SLO left to protect
+                    first_s = None  # (done: skip the next check)
+                if (demote and first_s is not None and request.max_new_tokens
+                        and now > due_s + (request.max_new_tokens - 1) * tpot_s):
+                    lost_ranks.append(index)  # even its last possible token is past the line
                 deadlines.append(due_s + request.generated_tokens * tpot_s)
                 if tpot_s < min_tpot_s:
                     min_tpot_s = tpot_s
-            order = sorted(range(len(decodes)), key=deadlines.__getitem__)
+            if lost_ranks:
+                lost_set = set(lost_ranks)
+                # A lost decode keeps a slower line of its own: a token within lost_tpot_factor
+                # TPOTs of its last one, so it still streams instead of stalling.
+                factor = self.lost_tpot_factor
+                for index in lost_ranks:
+                    request = decodes[index]
+                    deadlines[index] = request.last_token_s + factor * request.tpot_slo_s
+                lost_ranks.sort(key=deadlines.__getitem__)
+                lost = [decodes[i] for i in lost_ranks]
+                lost_deadlines = [deadlines[i] for i in lost_ranks]
+                order = sorted((i for i in range(len(decodes)) if i not in lost_set),
+                               key=deadlines.__getitem__)
+            else:
+                order = sorted(range(len(decodes)), key=deadlines.__getitem__)
             by_slack = [decodes[i] for i in order]
-            budget_s, floor_s = self._budget(deadlines[order[0]] - now, min_tpot_s)
+            # The budget protects the decodes that can still meet their SLO.
+            min_slack_s = deadlines[order[0]] - now if order else min_tpot_s
+            budget_s, floor_s = self._budget(min_slack_s, min_tpot_s)
         else:
             deadlines, order, by_slack = [], [], []
             budget_s, floor_s = self.max_time_budget_s, 0.0
@@ -135,7 +180,12 @@ class FairBatchingPolicy(BatchPolicy):
             if deadlines[index] >= urgent_until_s and decodes[index].can_skip:
                 first_relaxed = rank
                 break
-        builder.add_decodes(by_slack[:first_relaxed], force=True)
+        forced = by_slack[:first_relaxed]
+        if lost:  # those due on their slower line run too
+            lost_due = bisect.bisect_left(lost_deadlines, urgent_until_s)
+            forced = forced + lost[:lost_due]
+            lost = lost[lost_due:]
+        builder.add_decodes(forced, force=True)
         builder.plan.urgent_decodes = len(builder.plan.decodes)
 
         # Phase 2: prefills, continuing chunks first, then new ones.
@@ -146,7 +196,7 @@ class FairBatchingPolicy(BatchPolicy):
             # prefill (0) or with one chunk worth the overhead.
             self._refund(builder)
             builder = BatchBuilder(view, self.cost_model, time_budget_s=budget_s)
-            builder.add_decodes(by_slack[:first_relaxed], force=True)
+            builder.add_decodes(forced, force=True)
             builder.plan.urgent_decodes = len(builder.plan.decodes)
             if worthwhile:
                 # Stretch the budget to hold that much prefill work, over one prompt or several
@@ -159,10 +209,11 @@ class FairBatchingPolicy(BatchPolicy):
                 if not builder.mixed:  # nothing could use it (the prefill cap, a minimum chunk)
                     builder.time_budget_s = builder.plan.time_budget_s = budget_s
 
-        # Phase 3: decodes that could wait, most hurried first, while they fit.
+        # Phase 3: decodes that could wait, most hurried first, while they fit; the lost ones
+        # lead (they have no SLO left, but finishing them frees their KV).
         # Once one skippable decode does not fit, the rest sit out, but a decode that cannot be
         # skipped (penalizers, grammar) still runs, whatever comes before it.
-        relaxed = by_slack[first_relaxed:]
+        relaxed = lost + by_slack[first_relaxed:] if lost else by_slack[first_relaxed:]
         added = builder.add_decodes(relaxed)
         for request in relaxed[added:]:
             if not request.can_skip:
@@ -189,7 +240,7 @@ class FairBatchingPolicy(BatchPolicy):
             waiting = self.clients.pick(waiting, key=first_token_deadline)
         elif len(waiting) > 1:
             waiting = sorted(waiting, key=first_token_deadline)
-            if self.demote_late_prompts:
+            if self.demote_lost_requests:
                 waiting = self._late_last(waiting, view.now_s, builder.model)
         for group in (prefills[:split], waiting):
             for request in group:
@@ -279,7 +330,8 @@ class FairBatchingPolicy(BatchPolicy):
             min_chunk_tokens=self.min_chunk_tokens,
             max_chunk_tokens=self.max_chunk_tokens,
             client_fairness=self.clients is not None,
-            demote_late_prompts=self.demote_late_prompts,
+            demote_lost_requests=self.demote_lost_requests,
+            lost_tpot_factor=self.lost_tpot_factor,
         )
         return info
 
