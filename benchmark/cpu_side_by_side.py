@@ -190,9 +190,9 @@ async def _probe(url: str, prompt_tokens: int, output_tokens: int, count: int, s
 
 
 def calibrate(url: str, *, quick: bool, prefill_sizes: list[int], seed: int = 1234) -> dict:
-    """Time prefills (TTFT of 1-token requests) and decode batches (steady token gaps of B
-    requests sent together), each beside one running keep-alive decode; return per-shape medians
-    as (features, seconds) rows for ``fit_cost_model``.  Every shape runs once unrecorded first
+    """Time prefills (TTFT of 1-token requests, beside 1 or more running keep-alive decodes) and
+    decode batches (steady token gaps of B requests sent together, beside one); return per-shape
+    minima over 3 recorded passes as (features, seconds) rows for ``fit_cost_model``.  Every shape runs once unrecorded first
     (first-call costs must not enter the fit).  A prefill's TTFT also holds the wait for the
     iteration in flight (about half a decode step) and the HTTP round trip."""
     from tqdm.auto import tqdm
@@ -201,7 +201,7 @@ def calibrate(url: str, *, quick: bool, prefill_sizes: list[int], seed: int = 12
         (1, 32), (1, 256), (8, 32), (8, 256), (16, 128), (32, 64)]
     # Prefills beside many decodes: what a mixed batch adds per row on the extend path.
     mixed_shapes = [(64, 16)] if quick else [(64, 16), (256, 16), (128, 8)]
-    repeats = 2
+    repeats = 3
     output_tokens = 12 if quick else 16
     keepalive_context = KEEPALIVE_PROMPT_TOKENS + 8  # a few tokens into its decode
     jobs = ([("prefill", n, 1) for n in prefill_sizes] + [("prefill", n, b) for n, b in mixed_shapes]
@@ -238,9 +238,14 @@ def calibrate(url: str, *, quick: bool, prefill_sizes: list[int], seed: int = 12
             mean_context = tokens + output_tokens / 2
             rows.append((1.0, batch + 1, batch * mean_context + keepalive_context, batch + 1, 0.0, 0.0, 0))
             labels.append(f"decode {batch}x{tokens} (+1)")
-        times.append(float(np.median(values)))
+        # The fastest pass: on a shared machine the slow ones carry a neighbour's work, not ours.
+        times.append(float(np.min(values)))
     return {"features": rows, "times_s": times, "labels": labels,
             "spread_s": [[round(v, 4) for v in values] for values in measured.values() if values]}
+
+
+class CalibrationError(RuntimeError):
+    """Calibration samples that give no usable cost model."""
 
 
 def fit_calibration(samples: dict) -> "CostModel":  # noqa: F821
@@ -251,15 +256,20 @@ def fit_calibration(samples: dict) -> "CostModel":  # noqa: F821
     times_s = np.asarray(samples["times_s"], dtype=float)
     terms = list(COST_TERMS)
     model = fit_cost_model(features, times_s, terms=tuple(terms), name="cpu-bench-measured")
-    # On a busy machine a per-token term can come out negative (noise trading off against the
-    # other terms); a scheduler would read that as free tokens, so drop such terms and refit.
-    while len(terms) > 2:
+    # On a busy machine a term can come out negative (noise trading off against the others); a
+    # scheduler would read that as free work, so drop such terms and refit.  The time per new
+    # token is what everything rests on: without it the calibration is unusable.
+    while True:
         coefficients = dict(zip(FEATURE_NAMES, model.coefficients()))
-        negative = [t for t in terms[1:] if coefficients[t] < 0]
+        negative = [t for t in terms if t not in ("fixed", "new_tokens") and coefficients[t] < 0]
         if not negative:
             break
         terms.remove(negative[0])
         model = fit_cost_model(features, times_s, terms=tuple(terms), name="cpu-bench-measured")
+    if not model.per_new_token_s > 0 or not model.fixed_s > 0:
+        raise CalibrationError(
+            f"calibration unusable ({model.describe()}): the machine was probably too busy;"
+            " rerun when it is quieter, or pass --cost-model")
     predicted = features @ model.coefficients()
     model.info["shapes"] = [
         {"shape": label, "measured_ms": round(t * 1e3, 2), "predicted_ms": round(p * 1e3, 2)}
@@ -540,4 +550,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except CalibrationError as exc:
+        print(f"[bench] error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -77,3 +77,11 @@ def test_aggregate_reports_median_and_spread():
     assert table["a"]["goodput_rps"] == (3.0, 1.0, 5.0)
     markdown = side.render_markdown(table)
     assert markdown.splitlines()[0].startswith("| metric") and "3.000 [1.000..5.000]" in markdown
+
+
+def test_an_unusable_calibration_is_an_error_not_a_model():
+    samples = _samples(0.01, 60e-6, 4e-6)
+    samples["times_s"] = [t * (5.0 if i < 4 else 1.0) for i, t in enumerate(samples["times_s"])]
+    samples["times_s"][3] = 0.001  # the biggest prefill measured fastest: tokens look free
+    with pytest.raises(side.CalibrationError, match="too busy"):
+        side.fit_calibration(samples)
