@@ -52,21 +52,21 @@ SCENARIOS = {
 
 
 def _search(payload):
-    scenario, seed, variant, trace_path, model_name, num_requests, upper, ttft, tpot, tolerance = payload
+    scenario, seed, variant, trace_path, model_name, num_requests, upper, ttft, tpot, tolerance, kv = payload
     trace = load_trace(trace_path)
     model = load_cost_model(model_name)
-    out = search_capacity(variant, trace, model, EngineConfig(), ttft_slo_s=ttft, tpot_slo_s=tpot,
+    out = search_capacity(variant, trace, model, EngineConfig(kv_capacity_tokens=kv), ttft_slo_s=ttft, tpot_slo_s=tpot,
                           num_requests=num_requests, seed=seed, upper_rps=upper, tolerance=tolerance)
     return scenario, seed, out
 
 
 def _probe(payload):
-    variant, trace_path, model_name, num_requests, rate, seed, ttft, tpot = payload
+    variant, trace_path, model_name, num_requests, rate, seed, ttft, tpot, kv = payload
     trace = load_trace(trace_path)
     model = load_cost_model(model_name)
     workload = make_workload(trace, num_requests=num_requests, rate_rps=rate, seed=seed,
                              ttft_slo_s=ttft, tpot_slo_s=tpot)
-    summary, result = run_probe(variant, workload, model, EngineConfig(), seed=seed)
+    summary, result = run_probe(variant, workload, model, EngineConfig(kv_capacity_tokens=kv), seed=seed)
     start = result.warmup_requests
     ttft_values = (result.first_token_s[start:] - workload.arrival_s[start:]).tolist()
     return summary, ttft_values
@@ -86,6 +86,8 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--num-requests", type=int, default=2000, help="per replica")
     parser.add_argument("--tolerance", type=float, default=0.02)
+    parser.add_argument("--kv-capacity-tokens", type=int, default=EngineConfig.kv_capacity_tokens,
+                        help="KV pool per replica (default: Llama-2-7B on an 80 GB A100)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--quick", action="store_true", help="no fixed-grid curves")
     parser.add_argument("--cluster-budgets", default="",
@@ -98,6 +100,8 @@ def main() -> int:
     scenarios = [s for s in args.scenarios.split(",") if s]
     trace = load_trace(args.trace)
     model = load_cost_model(args.cost_model)
+    kv = args.kv_capacity_tokens
+    suffix = "" if kv == EngineConfig.kv_capacity_tokens else f"_kv{kv // 1000}k"  # plot names
     started = time.time()
 
     saturation = {}
@@ -105,7 +109,7 @@ def main() -> int:
     for name in scenarios:
         replicas, ttft, tpot, members = SCENARIOS[name]
         n = args.num_requests * replicas
-        saturation[name] = saturation_rps(trace, n, model, EngineConfig(), replicas)
+        saturation[name] = saturation_rps(trace, n, model, EngineConfig(kv_capacity_tokens=kv), replicas)
         for seed in seeds:
             for policy, router, ac in members:
                 variants = default_variants(policy, router, replicas, {}, sweep=True, admission_control=ac)
@@ -114,7 +118,7 @@ def main() -> int:
                     variants = [v for v in variants if v.options.get("token_budget") in keep]
                 for variant in variants:
                     payloads.append((name, seed, variant, args.trace, args.cost_model, n, saturation[name],
-                                     ttft, tpot, args.tolerance))
+                                     ttft, tpot, args.tolerance, kv))
     print(f"{len(payloads)} capacity searches on {args.jobs} processes", file=sys.stderr)
     searches = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -127,6 +131,7 @@ def main() -> int:
 
     report = {"date": "2026-11-22", "trace": os.path.basename(args.trace), "cost_model": args.cost_model,
               "seeds": seeds, "num_requests_per_replica": args.num_requests, "tolerance": args.tolerance,
+              "kv_capacity_tokens": kv,
               "scenarios": {}}
     for name in scenarios:
         replicas, ttft, tpot, members = SCENARIOS[name]
@@ -161,7 +166,7 @@ def main() -> int:
             for policy, options in (("sarathi", sar["options"]), ("fairbatching", {})):
                 probe_payloads.append(((name, seed, policy), (Variant(policy, "round_robin", 1, options),
                                        args.trace, args.cost_model, args.num_requests, sar["capacity_rps"], seed,
-                                       ttft, tpot)))
+                                       ttft, tpot, kv)))
     cdfs: dict = {}
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = {pool.submit(_probe, p): key for key, p in probe_payloads}
@@ -176,7 +181,7 @@ def main() -> int:
                 cdfs.setdefault(name, {})[policy] = ttft_values
     for name, samples in cdfs.items():
         ttft = SCENARIOS[name][1]
-        plot_ttft_cdf(samples, os.path.join(args.plots, f"sim_ttft_cdf_{name}.png"), slo_s=ttft,
+        plot_ttft_cdf(samples, os.path.join(args.plots, f"sim_ttft_cdf_{name}{suffix}.png"), slo_s=ttft,
                       title=f"TTFT CDF at Sarathi's capacity ({name}, seed {seeds[0]})")
 
     # Attainment vs rate on a fixed grid (seed 0, best variant of each scheduler).
@@ -192,7 +197,8 @@ def main() -> int:
                 variant = Variant(policy.replace("+ac", ""), router, replicas, best["options"], ac)
                 for frac in np.linspace(0.5, 1.0, args.grid_points):
                     grid_payloads.append(((name, key, float(frac * sat)), (variant, args.trace, args.cost_model,
-                                          args.num_requests * replicas, float(frac * sat), seeds[0], ttft, tpot)))
+                                          args.num_requests * replicas, float(frac * sat), seeds[0], ttft, tpot,
+                                          kv)))
         curves: dict = {}
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futures = {pool.submit(_probe, p): key for key, p in grid_payloads}
@@ -213,7 +219,7 @@ def main() -> int:
                                 "curve": sorted(points, key=lambda p: p["rate_rps"])})
                 sched["grid_curve_seed0"] = sorted(points, key=lambda p: p["rate_rps"])
             plot_attainment_curves({"saturation_rps": saturation[name], "results": results},
-                                   os.path.join(args.plots, f"sim_attainment_{name}.png"),
+                                   os.path.join(args.plots, f"sim_attainment_{name}{suffix}.png"),
                                    title=f"SLO attainment vs rate ({name}, seed {seeds[0]})")
     report["wall_s"] = time.time() - started
     with open(args.out, "w") as handle:

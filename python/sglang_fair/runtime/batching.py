@@ -546,7 +546,8 @@ class FairBatchingMixin:
             if generated != state.generated_tokens:
                 if generated == state.generated_tokens + 1 and state.first_token_s is not None:
                     # one more decode token, checked against the judged envelope line
-                    if end_s > state.envelope_deadline_s(state.generated_tokens):
+                    # (RequestState.envelope_deadline_s, inlined: the per-decode hot path)
+                    if end_s > state.arrival_s + state.ttft_slo_s + (generated - 1) * state.tpot_slo_s:
                         state.late_tokens += 1
                     state.generated_tokens = generated
                     state.last_token_s = end_s
