@@ -197,6 +197,8 @@ def calibrate(url: str, *, quick: bool, prefill_sizes: list[int], seed: int = 12
     iteration in flight (about half a decode step) and the HTTP round trip."""
     from tqdm.auto import tqdm
 
+    from sglang_fair.policy.cost_model import feature_row
+
     decode_shapes = [(1, 32), (8, 256), (24, 128)] if quick else [
         (1, 32), (1, 256), (8, 32), (8, 256), (16, 128), (32, 64)]
     # Prefills beside many decodes: what a mixed batch adds per row on the extend path.
@@ -231,12 +233,13 @@ def calibrate(url: str, *, quick: bool, prefill_sizes: list[int], seed: int = 12
             continue
         # Every probed iteration also carries the keep-alive decode(s); a prefill's is a mixed batch.
         if kind == "prefill":
-            rows.append((1.0, tokens + batch, tokens + batch * keepalive_context, batch + 1,
-                         tokens * tokens, 1.0, batch + 1))
+            rows.append(feature_row(tokens + batch, tokens + batch * keepalive_context, batch + 1,
+                                    tokens * tokens, True))
             labels.append(f"prefill {tokens} (+{batch} decode{'s' if batch > 1 else ''})")
         else:
             mean_context = tokens + output_tokens / 2
-            rows.append((1.0, batch + 1, batch * mean_context + keepalive_context, batch + 1, 0.0, 0.0, 0))
+            rows.append(feature_row(batch + 1, batch * mean_context + keepalive_context, batch + 1,
+                                    0, False))
             labels.append(f"decode {batch}x{tokens} (+1)")
         # The fastest pass: on a shared machine the slow ones carry a neighbour's work, not ours.
         times.append(float(np.min(values)))

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sglang_fair.policy.cost_model import FEATURE_NAMES, KERNEL_TERMS, CostModel, fit_cost_model
+from sglang_fair.policy.cost_model import (
+    FEATURE_NAMES,
+    KERNEL_TERMS,
+    CostModel,
+    feature_row,
+    fit_cost_model,
+)
 
 from .grid import SHAPE_CLASSES
 
@@ -47,9 +53,8 @@ class ProfileRow:
 
     def features(self) -> tuple[float, ...]:
         """The values of ``FEATURE_NAMES``; a profiled shape with a chunk is an extend iteration."""
-        extend = self.chunk_tokens > 0
-        return (1.0, self.new_tokens, self.sum_context, self.num_seqs, self.sum_chunk_sq,
-                1.0 if extend else 0.0, self.num_seqs if extend else 0)
+        return feature_row(self.new_tokens, self.sum_context, self.num_seqs, self.sum_chunk_sq,
+                           self.chunk_tokens > 0)
 
 
 def write_csv(path: str, rows: list[ProfileRow]) -> None:

@@ -103,7 +103,7 @@ class BatchBuilder:
     """
 
     __slots__ = ("plan", "model", "kv_left", "seats_left", "tokens_left", "prefill_tokens_left",
-                 "time_budget_s", "predicted_s", "mixed", "mixing_s", "prefill_work_s")
+                 "time_budget_s", "predicted_s", "mixing_s", "prefill_work_s")
 
     def __init__(
         self,
@@ -121,11 +121,14 @@ class BatchBuilder:
         self.prefill_tokens_left = view.max_prefill_tokens
         self.time_budget_s = time_budget_s
         self.predicted_s = model.fixed_s
-        #: Whether the plan holds a prefill chunk (the batch then runs on the dearer extend path).
-        self.mixed = False
         #: What the plan's prefill chunks cost: the extend path's overhead, and their own tokens.
         self.mixing_s = 0.0
         self.prefill_work_s = 0.0
+
+    @property
+    def mixed(self) -> bool:
+        """Whether the plan holds a prefill chunk (the batch then runs on the dearer extend path)."""
+        return bool(self.plan.prefills)
 
     @property
     def time_left_s(self) -> float:
@@ -208,7 +211,6 @@ class BatchBuilder:
                                                            request.prefilled_tokens))
         if limit <= 0 or (limit < min_chunk and limit < remaining):
             return 0
-        self.mixed = True
         self.mixing_s += mixing_s
         self.predicted_s += mixing_s
         self.kv_left -= limit

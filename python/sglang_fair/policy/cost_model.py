@@ -37,6 +37,7 @@ __all__ = [
     "OnlineCostModel",
     "FEATURE_NAMES",
     "KERNEL_TERMS",
+    "feature_row",
     "fit_cost_model",
     "load_cost_model",
     "preset_names",
@@ -50,6 +51,13 @@ KERNEL_TERMS = FEATURE_NAMES[:5]
 
 class CostModelError(ValueError):
     """A cost model name or file that cannot be used; the message is one line for the user."""
+
+
+def feature_row(new_tokens: float, sum_context: float, num_seqs: float, sum_chunk_sq: float,
+                has_prefill: bool) -> tuple[float, ...]:
+    """One row of ``FEATURE_NAMES`` values for a batch with these totals."""
+    return (1.0, new_tokens, sum_context, num_seqs, sum_chunk_sq,
+            1.0 if has_prefill else 0.0, num_seqs if has_prefill else 0)
 
 
 class BatchShape:
@@ -78,9 +86,8 @@ class BatchShape:
 
     def features(self) -> tuple[float, ...]:
         """The values of ``FEATURE_NAMES``, in order."""
-        has_prefill = self.num_prefills > 0
-        return (1.0, self.new_tokens, self.sum_context, self.num_seqs, self.sum_chunk_sq,
-                1.0 if has_prefill else 0.0, self.num_seqs if has_prefill else 0)
+        return feature_row(self.new_tokens, self.sum_context, self.num_seqs, self.sum_chunk_sq,
+                           self.num_prefills > 0)
 
     def __repr__(self) -> str:  # pragma: no cover
         return (
@@ -301,7 +308,6 @@ def fit_cost_model(
 
 
 _EXTEND_TERMS = ("prefill_iteration", "mixed_seqs")
-_COEFFICIENT = {"prefill_iteration": "per_prefill_iteration_s", "mixed_seqs": "per_mixed_seq_s"}
 
 
 class OnlineCostModel:
@@ -385,8 +391,9 @@ class OnlineCostModel:
                 )
                 # The extend-path terms are costs; a negative fit is noise (or a window with no
                 # prefill in it) and would make mixing look free: keep the prior's value instead.
+                coefficients = fitted.coefficients()
                 negative = [term for term in _EXTEND_TERMS
-                            if term in terms and getattr(fitted, _COEFFICIENT[term]) < 0]
+                            if term in terms and coefficients[FEATURE_NAMES.index(term)] < 0]
                 if not negative:
                     break
                 terms.remove(negative[0])

@@ -109,14 +109,7 @@ class FairBatchingPolicy(BatchPolicy):
     def is_lost(self, request: RequestState, now_s: float) -> bool:
         """Whether a decode can no longer meet its SLO (and ``demote_lost_requests`` is on): it
         missed its TTFT, or even its last possible token (``max_new_tokens``) is past its line."""
-        if not self.demote_lost_requests or request.first_token_s is None:
-            return False
-        due_s = request.arrival_s + request.ttft_slo_s
-        if request.first_token_s > due_s:
-            return True
-        due_s = min(due_s, request.first_token_s)
-        last = request.max_new_tokens
-        return bool(last) and now_s > due_s + (last - 1) * request.tpot_slo_s
+        return self.demote_lost_requests and _is_lost(request, now_s)
 
     def _budget(self, min_slack_s: float, min_tpot_s: float) -> tuple[float, float]:
         floor_s = self.budget_safety * min_tpot_s
@@ -139,12 +132,8 @@ class FairBatchingPolicy(BatchPolicy):
                 tpot_s = request.tpot_slo_s
                 if first_s is not None and first_s < due_s:
                     due_s = first_s
-                elif demote and first_s is not None and first_s > due_s:
-                    lost_ranks.append(index)  # missed its TTFT: no SLO left to protect
-                    first_s = None  # (done: skip the next check)
-                if (demote and first_s is not None and request.max_new_tokens
-                        and now > due_s + (request.max_new_tokens - 1) * tpot_s):
-                    lost_ranks.append(index)  # even its last possible token is past the line
+                if demote and _is_lost(request, now):
+                    lost_ranks.append(index)
                 deadlines.append(due_s + request.generated_tokens * tpot_s)
                 if tpot_s < min_tpot_s:
                     min_tpot_s = tpot_s
@@ -170,8 +159,6 @@ class FairBatchingPolicy(BatchPolicy):
         else:
             deadlines, order, by_slack = [], [], []
             budget_s, floor_s = self.max_time_budget_s, 0.0
-        builder = BatchBuilder(view, self.cost_model, time_budget_s=budget_s)
-
         # Phase 1: urgent decodes always run (only KV and seats can stop them): those whose next
         # deadline falls before this iteration's end plus the next one's floor.
         urgent_until_s = now + budget_s + floor_s
@@ -185,8 +172,7 @@ class FairBatchingPolicy(BatchPolicy):
             lost_due = bisect.bisect_left(lost_deadlines, urgent_until_s)
             forced = forced + lost[:lost_due]
             lost = lost[lost_due:]
-        builder.add_decodes(forced, force=True)
-        builder.plan.urgent_decodes = len(builder.plan.decodes)
+        builder = self._with_urgent_decodes(view, budget_s, forced)
 
         # Phase 2: prefills, continuing chunks first, then new ones.
         self._add_prefills(builder, view)
@@ -195,9 +181,7 @@ class FairBatchingPolicy(BatchPolicy):
             # The prefill carried less work than its extend overhead: redo phase 2, deferring the
             # prefill (0) or with one chunk worth the overhead.
             self._refund(builder)
-            builder = BatchBuilder(view, self.cost_model, time_budget_s=budget_s)
-            builder.add_decodes(forced, force=True)
-            builder.plan.urgent_decodes = len(builder.plan.decodes)
+            builder = self._with_urgent_decodes(view, budget_s, forced)
             if worthwhile:
                 # Stretch the budget to hold that much prefill work, over one prompt or several
                 # short ones (relaxed decodes then sit out, as they would for any prefill surge).
@@ -226,6 +210,13 @@ class FairBatchingPolicy(BatchPolicy):
             for request in plan.decodes:
                 self.clients.charge_output(request)
         return plan
+
+    def _with_urgent_decodes(self, view: IterationView, budget_s: float,
+                             urgent: list[RequestState]) -> BatchBuilder:
+        builder = BatchBuilder(view, self.cost_model, time_budget_s=budget_s)
+        builder.add_decodes(urgent, force=True)
+        builder.plan.urgent_decodes = len(builder.plan.decodes)
+        return builder
 
     def _add_prefills(self, builder: BatchBuilder, view: IterationView) -> None:
         """Grant chunks in order while time, KV and seats last."""
@@ -334,6 +325,18 @@ class FairBatchingPolicy(BatchPolicy):
             lost_tpot_factor=self.lost_tpot_factor,
         )
         return info
+
+
+def _is_lost(request: RequestState, now_s: float) -> bool:
+    """A decode that missed its TTFT, or whose last possible token is already past its line."""
+    first_s = request.first_token_s
+    if first_s is None:
+        return False
+    due_s = request.arrival_s + request.ttft_slo_s
+    if first_s > due_s:
+        return True
+    last = request.max_new_tokens
+    return bool(last) and now_s > first_s + (last - 1) * request.tpot_slo_s
 
 
 def _next_deadline(request: RequestState) -> float:
