@@ -15,14 +15,14 @@ from sglang_fair.policy.cost_model import (
 )
 
 SHAPE_CLASSES = ("decode-only", "mixed", "prefill-only")
-VIDUR_PRESETS = ("a100-llama2-7b", "h100-llama2-7b")
+VIDUR_PRESETS = ("a100-llama2-7b", "h100-llama2-7b", "a100-llama3-8b")
 
 
 def test_expected_presets_are_shipped():
-    assert {"a100-llama2-7b", "h100-llama2-7b", "cpu-tiny"} <= set(preset_names())
+    assert {*VIDUR_PRESETS, "cpu-tiny"} <= set(preset_names())
 
 
-@pytest.mark.parametrize("name", ["a100-llama2-7b", "h100-llama2-7b", "cpu-tiny"])
+@pytest.mark.parametrize("name", [*VIDUR_PRESETS, "cpu-tiny"])
 def test_preset_loads_by_name_with_fit_error_per_class(name):
     model = load_cost_model(name)
     assert model.name == name
@@ -48,6 +48,24 @@ def test_vidur_presets_say_what_was_measured_and_assumed(name):
     assert info["holdout_error"]["all"]["mape"] < 0.08
     if name.startswith("h100"):
         assert any("bandwidth" in line for line in info["assumed"])
+    if "llama3" in name:  # attention derived for grouped-query attention, and said so
+        assert any("grouped-query" in line for line in info["assumed"])
+
+
+@pytest.mark.parametrize("name,kv_tokens", [("a100-llama2-7b", 111_000), ("a100-llama3-8b", 425_000)])
+def test_vidur_presets_carry_the_kv_pool_of_a_default_server(name, kv_tokens):
+    """An 80 GB GPU under SGLang's default memory fraction: ~4x the KV tokens for GQA Llama-3-8B."""
+    engine = load_cost_model(name).info["engine"]
+    assert engine["kv_capacity_tokens"] == pytest.approx(kv_tokens, rel=0.01)
+    assert engine["max_running_requests"] == 256 and engine["max_prefill_tokens"] == 8192
+    assert "mem" in engine["derivation"] and "weights" in engine["derivation"]
+
+
+def test_llama3_preset_is_cheaper_per_context_token_than_llama2():
+    """GQA reads a quarter of the KV per decode step; the MLP is wider, so new tokens cost more."""
+    llama2, llama3 = load_cost_model("a100-llama2-7b"), load_cost_model("a100-llama3-8b")
+    assert llama3.per_context_token_s == pytest.approx(llama2.per_context_token_s / 4, rel=0.2)
+    assert llama3.per_new_token_s > llama2.per_new_token_s
 
 
 def test_presets_predict_plausible_llama2_7b_times():
