@@ -355,9 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: Vidur calibration CSVs not found in {calibration} (set SGLANG_FAIR_SHARED)", file=sys.stderr)
         return 2
     for name, (model, four, rows) in build_presets(calibration).items():
-        print(f"{name}\n  five terms: {model.describe()}\n  four terms: {four.describe()}")
-        print(_fit.format_error_table(model.info["fit_error"], "  five-term fit error (grid)"))
-        print(_fit.format_error_table(model.info["holdout_error"], "  five-term error (held-out shapes)"))
+        print(f"{name}\n  kernel terms: {model.describe()}\n  four terms: {four.describe()}")
+        print(_fit.format_error_table(model.info["fit_error"], "  kernel-term fit error (grid)"))
+        print(_fit.format_error_table(model.info["holdout_error"], "  kernel-term error (held-out shapes)"))
         print(_fit.format_error_table(four.info["fit_error"], "  four-term fit error (grid)"))
         if args.csv_dir:
             args.csv_dir.mkdir(parents=True, exist_ok=True)

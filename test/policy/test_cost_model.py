@@ -13,13 +13,14 @@ from sglang_fair.policy import (
     load_cost_model,
     preset_names,
 )
+from sglang_fair.policy.cost_model import FEATURE_NAMES, feature_row
 
 
 def _samples(model: CostModel, n: int, rng, noise=0.0):
     new = rng.integers(1, 4096, n)
     ctx = new + rng.integers(0, 100_000, n)
     seqs = rng.integers(1, 200, n)
-    features = np.column_stack([np.ones(n), new, ctx, seqs, np.zeros(n), np.zeros(n), np.zeros(n)]).astype(float)
+    features = np.array([feature_row(*row, 0, False) for row in zip(new, ctx, seqs)], dtype=float)
     times = features @ model.coefficients()
     return features, times * (1 + noise * rng.standard_normal(n))
 
@@ -43,7 +44,7 @@ def test_fit_ignores_nan_and_trims_outliers(model):
 
 def test_fit_rejects_empty():
     with pytest.raises(ValueError):
-        fit_cost_model(np.zeros((3, 7)), np.array([np.nan, -1, 0]))
+        fit_cost_model(np.zeros((3, len(FEATURE_NAMES))), np.array([np.nan, -1, 0]))
 
 
 def test_save_load_roundtrip(tmp_path, model):
@@ -160,9 +161,10 @@ def test_extend_terms_predict_and_fit():
         for context in (100, 200):
             shape.add_decode(context)
     mixed.add_prefill(64, 0)
-    assert decode_only.features()[5:] == (0.0, 0) and mixed.features()[5:] == (1.0, 3)
+    extend = FEATURE_NAMES.index("prefill_iteration")
+    assert decode_only.features()[extend:] == (0.0, 0) and mixed.features()[extend:] == (1.0, 3)
     # A batch with a prefill pays the extend path once plus per sequence; a decode-only one does not.
-    without = CostModel(*CPU_LIKE.coefficients()[:5])
+    without = CostModel(*CPU_LIKE.coefficients()[:extend])
     assert CPU_LIKE.predict_shape(decode_only) == pytest.approx(without.predict_shape(decode_only))
     assert CPU_LIKE.predict_shape(mixed) == pytest.approx(without.predict_shape(mixed) + 0.012 + 3 * 0.0015)
     assert CPU_LIKE.predict_shape(mixed) == pytest.approx(float(np.dot(mixed.features(), CPU_LIKE.coefficients())))

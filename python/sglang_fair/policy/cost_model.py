@@ -1,12 +1,16 @@
 """Iteration-time cost model::
 
-    T = a + b*new_tokens + c*sum_context + d*num_seqs + e*sum_chunk_sq + f*prefill_iteration
-          + g*mixed_seqs
+    T = a + b*new_tokens + c*sum_context + d*num_seqs + e*sum_chunk_sq + h*sum_chunk_prefix
+          + f*prefill_iteration + g*mixed_seqs
 
 * ``new_tokens``: tokens computed this iteration (1 per decode, the chunk size per prefill).
 * ``sum_context``: KV tokens the sequences attend to (a decode's context, a chunk's prefix+chunk).
 * ``num_seqs``: sequences in the batch.
 * ``sum_chunk_sq``: sum of squared prefill chunk sizes (the quadratic attention term of a chunk).
+* ``sum_chunk_prefix``: sum over prefill chunks of chunk size x cached prefix: the query-key pairs
+  a continuing chunk computes against the prompt before it.  Without it, cutting a prompt into
+  small chunks would look cheaper than it is (the model would charge the prefix as if it were a
+  decode's KV read, once per chunk instead of once per query token).
 * ``prefill_iteration``: 1 when the batch holds any prefill chunk.  An engine runs such a batch on
   its extend path, which costs more than a pure decode step regardless of size: no CUDA graph on a
   GPU, the per-sequence attention loop of SGLang's CPU backend.
@@ -43,10 +47,10 @@ __all__ = [
     "preset_names",
 ]
 
-FEATURE_NAMES = ("fixed", "new_tokens", "sum_context", "num_seqs", "sum_chunk_sq",
+FEATURE_NAMES = ("fixed", "new_tokens", "sum_context", "num_seqs", "sum_chunk_sq", "sum_chunk_prefix",
                  "prefill_iteration", "mixed_seqs")
 #: The terms a kernel profile (one forward, timed in isolation) can identify.
-KERNEL_TERMS = FEATURE_NAMES[:5]
+KERNEL_TERMS = FEATURE_NAMES[:6]
 
 
 class CostModelError(ValueError):
@@ -54,22 +58,23 @@ class CostModelError(ValueError):
 
 
 def feature_row(new_tokens: float, sum_context: float, num_seqs: float, sum_chunk_sq: float,
-                has_prefill: bool) -> tuple[float, ...]:
+                has_prefill: bool, sum_chunk_prefix: float = 0.0) -> tuple[float, ...]:
     """One row of ``FEATURE_NAMES`` values for a batch with these totals."""
-    return (1.0, new_tokens, sum_context, num_seqs, sum_chunk_sq,
+    return (1.0, new_tokens, sum_context, num_seqs, sum_chunk_sq, sum_chunk_prefix,
             1.0 if has_prefill else 0.0, num_seqs if has_prefill else 0)
 
 
 class BatchShape:
     """Running totals of a batch being formed; cheap to update, no allocation per request."""
 
-    __slots__ = ("new_tokens", "sum_context", "num_seqs", "sum_chunk_sq", "num_prefills")
+    __slots__ = ("new_tokens", "sum_context", "num_seqs", "sum_chunk_sq", "sum_chunk_prefix", "num_prefills")
 
     def __init__(self) -> None:
         self.new_tokens = 0
         self.sum_context = 0
         self.num_seqs = 0
         self.sum_chunk_sq = 0
+        self.sum_chunk_prefix = 0
         self.num_prefills = 0
 
     def add_decode(self, context_tokens: int) -> None:
@@ -82,17 +87,18 @@ class BatchShape:
         self.sum_context += prefix_tokens + chunk_tokens
         self.num_seqs += 1
         self.sum_chunk_sq += chunk_tokens * chunk_tokens
+        self.sum_chunk_prefix += chunk_tokens * prefix_tokens
         self.num_prefills += 1
 
     def features(self) -> tuple[float, ...]:
         """The values of ``FEATURE_NAMES``, in order."""
         return feature_row(self.new_tokens, self.sum_context, self.num_seqs, self.sum_chunk_sq,
-                           self.num_prefills > 0)
+                           self.num_prefills > 0, self.sum_chunk_prefix)
 
     def __repr__(self) -> str:  # pragma: no cover
         return (
             f"BatchShape(new={self.new_tokens}, ctx={self.sum_context}, seqs={self.num_seqs}, "
-            f"chunk_sq={self.sum_chunk_sq}, prefills={self.num_prefills})"
+            f"chunk_sq={self.sum_chunk_sq}, chunk_prefix={self.sum_chunk_prefix}, prefills={self.num_prefills})"
         )
 
 
@@ -105,6 +111,8 @@ class CostModel:
     per_context_token_s: float
     per_seq_s: float = 0.0
     per_chunk_sq_s: float = 0.0
+    #: Per query-key pair of a continuing chunk against its cached prefix.
+    per_chunk_prefix_s: float = 0.0
     #: Extra time of an iteration that holds a prefill chunk, and per sequence of such an iteration.
     per_prefill_iteration_s: float = 0.0
     per_mixed_seq_s: float = 0.0
@@ -116,12 +124,12 @@ class CostModel:
     def coefficients(self) -> np.ndarray:
         return np.array(
             [self.fixed_s, self.per_new_token_s, self.per_context_token_s, self.per_seq_s,
-             self.per_chunk_sq_s, self.per_prefill_iteration_s, self.per_mixed_seq_s]
+             self.per_chunk_sq_s, self.per_chunk_prefix_s, self.per_prefill_iteration_s, self.per_mixed_seq_s]
         )
 
     def predict(
         self, new_tokens: float, sum_context: float, num_seqs: float = 0.0, sum_chunk_sq: float = 0.0,
-        num_prefills: int = 0,
+        num_prefills: int = 0, sum_chunk_prefix: float = 0.0,
     ) -> float:
         time_s = (
             self.fixed_s
@@ -129,6 +137,7 @@ class CostModel:
             + self.per_context_token_s * sum_context
             + self.per_seq_s * num_seqs
             + self.per_chunk_sq_s * sum_chunk_sq
+            + self.per_chunk_prefix_s * sum_chunk_prefix
         )
         if num_prefills > 0:
             time_s += self.per_prefill_iteration_s + self.per_mixed_seq_s * num_seqs
@@ -136,7 +145,7 @@ class CostModel:
 
     def predict_shape(self, shape: BatchShape) -> float:
         return self.predict(shape.new_tokens, shape.sum_context, shape.num_seqs, shape.sum_chunk_sq,
-                            shape.num_prefills)
+                            shape.num_prefills, shape.sum_chunk_prefix)
 
     def decode_cost_s(self, context_tokens: int) -> float:
         """Marginal time of adding one decode to a batch without prefill (add
@@ -152,7 +161,8 @@ class CostModel:
         """Marginal time of adding a prefill chunk to a batch that already holds one (add
         :meth:`mixing_cost_s` for the first)."""
         return (
-            (self.per_new_token_s + self.per_context_token_s) * chunk_tokens
+            (self.per_new_token_s + self.per_context_token_s + self.per_chunk_prefix_s * prefix_tokens)
+            * chunk_tokens
             + self.per_context_token_s * prefix_tokens
             + self.per_seq_s
             + self.per_mixed_seq_s
@@ -163,9 +173,9 @@ class CostModel:
         """Chunk size that minimises the time per prompt token of a chunk run on its own.
 
         A chunk of ``x`` tokens after ``p`` prefix tokens costs about
-        ``a + (b + c) x + c p + e x^2`` (``a`` the iteration's fixed cost, that of an extend
-        iteration included, ``e`` the quadratic
-        attention term); per token that is smallest at ``x = sqrt((a + c p) / e)``.  Larger chunks
+        ``a + (b + c + h p) x + c p + e x^2`` (``a`` the iteration's fixed cost, that of an extend
+        iteration included, ``e`` the quadratic attention term, ``h`` the prefix term); per token
+        that is smallest at ``x = sqrt((a + c p) / e)``.  Larger chunks
         spend more time per token in attention than they save in fixed cost.  ``None`` when the model
         has no quadratic term (any chunk size is then as efficient).
         """
@@ -179,7 +189,7 @@ class CostModel:
         """Largest prefill chunk whose marginal time fits in ``room_s`` (0 if none)."""
         if room_s <= 0:
             return 0
-        linear = self.per_new_token_s + self.per_context_token_s
+        linear = self.per_new_token_s + self.per_context_token_s + self.per_chunk_prefix_s * prefix_tokens
         const = self.per_context_token_s * prefix_tokens + self.per_seq_s + self.per_mixed_seq_s - room_s
         quad = self.per_chunk_sq_s
         if const >= 0:
@@ -230,7 +240,7 @@ class CostModel:
         text = (
             f"{self.name}: T = {self.fixed_s * 1e3:.3f} ms + {self.per_new_token_s * 1e6:.3f} us*new"
             f" + {self.per_context_token_s * 1e9:.3f} ns*ctx + {self.per_seq_s * 1e6:.3f} us*seq"
-            f" + {self.per_chunk_sq_s * 1e12:.3f} ps*chunk^2"
+            f" + {self.per_chunk_sq_s * 1e12:.3f} ps*chunk^2 + {self.per_chunk_prefix_s * 1e12:.3f} ps*chunk*prefix"
         )
         if self.per_prefill_iteration_s or self.per_mixed_seq_s:
             text += (f" + {self.per_prefill_iteration_s * 1e3:.3f} ms*prefill_iteration"
