@@ -58,12 +58,16 @@ def test_capacity_json_shape(trace, tmp_path, capsys):
                  "--option", "sarathi.token_budget=256"])
     assert code == 0
     report = json.loads(out.read_text())
-    assert report["saturation_rps"] > 0
+    assert report["saturation_rps"] > 0 and report["work_bound"]["rps"] >= report["saturation_rps"]
+    assert report["definition"] == "mean" and report["max_ttft_p99_factor"] == 5
     assert [r["policy"] for r in report["results"]] == ["fairbatching", "sarathi"]
     for r in report["results"]:
-        assert {"policy", "router", "replicas", "capacity_rps", "ttft_p99_s", "tpot_p99_s", "curve"} <= set(r)
-        assert 0 <= r["capacity_rps"] <= report["saturation_rps"]
-        assert r["curve"] and all("attainment" in p for p in r["curve"])
+        assert {"policy", "router", "replicas", "capacity_rps", "ttft_p99_s", "tbt_p99_s", "ttft_ratio_p99",
+                "ttft_ratio_max", "ttft_over_bound", "definition", "curve"} <= set(r)
+        assert 0 <= r["capacity_rps"] <= report["work_bound"]["rps"]
+        assert r["curve"] and all("attainment" in p and "ttft_ratio_p99" in p for p in r["curve"])
+        # Within capacity means the tail bound held as well.
+        assert r["ttft_ratio_p99"] <= 5
     assert plot.stat().st_size > 1000
     assert "saturation throughput bound" in capsys.readouterr().out
 
@@ -73,8 +77,10 @@ def test_capacity_sweeps_sarathi(trace, tmp_path):
     assert main(["capacity", "--trace", trace, "--policies", "sarathi", "--num-requests", "40",
                  "--tolerance", "0.3", "--quiet", "--jobs", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())["results"][0]
-    assert [s["options"]["token_budget"] for s in result["sweep"]] == [128, 256, 512, 1024, 2048, 4096]
+    assert [s["options"]["token_budget"] for s in result["sweep"]] == [128, 256, 384, 512, 768, 1024, 1536,
+                                                                        2048, 3072, 4096]
     assert result["capacity_rps"] == max(s["capacity_rps"] for s in result["sweep"])
+    assert result["best_token_budget"] == result["options"]["token_budget"]
 
 
 def test_run_replay_cluster_json(trace, tmp_path):

@@ -25,7 +25,7 @@ from .cost_model import (
 from .fairbatching import FairBatchingPolicy
 from .fairness import ClientCounters
 from .peers import SarathiPolicy, SglangPolicy, SlaiPolicy, VtcPolicy
-from .registry import POLICIES, POLICY_NAMES, make_policy, policy_options
+from .registry import POLICIES, POLICY_NAMES, build_policy, make_policy, policy_options
 from .request import RequestState, validate_slo
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "SglangPolicy",
     "SlaiPolicy",
     "VtcPolicy",
+    "build_policy",
     "fit_cost_model",
     "load_cost_model",
     "make_policy",

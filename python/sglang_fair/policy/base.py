@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
 
 from .cost_model import BatchShape, CostModel, OnlineCostModel
+from .kv import admission_reservation_tokens
 from .request import RequestState
 
 __all__ = [
@@ -39,7 +40,10 @@ class IterationView:
 
     ``decodes`` are running requests whose prompt is fully prefilled; ``prefills`` are requests with
     prompt tokens left, the partially prefilled (chunked) ones first, then the waiting queue in
-    arrival order.  ``free_kv_tokens`` is what the KV pool can still hand out this iteration.
+    arrival order.  ``free_kv_tokens`` is what the KV pool can still hand out this iteration (prefill
+    chunks and one slot per decode).  A waiting request joins only while SGLang's admission estimate
+    fits (:mod:`sglang_fair.policy.kv`): ``admission_kv_tokens`` is the pool's headroom under that
+    estimate, ``admission_seats`` how many more requests may join the running set.
     """
 
     now_s: float
@@ -50,6 +54,8 @@ class IterationView:
     max_batch_requests: int = UNLIMITED
     #: Hard cap on prefill tokens per iteration (activation memory), as SGLang's chunked prefill size.
     max_prefill_tokens: int = UNLIMITED
+    admission_kv_tokens: float = UNLIMITED
+    admission_seats: int = UNLIMITED
 
     @property
     def kv_used_fraction(self) -> float:
@@ -103,7 +109,8 @@ class BatchBuilder:
     """
 
     __slots__ = ("plan", "model", "kv_left", "seats_left", "tokens_left", "prefill_tokens_left",
-                 "time_budget_s", "predicted_s", "mixing_s", "prefill_work_s")
+                 "time_budget_s", "predicted_s", "mixing_s", "prefill_work_s", "admission_left",
+                 "admission_seats_left", "admission_blocked")
 
     def __init__(
         self,
@@ -124,6 +131,11 @@ class BatchBuilder:
         #: What the plan's prefill chunks cost: the extend path's overhead, and their own tokens.
         self.mixing_s = 0.0
         self.prefill_work_s = 0.0
+        self.admission_left = view.admission_kv_tokens
+        self.admission_seats_left = view.admission_seats
+        #: Set once a waiting request did not fit the admission estimate: like SGLang's adder, no
+        #: later waiting request is admitted this iteration (continuing chunks still are).
+        self.admission_blocked = False
 
     @property
     def mixed(self) -> bool:
@@ -200,9 +212,19 @@ class BatchBuilder:
         cost and is refused.  ``force`` ignores the time budget (used to guarantee progress).
         ``max_chunk`` caps this one chunk (FairBatching's most-efficient chunk size).  The first
         chunk of a plan also pays the model's mixing cost (the extend path, for every sequence).
+        A waiting request (nothing of it prefilled) is admitted only if it has a seat and SGLang's
+        reservation for it fits the admission headroom; otherwise admission stops for this plan.
         """
         if self.seats_left < 1:
             return 0
+        admitting = request.prefilled_tokens == 0
+        if admitting:
+            if self.admission_blocked:
+                return 0
+            reservation = admission_reservation_tokens(request)
+            if self.admission_seats_left < 1 or not reservation < self.admission_left:
+                self.admission_blocked = True
+                return 0
         remaining = request.remaining_prefill_tokens
         limit = min(remaining, self.kv_left, self.tokens_left, self.prefill_tokens_left, max_chunk)
         mixing_s = 0.0 if self.mixed else self.model.mixing_cost_s(self.plan.shape.num_seqs)
@@ -211,6 +233,9 @@ class BatchBuilder:
                                                            request.prefilled_tokens))
         if limit <= 0 or (limit < min_chunk and limit < remaining):
             return 0
+        if admitting:
+            self.admission_left -= reservation
+            self.admission_seats_left -= 1
         self.mixing_s += mixing_s
         self.predicted_s += mixing_s
         self.kv_left -= limit
@@ -252,6 +277,13 @@ class BatchPolicy:
 
     def plan(self, view: IterationView) -> Plan:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def plan_decode_step(self, view: IterationView) -> Plan:
+        """The iteration a driver runs when nothing waits to be prefilled: every decode.  A decode
+        that sat out would free compute for nobody (SGLang's decode step in the runtime)."""
+        builder = BatchBuilder(view, self.cost_model)
+        builder.add_decodes(view.decodes, force=True)
+        return builder.finish(view)
 
     def observe(self, plan: Plan, measured_s: float) -> None:
         if self.online is not None:

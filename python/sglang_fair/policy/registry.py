@@ -10,7 +10,7 @@ from .cost_model import CostModel, OnlineCostModel
 from .fairbatching import FairBatchingPolicy
 from .peers import SarathiPolicy, SglangPolicy, SlaiPolicy, VtcPolicy
 
-__all__ = ["POLICIES", "POLICY_NAMES", "make_policy", "parse_option_value", "policy_options"]
+__all__ = ["POLICIES", "POLICY_NAMES", "build_policy", "make_policy", "parse_option_value", "policy_options"]
 
 POLICIES: dict[str, type[BatchPolicy]] = {
     cls.name: cls
@@ -38,6 +38,29 @@ def make_policy(name: str, cost_model: CostModel | OnlineCostModel, **options) -
     if unknown:
         raise ValueError(f"policy {name!r} does not take option(s) {', '.join(unknown)}")
     return POLICIES[name](cost_model, **options)
+
+
+def build_policy(
+    name: str,
+    prior: CostModel,
+    *,
+    settings: dict | None = None,
+    options: dict | None = None,
+    online: dict | None = None,
+) -> BatchPolicy:
+    """The policy a driver runs (the simulator and the SGLang runtime both build theirs here):
+    ``name`` planning with an :class:`OnlineCostModel` warm-started from ``prior`` and refitted from
+    the iteration times the driver reports through ``observe``.
+
+    ``settings`` are driver-wide values (``default_ttft_slo_s``, ``token_budget``,
+    ``client_fairness``, ``chunked_prefill_size``...) given to the policies that take them and
+    ignored by the others; ``options`` are the policy's own and must all be known; ``online`` are
+    keyword arguments of the online model.
+    """
+    known = policy_options(name) if name in POLICIES else {}
+    merged = {key: value for key, value in (settings or {}).items() if key in known and value is not None}
+    merged.update(options or {})
+    return make_policy(name, OnlineCostModel(prior, **(online or {})), **merged)
 
 
 def parse_option_value(name: str, key: str, text: str) -> object:

@@ -10,13 +10,44 @@ envelope.  Meeting every deadline of this line meets both the envelope (every to
 ``arrival + ttft + j * tpot``) and the mean-TPOT definition.  Slack is the deadline of the *next*
 token minus now.  Deadlines and slack are always derived, never stored, so the record
 cannot disagree with itself.
+
+The judged verdicts (:func:`meets_ttft`, :func:`meets_mean_tpot`, :meth:`RequestState.envelope_slack_s`)
+are defined here once; the simulator's metrics, the runtime's counters and its Prometheus metrics call
+them (the first two take numpy arrays as well as numbers).
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["RequestState", "validate_slo"]
+import numpy as np
+
+__all__ = ["RequestState", "SLO_TOLERANCE_S", "mean_tpot_s", "meets_envelope", "meets_mean_tpot", "meets_ttft",
+           "validate_slo"]
+
+#: Float round-off allowed in the judged comparisons (seconds).
+SLO_TOLERANCE_S = 1e-9
+
+
+def meets_ttft(ttft_s, ttft_slo_s):
+    """The judged TTFT verdict (numbers or numpy arrays)."""
+    return ttft_s <= ttft_slo_s + SLO_TOLERANCE_S
+
+
+def mean_tpot_s(first_token_s, last_token_s, generated_tokens):
+    """Mean time per output token after the first (0 for a one-token output; numbers or arrays)."""
+    return (last_token_s - first_token_s) / np.maximum(generated_tokens - 1, 1)
+
+
+def meets_mean_tpot(mean_tpot, tpot_slo_s):
+    """The judged TPOT verdict: the *mean* time per output token after the first (numbers or arrays)."""
+    return mean_tpot <= tpot_slo_s + SLO_TOLERANCE_S
+
+
+def meets_envelope(worst_envelope_slack_s):
+    """The envelope verdict: no token came out after its line (:meth:`RequestState.envelope_slack_s`
+    of every token >= 0; numbers or arrays)."""
+    return worst_envelope_slack_s >= -SLO_TOLERANCE_S
 
 
 class RequestState:
@@ -35,6 +66,7 @@ class RequestState:
         "ttft_slo_s",
         "tpot_slo_s",
         "prompt_tokens",
+        "fill_tokens",
         "prefilled_tokens",
         "generated_tokens",
         "max_new_tokens",
@@ -66,6 +98,9 @@ class RequestState:
         self.ttft_slo_s = ttft_slo_s
         self.tpot_slo_s = tpot_slo_s
         self.prompt_tokens = prompt_tokens
+        # What must be in KV before the next decode: the prompt, or after a retraction (KV dropped
+        # under memory pressure) the prompt and every token generated so far.
+        self.fill_tokens = prompt_tokens
         self.prefilled_tokens = prefilled_tokens
         self.generated_tokens = generated_tokens
         self.max_new_tokens = max_new_tokens
@@ -101,25 +136,36 @@ class RequestState:
         """The judged envelope line: token j due by ``arrival + ttft + j * tpot`` (not anchored)."""
         return self.arrival_s + self.ttft_slo_s + token_index * self.tpot_slo_s
 
-    def slo_met(self) -> tuple[bool, bool]:
-        """``(ttft_met, mean_tpot_met)`` of a request that has its first token.
+    def envelope_slack_s(self, token_index: int, emitted_s: float) -> float:
+        """How early token ``token_index`` came out at ``emitted_s`` against the judged envelope
+        (negative: late)."""
+        return self.arrival_s + self.ttft_slo_s + token_index * self.tpot_slo_s - emitted_s
 
-        Mean TPOT is the time from the first to the last token over the tokens after the first; a
-        one-token output has no TPOT and meets it.
-        """
-        ttft_met = self.first_token_s - self.arrival_s <= self.ttft_slo_s
-        if self.generated_tokens < 2:
-            return ttft_met, True
-        mean_tpot_s = (self.last_token_s - self.first_token_s) / (self.generated_tokens - 1)
-        return ttft_met, mean_tpot_s <= self.tpot_slo_s
+    def slo_met(self) -> tuple[bool, bool]:
+        """``(ttft_met, mean_tpot_met)`` of a request that has its first token (:func:`meets_ttft`,
+        :func:`meets_mean_tpot`; a one-token output has no TPOT and meets it)."""
+        ttft_met = bool(meets_ttft(self.first_token_s - self.arrival_s, self.ttft_slo_s))
+        tpot = mean_tpot_s(self.first_token_s, self.last_token_s, self.generated_tokens)
+        return ttft_met, bool(meets_mean_tpot(tpot, self.tpot_slo_s))
+
+    def is_lost(self, now_s: float) -> bool:
+        """Whether a decode can no longer meet its SLO: it missed its TTFT, or even its last possible
+        token (``max_new_tokens``) is already past its line."""
+        first_s = self.first_token_s
+        if first_s is None:
+            return False
+        if first_s > self.arrival_s + self.ttft_slo_s:
+            return True
+        last = self.max_new_tokens
+        return bool(last) and now_s > first_s + (last - 1) * self.tpot_slo_s
 
     @property
     def remaining_prefill_tokens(self) -> int:
-        return self.prompt_tokens - self.prefilled_tokens
+        return self.fill_tokens - self.prefilled_tokens
 
     @property
     def is_prefilling(self) -> bool:
-        return self.prefilled_tokens < self.prompt_tokens
+        return self.prefilled_tokens < self.fill_tokens
 
     @property
     def context_tokens(self) -> int:
@@ -128,11 +174,19 @@ class RequestState:
 
     # --- bookkeeping helpers for drivers ----------------------------------------------------
     def record_prefill(self, tokens: int, end_s: float) -> None:
-        """Account a prefill chunk; the chunk that completes the prompt emits the first token."""
+        """Account a prefill chunk; the chunk that completes the fill emits a token (the first one,
+        or after a retraction the next one)."""
         self.prefilled_tokens += tokens
-        if self.prefilled_tokens >= self.prompt_tokens:
-            self.prefilled_tokens = self.prompt_tokens
+        if self.prefilled_tokens >= self.fill_tokens:
+            # The fill is in KV: the prompt, and any regenerated outputs, which context_tokens
+            # counts through generated_tokens.
+            self.prefilled_tokens = self.fill_tokens = self.prompt_tokens
             self.record_token(end_s)
+
+    def record_retraction(self) -> None:
+        """Its KV was dropped under memory pressure: prompt and outputs so far must be prefilled again."""
+        self.fill_tokens = self.prompt_tokens + self.generated_tokens
+        self.prefilled_tokens = 0
 
     def record_token(self, end_s: float) -> None:
         if self.generated_tokens == 0:
@@ -143,7 +197,7 @@ class RequestState:
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return (
             f"RequestState(rid={self.rid!r}, client={self.client!r}, prompt={self.prompt_tokens}, "
-            f"prefilled={self.prefilled_tokens}, generated={self.generated_tokens})"
+            f"fill={self.fill_tokens}, prefilled={self.prefilled_tokens}, generated={self.generated_tokens})"
         )
 
 

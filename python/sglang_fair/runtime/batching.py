@@ -33,15 +33,8 @@ import os
 import time
 
 from sglang_fair.config import FairConfig
-from sglang_fair.policy import (
-    IterationView,
-    OnlineCostModel,
-    Plan,
-    RequestState,
-    load_cost_model,
-    make_policy,
-    policy_options,
-)
+from sglang_fair.policy import IterationView, Plan, RequestState, load_cost_model
+from sglang_fair.policy import build_policy as policy_builder
 from sglang_fair.policy.cost_model import BatchShape, CostModel, CostModelError
 from sglang_fair.runtime.load import horizon_tokens, load_tokens
 from sglang_fair.runtime.slo import can_sit_out, parse_request_slos
@@ -140,21 +133,15 @@ def build_policy(config: FairConfig, *, chunked_prefill_size: int | None = None,
     # is 10-100x that, so the default outlier gate (20x the prediction) would reject every
     # measurement and the refit could never start.  Widen it for that prior only.
     reject_factor = CPU_REJECT_FACTOR if (on_cpu and not config.cost_model) else 20.0
-    online = OnlineCostModel(prior, reject_factor=reject_factor)
-    known = policy_options(name)
-    options: dict = {}
-    defaults = {
+    settings = {
         "default_ttft_slo_s": config.ttft_slo_s,
         "token_budget": config.token_budget,
         "client_fairness": config.client_fairness,
         "chunked_prefill_size": chunked_prefill_size,
     }
-    for key, value in defaults.items():
-        if key in known and value is not None:
-            options[key] = value
-    for key, value in (config.policy_options or {}).items():
-        options[key] = _coerce_option(value)
-    return make_policy(name, online, **options)
+    options = {key: _coerce_option(value) for key, value in (config.policy_options or {}).items()}
+    return policy_builder(name, prior, settings=settings, options=options,
+                          online={"reject_factor": reject_factor})
 
 
 class _NoPenalties:

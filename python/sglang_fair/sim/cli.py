@@ -16,9 +16,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from ..policy.cost_model import CostModelError, load_cost_model
 from ..policy.registry import POLICY_NAMES, make_policy, parse_option_value
 from ..policy.request import validate_slo
-from .capacity import Variant, default_variants, run_probe, saturation_rps, search_capacity
+from .capacity import Variant, default_variants, run_probe, saturation_rps, search_capacity, work_bound
 from .engine import ROUTER_NAMES, EngineConfig
-from .workload import TraceError, load_trace, make_workload, parse_slo_classes
+from .metrics import DEFINITIONS, Criteria
+from .workload import DEFAULT_MAX_NEW_TOKENS, TraceError, load_trace, make_workload, parse_slo_classes
 
 PROG = "python -m sglang_fair.sim"
 
@@ -53,9 +54,20 @@ def _add_common(parser: argparse.ArgumentParser, *, num_requests_default: int) -
     parser.add_argument("--burstiness", type=float, default=2.0, help="gamma arrivals: coefficient of variation")
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--client-skew", type=float, default=0.0, help="Zipf exponent of client shares")
-    parser.add_argument("--kv-capacity-tokens", type=int, default=EngineConfig.kv_capacity_tokens)
-    parser.add_argument("--max-running-requests", type=int, default=EngineConfig.max_running_requests)
-    parser.add_argument("--max-prefill-tokens", type=int, default=EngineConfig.max_prefill_tokens)
+    parser.add_argument("--max-new-tokens", default=str(DEFAULT_MAX_NEW_TOKENS), metavar="N|trace",
+                        help="max_new_tokens every request is sent with (all a server knows of its length;"
+                             " requests still end at their true length), or 'trace' for each request's own length")
+    parser.add_argument("--kv-capacity-tokens", type=int, default=None,
+                        help="KV pool (default: the cost-model preset's default-server pool, else "
+                             f"{EngineConfig.kv_capacity_tokens})")
+    parser.add_argument("--max-running-requests", type=int, default=None,
+                        help=f"default: the preset's, else {EngineConfig.max_running_requests}")
+    parser.add_argument("--max-prefill-tokens", type=int, default=None,
+                        help=f"default: the preset's, else {EngineConfig.max_prefill_tokens}")
+    parser.add_argument("--definition", choices=DEFINITIONS, default="mean",
+                        help="SLO attainment judged by mean TPOT (default) or by the envelope (every token by its deadline)")
+    parser.add_argument("--max-ttft-p99-factor", type=float, default=Criteria.max_ttft_p99_factor, metavar="F",
+                        help="within capacity only while the P99 of TTFT / TTFT-SLO is <= F (0: no tail bound)")
     parser.add_argument("--json", default=None, help="write results as JSON here")
     parser.add_argument("--plot", default=None, help="write a PNG here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -67,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap = verbs.add_parser("capacity", help="binary-search each policy's capacity (>= target attainment)")
     _add_common(cap, num_requests_default=2000)
     cap.add_argument("--target", type=float, default=0.9, help="attainment that defines capacity")
-    cap.add_argument("--tolerance", type=float, default=0.02, help="relative width of the final rate bracket")
+    cap.add_argument("--tolerance", type=float, default=0.01, help="relative width of the final rate bracket")
     cap.add_argument("--no-sweep", action="store_true", help="do not sweep peers' token budgets / SGLang settings")
     cap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel searches")
     run = verbs.add_parser("run", help="simulate one arrival rate (or the trace's own timestamps)")
@@ -118,8 +130,13 @@ def _prepare(args):
                         ("--kv-capacity-tokens", args.kv_capacity_tokens),
                         ("--max-running-requests", args.max_running_requests),
                         ("--max-prefill-tokens", args.max_prefill_tokens), ("--clients", args.clients)):
-        if value < 1:
+        if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
+    max_new_tokens = _max_new_tokens(args.max_new_tokens)
+    try:
+        criteria = Criteria(getattr(args, "target", 0.9), args.definition, args.max_ttft_p99_factor)
+    except ValueError as exc:
+        raise UsageError(f"--{str(exc).replace('_', '-')}") from None
     if not (args.noise >= 0 and math.isfinite(args.noise)):
         raise UsageError(f"--noise must be >= 0, got {args.noise}")
     try:
@@ -138,11 +155,25 @@ def _prepare(args):
         trace = load_trace(args.trace)
     except TraceError as exc:
         raise UsageError(str(exc)) from None
-    config = EngineConfig(args.kv_capacity_tokens, args.max_running_requests, args.max_prefill_tokens,
-                          args.noise, true_model)
+    config = EngineConfig.for_cost_model(
+        true_model or cost_model, kv_capacity_tokens=args.kv_capacity_tokens,
+        max_running_requests=args.max_running_requests, max_prefill_tokens=args.max_prefill_tokens,
+        noise_sigma=args.noise, true_cost_model=true_model)
     workload_options = dict(arrival=args.arrival, burstiness_cv=args.burstiness, clients=args.clients,
-                            client_skew=args.client_skew, slo_classes=slo_classes)
-    return policies, routers, ttft, tpot, cost_model, options, trace, config, workload_options
+                            client_skew=args.client_skew, slo_classes=slo_classes, max_new_tokens=max_new_tokens)
+    return policies, routers, ttft, tpot, cost_model, options, trace, config, workload_options, criteria
+
+
+def _max_new_tokens(text: str):
+    if text.strip().lower() == "trace":
+        return "trace"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"--max-new-tokens: a positive number of tokens or 'trace', got {text!r}")
+    return value
 
 
 def _progress(total: int, quiet: bool, desc: str):
@@ -159,20 +190,22 @@ def _search_task(payload):
 
 
 def cmd_capacity(args) -> int:
-    policies, routers, ttft, tpot, cost_model, options, trace, config, wl_opts = _prepare(args)
     if not 0 < args.target <= 1:
         raise UsageError(f"--target must be in (0, 1], got {args.target}")
     if not 0 < args.tolerance < 1:
         raise UsageError(f"--tolerance must be in (0, 1), got {args.tolerance}")
-    saturation = saturation_rps(trace, args.num_requests, cost_model if config.true_cost_model is None
-                                else config.true_cost_model, config, args.replicas)
+    policies, routers, ttft, tpot, cost_model, options, trace, config, wl_opts, criteria = _prepare(args)
+    engine_model = config.true_cost_model or cost_model
+    saturation = saturation_rps(trace, args.num_requests, engine_model, config, args.replicas,
+                                wl_opts["max_new_tokens"])
+    bound = work_bound(trace, args.num_requests, engine_model, config, args.replicas)
     variants: list[Variant] = []
     for router in routers:
         for policy in policies:
             variants += default_variants(policy, router, args.replicas, options.get(policy, {}),
                                          sweep=not args.no_sweep, admission_control=args.admission_control)
     kwargs = dict(ttft_slo_s=ttft, tpot_slo_s=tpot, num_requests=args.num_requests, seed=args.seed,
-                  upper_rps=saturation, target=args.target, tolerance=args.tolerance,
+                  upper_rps=bound["rps"], criteria=criteria, tolerance=args.tolerance,
                   workload_options=wl_opts)
     payloads = [(v, trace, cost_model, config, kwargs) for v in variants]
     bar = _progress(len(payloads), args.quiet, "capacity")
@@ -204,13 +237,20 @@ def cmd_capacity(args) -> int:
             entry = dict(best)
             if len(group) > 1:
                 entry["sweep"] = [{"options": s["options"], "capacity_rps": s["capacity_rps"],
-                                   "ttft_p99_s": s["ttft_p99_s"], "tpot_p99_s": s["tpot_p99_s"]} for s in group]
+                                   "ttft_p99_s": s["ttft_p99_s"], "tbt_p99_s": s["tbt_p99_s"]} for s in group]
+                if "token_budget" in best["options"]:
+                    entry["best_token_budget"] = best["options"]["token_budget"]
             entry["share_of_saturation"] = best["capacity_rps"] / saturation if saturation > 0 else math.nan
+            entry["share_of_work_bound"] = best["capacity_rps"] / bound["rps"]
             results.append(entry)
     report = {
+        "definition": criteria.definition,
+        "max_ttft_p99_factor": criteria.max_ttft_p99_factor,
+        "target": criteria.target,
         "saturation_rps": saturation,
+        "work_bound": bound,
         "results": results,
-        "settings": _settings(args, ttft, tpot, cost_model, config),
+        "settings": _settings(args, ttft, tpot, cost_model, config, criteria),
     }
     _print_capacity(report)
     if args.json:
@@ -223,7 +263,7 @@ def cmd_capacity(args) -> int:
 
 
 def cmd_run(args) -> int:
-    policies, routers, ttft, tpot, cost_model, options, trace, config, wl_opts = _prepare(args)
+    policies, routers, ttft, tpot, cost_model, options, trace, config, wl_opts, criteria = _prepare(args)
     if args.replay_timestamps:
         if args.rate is not None:
             raise UsageError("--rate and --replay-timestamps exclude each other")
@@ -245,14 +285,17 @@ def cmd_run(args) -> int:
     for variant in variants:
         summary, result = run_probe(variant, workload, cost_model, config, seed=args.seed)
         results.append({"policy": variant.policy, "router": variant.router, "replicas": variant.replicas,
-                        "options": variant.options, "admission_control": variant.admission_control, **summary})
+                        "options": variant.options, "admission_control": variant.admission_control,
+                        "within_criteria": criteria.met(summary), **summary})
         start = result.warmup_requests
         ttft_samples[variant.label] = (result.first_token_s[start:] - workload.arrival_s[start:]).tolist()
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    report = {"rate_rps": args.rate, "results": results, "settings": _settings(args, ttft, tpot, cost_model, config)}
+    report = {"rate_rps": args.rate, "definition": criteria.definition,
+              "max_ttft_p99_factor": criteria.max_ttft_p99_factor, "results": results,
+              "settings": _settings(args, ttft, tpot, cost_model, config, criteria)}
     _print_run(report)
     if args.json:
         _write_json(args.json, report)
@@ -263,14 +306,16 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _settings(args, ttft, tpot, cost_model, config) -> dict:
+def _settings(args, ttft, tpot, cost_model, config, criteria) -> dict:
     return {
         "trace": args.trace, "cost_model": cost_model.name, "true_cost_model":
         config.true_cost_model.name if config.true_cost_model else None, "noise_sigma": config.noise_sigma,
         "ttft_slo_s": ttft, "tpot_slo_s": tpot, "slo_classes": args.slo_classes, "num_requests": args.num_requests,
-        "seed": args.seed, "arrival": args.arrival, "kv_capacity_tokens": config.kv_capacity_tokens,
+        "seed": args.seed, "arrival": args.arrival, "burstiness": args.burstiness,
+        "max_new_tokens": args.max_new_tokens, "kv_capacity_tokens": config.kv_capacity_tokens,
         "max_running_requests": config.max_running_requests, "max_prefill_tokens": config.max_prefill_tokens,
-        "warmup_fraction": 0.1,
+        "warmup_fraction": 0.1, "definition": criteria.definition, "target": criteria.target,
+        "max_ttft_p99_factor": criteria.max_ttft_p99_factor,
     }
 
 
@@ -279,23 +324,32 @@ def _fmt(value, spec=".3f"):
 
 
 def _print_capacity(report: dict) -> None:
-    print(f"saturation throughput bound: {report['saturation_rps']:.3f} rps")
-    print(f"{'policy':<14}{'router':<14}{'n':>3} {'capacity_rps':>12} {'share':>6} {'ttft_p99_s':>10} "
-          f"{'tpot_p99_s':>10}  options")
+    bound = report["work_bound"]
+    tail = (f"P99 TTFT/SLO <= {report['max_ttft_p99_factor']:g}" if report["max_ttft_p99_factor"] > 0
+            else "no tail bound")
+    print(f"capacity: >= {report['target']:.0%} meet the SLOs ({report['definition']} definition), {tail}")
+    print(f"saturation throughput bound: {report['saturation_rps']:.3f} rps; work bound {bound['rps']:.3f} rps"
+          f" ({bound['binding_limit']}-limited iterations)")
+    print(f"{'policy':<14}{'router':<12}{'n':>3} {'capacity_rps':>12} {'sat':>5} {'work':>5} {'ttft_p99_s':>10} "
+          f"{'tbt_p99_s':>9} {'ttft/slo_p99':>12} {'max':>7} {'over':>5}  options")
     for r in report["results"]:
         opts = ",".join(f"{k}={v}" for k, v in sorted(r["options"].items()))
-        print(f"{r['policy']:<14}{r['router']:<14}{r['replicas']:>3} {r['capacity_rps']:>12.3f} "
-              f"{r['share_of_saturation']:>6.2f} {_fmt(r['ttft_p99_s']):>10} {_fmt(r['tpot_p99_s']):>10}  {opts}")
+        print(f"{r['policy']:<14}{r['router']:<12}{r['replicas']:>3} {r['capacity_rps']:>12.3f} "
+              f"{r['share_of_saturation']:>5.2f} {r['share_of_work_bound']:>5.2f} {_fmt(r['ttft_p99_s']):>10} "
+              f"{_fmt(r['tbt_p99_s']):>9} {_fmt(r['ttft_ratio_p99'], '.2f'):>12} {_fmt(r['ttft_ratio_max'], '.1f'):>7} "
+              f"{_fmt(r['ttft_over_bound'], 'd'):>5}  {opts}")
 
 
 def _print_run(report: dict) -> None:
     print(f"{'policy':<14}{'router':<14}{'attain':>7} {'envelope':>8} {'goodput':>8} {'ttft_p50':>8} "
-          f"{'ttft_p99':>8} {'tpot_p50':>8} {'tpot_p99':>8} {'tbt_p99':>8} {'rej':>5}")
+          f"{'ttft_p99':>8} {'ttft/slo':>8} {'tpot_p50':>8} {'tpot_p99':>8} {'tbt_p99':>8} {'rej':>5} {'retr':>5} "
+          f"{'ok':>3}")
     for r in report["results"]:
         print(f"{r['policy']:<14}{r['router']:<14}{r['attainment']:>7.3f} {r['envelope_attainment']:>8.3f} "
               f"{r['goodput_rps']:>8.3f} {_fmt(r['ttft_p50_s']):>8} {_fmt(r['ttft_p99_s']):>8} "
-              f"{_fmt(r['tpot_p50_s'], '.4f'):>8} {_fmt(r['tpot_p99_s'], '.4f'):>8} {_fmt(r['tbt_p99_s']):>8} "
-              f"{r['rejected']:>5}")
+              f"{_fmt(r['ttft_ratio_p99'], '.2f'):>8} {_fmt(r['tpot_p50_s'], '.4f'):>8} "
+              f"{_fmt(r['tpot_p99_s'], '.4f'):>8} {_fmt(r['tbt_p99_s']):>8} {r['rejected']:>5} "
+              f"{r['retractions']:>5} {'yes' if r['within_criteria'] else 'no':>3}")
 
 
 def _write_json(path: str, report: dict) -> None:

@@ -3,22 +3,25 @@
 The simulator owns the requests, the KV pool and the clock, and drives the *same* policy objects the
 SGLang runtime uses, through the same contract (``plan`` / ``observe`` / ``release``):
 
-* each iteration it builds an :class:`IterationView` (running decodes; prefills = partially
-  prefilled requests first, then the waiting queue in arrival order), asks ``policy.plan(view)``,
+* each iteration it builds an :class:`IterationView` (running decodes; prefills = admitted partial
+  prefills first, then the whole waiting queue in arrival order), asks ``policy.plan(view)``,
   advances the clock by the *engine's* time for the planned batch shape (the "true" cost model,
   optionally times log-normal noise; by default the same model the policy plans with), updates every
   request (``record_prefill`` / ``record_token``), and calls ``policy.observe(plan, measured_s)``.
+  When nothing waits to be prefilled the iteration runs every decode without asking the policy, as
+  SGLang's decode step does in the runtime.
 * Arrivals are precomputed (numpy) and merged with replica iteration ends in time order; a router
   picks the replica when a request arrives.
 
-KV memory (documented simplification, no preemption): a request reserves ``prompt + output`` tokens
-when its first prefill chunk is scheduled, so a running request can never run out of KV and the
-simulation cannot deadlock.  The view exposes ``free_kv_tokens = unreserved + decode slots + prompt
-tokens still owed to admitted partial prefills``: everything the policy may hand out this iteration
-is backed by a reservation, so whatever plan the policy returns, the engine can run it.  Waiting
-requests are listed in the view only while their reservations fit together (and while running
-requests stay within ``max_running_requests``), as SGLang's FCFS adder stops at the first request
-that does not fit.  A request that could never fit the whole pool is rejected on arrival.
+The engine knows no more than a server.  A request carries the ``max_new_tokens`` its client sent
+and ends at its true length (as at EOS); nothing the policy sees holds the true length.  KV is a
+physical pool: a prefill chunk takes its tokens, every decode step one, a finished request frees its
+own.  A waiting request is admitted in the *policy's* order, and only while SGLang's reservation
+estimate fits (:mod:`sglang_fair.policy.kv`: the remaining fill plus ``max_new_tokens`` for a new
+request, the decaying new-token ratio for running ones); ``BatchBuilder`` applies that rule, and the
+engine checks the plan against it.  When decodes outgrow the pool anyway, running requests are
+retracted in SGLang's order (fewest generated tokens first), their KV freed, and re-queued to prefill
+their prompt and outputs again.  A request too long for the whole pool is rejected on arrival.
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ import numpy as np
 
 from ..policy.base import UNLIMITED, BatchPolicy, IterationView, Plan
 from ..policy.cost_model import CostModel
-from ..policy.request import RequestState
+from ..policy.kv import (
+    CLIP_MAX_NEW_TOKENS,
+    NewTokenRatio,
+    admission_reservation_tokens,
+    retraction_order,
+    running_reservation_tokens,
+)
+from ..policy.request import RequestState, meets_envelope, meets_ttft
 from .workload import Workload
 
 __all__ = [
@@ -57,12 +67,13 @@ TBT_PER_S = 1.0 / TBT_BIN_S
 class EngineConfig:
     """Engine limits, the same for every policy.
 
-    Defaults describe Llama-2-7B fp16 on one 80 GB A100: (80 * 0.9 - 13.5) GB of KV at 0.5 MB per
-    token is about 117k tokens; 256 running requests and an 8192-token prefill cap per iteration
+    Defaults describe Llama-2-7B fp16 on one 80 GB A100 under SGLang's default memory fraction (the
+    ``a100-llama2-7b`` preset's ``info["engine"]``; :meth:`for_cost_model` reads any preset's): 256
+    running requests (the decode CUDA-graph batch size) and an 8192-token prefill cap per iteration
     (SGLang's chunked-prefill size on large GPUs).
     """
 
-    kv_capacity_tokens: int = 117_000
+    kv_capacity_tokens: int = 111_265
     max_running_requests: int = 256
     max_prefill_tokens: int = 8192
     #: Log-normal sigma of multiplicative noise on iteration times (0 = deterministic).
@@ -70,25 +81,42 @@ class EngineConfig:
     #: The engine's real timing; ``None`` means the policy's own cost model is exact.
     true_cost_model: CostModel | None = None
 
+    @classmethod
+    def for_cost_model(cls, model: CostModel, **overrides) -> "EngineConfig":
+        """The engine a preset describes (``info["engine"]``), with ``overrides`` that are not None."""
+        engine = (model.info or {}).get("engine") or {}
+        values = {name: engine[name] for name in ("kv_capacity_tokens", "max_running_requests",
+                                                   "max_prefill_tokens") if name in engine}
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        return cls(**values)
+
 
 class SimRequest(RequestState):
-    """A :class:`RequestState` with the simulator's bookkeeping (ground truth and metrics)."""
+    """A :class:`RequestState` with the simulator's bookkeeping (ground truth and metrics).
 
-    __slots__ = ("index", "output_tokens", "reserved_tokens", "worst_slack_s", "max_tbt_s",
-                 "finish_s", "replica", "rejected")
+    ``output_tokens`` (the true length) is the engine's alone: no policy reads it.
+    """
+
+    __slots__ = ("index", "output_tokens", "worst_slack_s", "max_tbt_s", "finish_s", "replica",
+                 "rejected", "retractions")
 
     def __init__(self, index: int, arrival_s: float, prompt_tokens: int, output_tokens: int,
-                 ttft_slo_s: float, tpot_slo_s: float, client: str) -> None:
+                 max_new_tokens: int, ttft_slo_s: float, tpot_slo_s: float, client: str) -> None:
         super().__init__(str(index), arrival_s, prompt_tokens, ttft_slo_s, tpot_slo_s,
-                         client=client, max_new_tokens=output_tokens)
+                         client=client, max_new_tokens=max_new_tokens)
         self.index = index
         self.output_tokens = output_tokens
-        self.reserved_tokens = prompt_tokens + output_tokens
-        self.worst_slack_s = math.inf  # min over tokens of (deadline - emit time); < 0: late
+        self.worst_slack_s = math.inf  # min over tokens of the judged envelope slack; < 0: late
         self.max_tbt_s = 0.0
         self.finish_s = math.nan
         self.replica = -1
         self.rejected = False
+        self.retractions = 0
+
+    @property
+    def held_kv_tokens(self) -> int:
+        """KV slots a decoding request holds: its prompt and every output token but the newest."""
+        return self.prompt_tokens + self.generated_tokens - 1
 
 
 class Replica:
@@ -101,19 +129,24 @@ class Replica:
         self.sim = sim
         self.true_model = config.true_cost_model or policy.cost_model
         self.running: list[SimRequest] = []  # decoding
-        self.partial: list[SimRequest] = []  # admitted, prompt not finished
-        self.waiting: list[SimRequest] = []  # not admitted, arrival order
-        self.unreserved_tokens = config.kv_capacity_tokens
+        self.partial: list[SimRequest] = []  # admitted, fill not finished
+        self.waiting: list[SimRequest] = []  # not admitted (new or retracted), arrival order
+        self.free_kv_tokens = config.kv_capacity_tokens
+        self.new_token_ratio = NewTokenRatio()
         self.next_s = math.inf  # when this replica next needs attention (iteration end)
         self.inflight: Plan | None = None
-        # Load counters kept incrementally for the routers.
-        self.queued_prompt_tokens = 0  # prompt tokens not yet prefilled (waiting + partial)
-        self.held_kv_tokens = 0  # KV of running requests (prompt + generated)
+        # Kept incrementally: prompt tokens not yet prefilled (waiting + partial), for the routers;
+        # the running requests' max_new_tokens and generated tokens, for their KV reservation.
+        self.queued_prompt_tokens = 0
+        self._running_max_new = 0
+        self._running_generated = 0
+        self._running_clipped = 0  # running requests whose cap exceeds SGLang's clip
         self.iterations = 0
         self.plan_cpu_s = 0.0
         self.busy_s = 0.0
         self.skipped_decodes = 0
         self.urgent_decodes = 0
+        self.retractions = 0
 
     # --- load measures ------------------------------------------------------------------------
     @property
@@ -121,25 +154,38 @@ class Replica:
         return len(self.running) + len(self.partial) + len(self.waiting)
 
     def load_tokens(self) -> int:
-        return self.queued_prompt_tokens + self.held_kv_tokens
+        """Prompt tokens still to prefill plus the KV already held."""
+        return self.queued_prompt_tokens + self.config.kv_capacity_tokens - self.free_kv_tokens
 
     def full_view(self, now_s: float) -> IterationView:
-        """Everything queued (for the PAB), not only what fits KV this iteration."""
-        return IterationView(now_s, self.running, self.partial + self.waiting,
-                             self._free_kv_tokens(), self.config.kv_capacity_tokens,
-                             self.config.max_running_requests, self.config.max_prefill_tokens)
+        """Everything queued (for the PAB and admission control)."""
+        return self._view(now_s, self.partial + self.waiting)
 
-    def _free_kv_tokens(self) -> int:
-        owed = 0
+    def _view(self, now_s: float, prefills: list[SimRequest]) -> IterationView:
+        config = self.config
+        return IterationView(
+            now_s, self.running, prefills, self.free_kv_tokens, config.kv_capacity_tokens,
+            config.max_running_requests, config.max_prefill_tokens,
+            admission_kv_tokens=self._admission_kv_tokens(),
+            admission_seats=config.max_running_requests - len(self.running) - len(self.partial),
+        )
+
+    def _admission_kv_tokens(self) -> float:
+        """SGLang's admission headroom: free KV less what running and partial requests may still need."""
+        ratio = self.new_token_ratio.current
+        if self._running_clipped:
+            held_back = running_reservation_tokens(self.running, ratio)
+        else:  # the same sum, kept incrementally (no running cap exceeds the clip)
+            held_back = ratio * (self._running_max_new - self._running_generated)
         for request in self.partial:
-            owed += request.prompt_tokens - request.prefilled_tokens
-        return self.unreserved_tokens + len(self.running) + owed
+            held_back += admission_reservation_tokens(request)
+        return self.free_kv_tokens - held_back
 
     # --- events -------------------------------------------------------------------------------
     def enqueue(self, request: SimRequest, now_s: float) -> None:
         request.replica = self.index
         self.waiting.append(request)
-        self.queued_prompt_tokens += request.prompt_tokens
+        self.queued_prompt_tokens += request.fill_tokens
         if self.inflight is None:  # idle: start an iteration right away
             self.next_s = now_s
 
@@ -148,35 +194,29 @@ class Replica:
         if self.inflight is not None:
             self._complete(self.inflight, now_s)
             self.inflight = None
-        running, partial, waiting = self.running, self.partial, self.waiting
-        config = self.config
-        # List waiting requests while their reservations (and seats) fit together.
-        listed = 0
-        if waiting:
-            room = self.unreserved_tokens
-            seats = config.max_running_requests - len(running) - len(partial)
-            for request in waiting:
-                if seats <= 0 or request.reserved_tokens > room:
-                    break
-                room -= request.reserved_tokens
-                seats -= 1
-                listed += 1
-        if not running and not partial and listed == 0:
-            self.next_s = math.inf
-            return
-        prefills = partial + waiting[:listed] if listed else partial
-        view = IterationView(now_s, running, prefills, self._free_kv_tokens(),
-                             config.kv_capacity_tokens, config.max_running_requests,
-                             config.max_prefill_tokens)
-        started = time.perf_counter()
-        plan = self.policy.plan(view)
+        running = self.running
+        if len(running) > self.free_kv_tokens:
+            self._retract()
+        if not self.partial and not self.waiting:
+            if not running:
+                self.next_s = math.inf
+                return
+            started = time.perf_counter()
+            plan = self.policy.plan_decode_step(self._decode_view(now_s))
+        else:
+            started = time.perf_counter()
+            plan = self.policy.plan(self._view(now_s, self.partial + self.waiting))
+            if plan.empty and self._unblock():
+                plan = self.policy.plan(self._view(now_s, self.partial + self.waiting))
         self.plan_cpu_s += time.perf_counter() - started
         if plan.empty:
             raise RuntimeError(
                 f"policy {self.policy.name!r} returned an empty plan with work pending at t={now_s:.3f}s"
             )
+        if plan.decodes:
+            self.new_token_ratio.decode_step()
         measured_s = self.true_model.predict_shape(plan.shape)
-        if config.noise_sigma > 0:
+        if self.config.noise_sigma > 0:
             measured_s *= self.sim.noise()
         measured_s = max(measured_s, 1e-6)
         self.policy.observe(plan, measured_s)
@@ -187,15 +227,76 @@ class Replica:
         self.inflight = plan
         self.next_s = now_s + measured_s
 
+    def _decode_view(self, now_s: float) -> IterationView:
+        config = self.config
+        return IterationView(now_s, self.running, (), self.free_kv_tokens, config.kv_capacity_tokens,
+                             config.max_running_requests, config.max_prefill_tokens)
+
+    # --- KV pressure --------------------------------------------------------------------------
+    def _retract(self) -> None:
+        """Free KV for the next decode step as SGLang does: retract running requests (fewest
+        generated tokens first) until the rest fit.  SGLang keeps the last one (and aborts it if
+        even it cannot fit); here that can only happen while partial prefills hold the pool, and the
+        last one is retracted as well, so that nothing is lost."""
+        victims = retraction_order(self.running)
+        retracted = []
+        while victims and len(self.running) - len(retracted) > self.free_kv_tokens and (
+            len(victims) > 1 or self.partial
+        ):
+            retracted.append(victims.pop(0))
+            self._release_kv(retracted[-1])
+        if retracted:
+            gone = {id(request) for request in retracted}
+            self.running = [request for request in self.running if id(request) not in gone]
+            self.new_token_ratio.after_retraction(self.running)
+
+    def _release_kv(self, request: SimRequest) -> None:
+        """Drop a running request's KV and put it back in the queue to prefill again."""
+        self.free_kv_tokens += request.held_kv_tokens
+        self._leave_running(request)
+        request.record_retraction()
+        request.retractions += 1
+        self.retractions += 1
+        self.waiting.append(request)
+        self.queued_prompt_tokens += request.fill_tokens
+
+    def _unblock(self) -> bool:
+        """Partial prefills hold the pool and nothing can run: drop the least advanced one's KV."""
+        if self.running or not self.partial or self.free_kv_tokens > 0:
+            return False
+        request = min(self.partial, key=lambda r: r.prefilled_tokens)
+        self.partial.remove(request)
+        self.free_kv_tokens += request.prefilled_tokens
+        self.queued_prompt_tokens += request.prefilled_tokens
+        request.prefilled_tokens = 0
+        request.retractions += 1
+        self.retractions += 1
+        self.waiting.append(request)
+        return True
+
+    def _join_running(self, request: SimRequest) -> None:
+        self.running.append(request)
+        self._running_max_new += request.max_new_tokens
+        self._running_generated += request.generated_tokens
+        if request.max_new_tokens > CLIP_MAX_NEW_TOKENS:
+            self._running_clipped += 1
+
+    def _leave_running(self, request: SimRequest) -> None:
+        self._running_max_new -= request.max_new_tokens
+        self._running_generated -= request.generated_tokens
+        if request.max_new_tokens > CLIP_MAX_NEW_TOKENS:
+            self._running_clipped -= 1
+
+    # --- iteration end ------------------------------------------------------------------------
     def _complete(self, plan: Plan, end_s: float) -> None:
         sim = self.sim
         tbt_hist = sim.tbt_hist
         finished = False
         hist_last = TBT_BINS - 1
-        for request in plan.decodes:
+        decodes = plan.decodes
+        for request in decodes:
             generated = request.generated_tokens
-            # Envelope metric (definition b): RequestState.envelope_deadline_s, inlined (hot loop).
-            slack = request.arrival_s + request.ttft_slo_s + generated * request.tpot_slo_s - end_s
+            slack = request.envelope_slack_s(generated, end_s)
             if slack < request.worst_slack_s:
                 request.worst_slack_s = slack
             gap = end_s - request.last_token_s
@@ -209,38 +310,46 @@ class Replica:
             request.last_token_s = end_s
             if generated >= request.output_tokens:
                 finished = True
-        self.held_kv_tokens += len(plan.decodes)
+        self.free_kv_tokens -= len(decodes)
+        self._running_generated += len(decodes)
         admitted = False
-        prefill_done = False
+        filled = False
         for chunk in plan.prefills:
             request = chunk.request
-            if request.prefilled_tokens == 0:  # first chunk: admission reserves its KV
-                self.unreserved_tokens -= request.reserved_tokens
+            if request.prefilled_tokens == 0:  # first chunk: the request is admitted
                 admitted = True
                 self.partial.append(request)
+            self.free_kv_tokens -= chunk.tokens
             self.queued_prompt_tokens -= chunk.tokens
-            slack = request.arrival_s + request.ttft_slo_s - end_s
+            generated = request.generated_tokens
+            previous_s = request.last_token_s
             request.record_prefill(chunk.tokens, end_s)
-            if request.generated_tokens:  # prompt complete: the first token came out
-                prefill_done = True
+            if request.generated_tokens > generated:  # the fill is in KV: a token came out
+                filled = True
+                slack = request.envelope_slack_s(generated, end_s)
                 if slack < request.worst_slack_s:
                     request.worst_slack_s = slack
-                self.held_kv_tokens += request.prompt_tokens + 1
-                sim.first_token(request)
-                self.running.append(request)
+                if generated == 0:
+                    sim.first_token(request)
+                else:  # prefilled again after a retraction: the stall is a gap between tokens
+                    gap = end_s - previous_s
+                    request.max_tbt_s = max(request.max_tbt_s, gap)
+                    bin_index = int(gap * TBT_PER_S)
+                    tbt_hist[bin_index if bin_index < hist_last else hist_last] += 1
+                self._join_running(request)
                 if request.generated_tokens >= request.output_tokens:
                     finished = True
         if admitted:
             self.waiting = [r for r in self.waiting if r.prefilled_tokens == 0]
-        if prefill_done:
-            self.partial = [r for r in self.partial if r.generated_tokens == 0]
+        if filled:
+            self.partial = [r for r in self.partial if r.is_prefilling]
         if finished:
             keep = []
             for request in self.running:
                 if request.generated_tokens >= request.output_tokens:
                     request.finish_s = end_s
-                    self.unreserved_tokens += request.reserved_tokens
-                    self.held_kv_tokens -= request.prompt_tokens + request.generated_tokens
+                    self.free_kv_tokens += request.held_kv_tokens
+                    self._leave_running(request)
                     self.policy.release(request)
                     sim.finished(request)
                 else:
@@ -255,6 +364,7 @@ class SimResult:
     workload: Workload
     first_token_s: np.ndarray
     finish_s: np.ndarray
+    generated_tokens: np.ndarray
     worst_slack_s: np.ndarray
     max_tbt_s: np.ndarray
     rejected: np.ndarray
@@ -265,6 +375,7 @@ class SimResult:
     busy_s: float
     skipped_decodes: int
     urgent_decodes: int
+    retractions: int
     wall_s: float
     end_s: float
     warmup_requests: int
@@ -286,6 +397,9 @@ class Simulation:
         seed: int = 0,
         warmup_fraction: float = 0.1,
         stop_after_misses: int | None = None,
+        stop_after_tail_misses: int | None = None,
+        definition: str = "mean",
+        max_ttft_factor: float = 0.0,
     ) -> None:
         if router not in ROUTER_NAMES:
             raise ValueError(f"unknown router {router!r} (choose from {', '.join(ROUTER_NAMES)})")
@@ -301,8 +415,14 @@ class Simulation:
         self._noise_buffer: list[float] = []
         self.tbt_hist = [0] * TBT_BINS
         self.warmup_requests = int(len(workload) * warmup_fraction)
+        # Early stop (capacity probes): misses of the judged definition, and first tokens later than
+        # ``max_ttft_factor`` x their SLO (the tail bound), counted as they become certain.
         self.stop_after_misses = stop_after_misses
+        self.stop_after_tail_misses = stop_after_tail_misses
+        self.envelope_definition = definition == "envelope"
+        self.max_ttft_factor = max_ttft_factor
         self.misses = 0
+        self.tail_misses = 0
         self._rr_next = 0
         self.requests: list[SimRequest] = []
 
@@ -315,15 +435,30 @@ class Simulation:
 
     # --- metric hooks called by replicas ------------------------------------------------------
     def first_token(self, request: SimRequest) -> None:
-        if request.index >= self.warmup_requests and request.first_token_s - request.arrival_s > request.ttft_slo_s:
+        if request.index < self.warmup_requests:
+            return
+        ttft_s = request.first_token_s - request.arrival_s
+        if not meets_ttft(ttft_s, request.ttft_slo_s):
             self.misses += 1  # a late first token is a definite miss (counted once, here)
+        if self.max_ttft_factor and ttft_s > self.max_ttft_factor * request.ttft_slo_s:
+            self.tail_misses += 1
 
     def finished(self, request: SimRequest) -> None:
-        if request.index < self.warmup_requests or request.generated_tokens < 2:
+        if request.index < self.warmup_requests:
             return
         ttft_ok, tpot_ok = request.slo_met()
-        if ttft_ok and not tpot_ok:
+        if ttft_ok and not (meets_envelope(request.worst_slack_s) if self.envelope_definition else tpot_ok):
             self.misses += 1
+
+    def reject(self, request: SimRequest) -> None:
+        request.rejected = True
+        if request.index >= self.warmup_requests:
+            self.misses += 1
+            self.tail_misses += 1
+
+    def should_stop(self) -> bool:
+        return (self.stop_after_misses is not None and self.misses > self.stop_after_misses) or (
+            self.stop_after_tail_misses is not None and self.tail_misses > self.stop_after_tail_misses)
 
     # --- routing --------------------------------------------------------------------------------
     def route(self, request: SimRequest, now_s: float) -> Replica | None:
@@ -360,6 +495,7 @@ class Simulation:
         arrivals = w.arrival_s.tolist()
         prompts = w.prompt_tokens.tolist()
         outputs = w.output_tokens.tolist()
+        caps = w.max_new_tokens.tolist()
         ttfts = w.ttft_slo_s.tolist()
         tpots = w.tpot_slo_s.tolist()
         clients = w.client.tolist()
@@ -370,7 +506,7 @@ class Simulation:
         total = len(arrivals)
         requests = self.requests
         next_index = 0
-        stop_after = self.stop_after_misses
+        early_stop = self.stop_after_misses is not None or self.stop_after_tail_misses is not None
         stopped = False
         now_s = 0.0
         while True:
@@ -387,20 +523,21 @@ class Simulation:
                 now_s = arrival_s
                 i = next_index
                 next_index += 1
-                request = SimRequest(i, arrival_s, prompts[i], outputs[i], ttfts[i], tpots[i],
-                                     client_names[clients[i]])
+                # As SGLang does, a cap the pool could never hold is clipped to it (a prompt that
+                # does not fit at all is rejected); the request ends at its true length or its cap.
+                cap = min(caps[i], kv_capacity - prompts[i] - 2)
+                request = SimRequest(i, arrival_s, prompts[i], min(outputs[i], max(cap, 1)), cap,
+                                     ttfts[i], tpots[i], client_names[clients[i]])
                 requests.append(request)
-                target = None if request.reserved_tokens > kv_capacity else self.route(request, now_s)
+                target = None if cap < 1 else self.route(request, now_s)
                 if target is None:
-                    request.rejected = True
-                    if i >= self.warmup_requests:
-                        self.misses += 1
+                    self.reject(request)
                 else:
                     target.enqueue(request, now_s)
             else:
                 now_s = replica_s
                 replica.step(now_s)
-            if stop_after is not None and self.misses > stop_after:
+            if early_stop and self.should_stop():
                 stopped = True
                 break
         return self._result(started, now_s, stopped)
@@ -410,6 +547,7 @@ class Simulation:
         n = len(w)
         first = np.full(n, np.nan)
         finish = np.full(n, np.nan)
+        generated = np.zeros(n, dtype=np.int64)
         worst = np.full(n, np.nan)
         max_tbt = np.full(n, np.nan)
         rejected = np.zeros(n, dtype=bool)
@@ -421,6 +559,7 @@ class Simulation:
                 worst[i] = r.worst_slack_s
                 max_tbt[i] = r.max_tbt_s
             finish[i] = r.finish_s
+            generated[i] = r.generated_tokens
             rejected[i] = r.rejected
             replica[i] = r.replica
         reps = self.replicas
@@ -428,6 +567,7 @@ class Simulation:
             workload=w,
             first_token_s=first,
             finish_s=finish,
+            generated_tokens=generated,
             worst_slack_s=worst,
             max_tbt_s=max_tbt,
             rejected=rejected,
@@ -438,6 +578,7 @@ class Simulation:
             busy_s=sum(r.busy_s for r in reps),
             skipped_decodes=sum(r.skipped_decodes for r in reps),
             urgent_decodes=sum(r.urgent_decodes for r in reps),
+            retractions=sum(r.retractions for r in reps),
             wall_s=time.perf_counter() - started,
             end_s=end_s,
             warmup_requests=self.warmup_requests,
@@ -460,6 +601,9 @@ def simulate(
     seed: int = 0,
     warmup_fraction: float = 0.1,
     stop_after_misses: int | None = None,
+    stop_after_tail_misses: int | None = None,
+    definition: str = "mean",
+    max_ttft_factor: float = 0.0,
 ) -> SimResult:
     """Run ``workload`` on ``replicas`` fresh policies from ``policy_factory()``."""
     if replicas < 1:
@@ -473,5 +617,8 @@ def simulate(
         seed=seed,
         warmup_fraction=warmup_fraction,
         stop_after_misses=stop_after_misses,
+        stop_after_tail_misses=stop_after_tail_misses,
+        definition=definition,
+        max_ttft_factor=max_ttft_factor,
     )
     return sim.run()

@@ -1,25 +1,73 @@
-"""Metrics of one simulated run: TTFT, TPOT, time between tokens, SLO attainment, goodput, service.
+"""Metrics of one simulated run (TTFT, TPOT, time between tokens, SLO attainment, goodput, service)
+and the criteria a run must meet to count as within capacity.
 
-Two SLO attainment definitions are reported (requests in the warm-up share are excluded):
+Two SLO attainment definitions are reported (requests in the warm-up share are excluded), both with
+the verdicts of :mod:`sglang_fair.policy.request`:
 
-* ``attainment`` (the judged one): TTFT <= ttft_slo and mean TPOT <= tpot_slo, where mean TPOT is
-  ``(finish - first_token) / (output_tokens - 1)`` (a one-token request meets any TPOT);
-* ``envelope_attainment``: every token j was out by ``arrival + ttft_slo + j * tpot_slo``.
+* ``attainment`` (the judged one by default, ``mean``): TTFT <= ttft_slo and mean TPOT <= tpot_slo,
+  where mean TPOT is ``(finish - first_token) / (output_tokens - 1)`` (a one-token request meets any
+  TPOT);
+* ``envelope_attainment`` (``envelope``): every token j was out by ``arrival + ttft_slo + j * tpot_slo``.
 
-Rejected requests (admission control, or too long for the KV pool) count as misses.  Goodput is
-requests meeting both SLOs per second of the measured requests' arrival span.
+Rejected requests (admission control, or too long for the KV pool) count as misses and as an infinite
+TTFT.  Goodput is requests meeting both SLOs per second of the measured requests' arrival span.
+
+The TTFT tail is judged per request against its own SLO: ``ttft_ratio_p99`` is the 99th percentile
+of ``TTFT_i / ttft_slo_i`` over the measured requests.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 
+from ..policy.request import mean_tpot_s, meets_envelope, meets_mean_tpot, meets_ttft
 from .engine import TBT_BIN_S, SimResult
 
-__all__ = ["summarize", "percentile"]
+__all__ = ["DEFINITIONS", "Criteria", "summarize", "percentile"]
 
-#: Tolerance for float round-off in deadline comparisons (seconds).
-EPS_S = 1e-9
+DEFINITIONS = ("mean", "envelope")
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """What a run must reach to be within capacity: >= ``target`` of the measured requests meet
+    their SLOs (``definition``), **and** the P99 of ``TTFT_i / ttft_slo_i`` is at most
+    ``max_ttft_p99_factor`` (0: no bound on the tail).  The bound is what keeps a scheduler from
+    "winning" by serving the forgiven share minutes late: users see that as hung requests."""
+
+    target: float = 0.9
+    definition: str = "mean"
+    max_ttft_p99_factor: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target <= 1:
+            raise ValueError(f"target must be in (0, 1], got {self.target}")
+        if self.definition not in DEFINITIONS:
+            raise ValueError(f"definition must be one of {', '.join(DEFINITIONS)}, got {self.definition!r}")
+        if not (self.max_ttft_p99_factor >= 0 and math.isfinite(self.max_ttft_p99_factor)):
+            raise ValueError(f"max_ttft_p99_factor must be >= 0 (0: no tail bound), got {self.max_ttft_p99_factor}")
+
+    @property
+    def attainment_key(self) -> str:
+        return "attainment" if self.definition == "mean" else "envelope_attainment"
+
+    @property
+    def tail_bounded(self) -> bool:
+        return self.max_ttft_p99_factor > 0
+
+    def met(self, summary: dict) -> bool:
+        if not summary[self.attainment_key] >= self.target:
+            return False
+        return not self.tail_bounded or summary["ttft_ratio_p99"] <= self.max_ttft_p99_factor
+
+    def stop_after(self, measured: int) -> tuple[int, int | None]:
+        """Misses, and TTFTs past the tail bound, beyond which a run of ``measured`` requests can
+        no longer meet the criteria (lets an overloaded probe stop early)."""
+        tail = int(math.floor(0.01 * measured)) if self.tail_bounded else None
+        return int(math.floor((1.0 - self.target) * measured)), tail
 
 
 def percentile(values: np.ndarray, q: float) -> float:
@@ -35,7 +83,8 @@ def _hist_percentile(hist: np.ndarray, q: float) -> float:
     return (index + 1) * TBT_BIN_S  # upper edge of the bin
 
 
-def summarize(result: SimResult, *, input_weight: float = 1.0, output_weight: float = 2.0) -> dict:
+def summarize(result: SimResult, *, input_weight: float = 1.0, output_weight: float = 2.0,
+              max_ttft_p99_factor: float = Criteria.max_ttft_p99_factor) -> dict:
     w = result.workload
     start = result.warmup_requests
     measured = slice(start, len(w))
@@ -45,16 +94,20 @@ def summarize(result: SimResult, *, input_weight: float = 1.0, output_weight: fl
     finish = result.finish_s[measured]
     rejected = result.rejected[measured]
     done = np.isfinite(finish)
+    generated = result.generated_tokens[measured]
     ttft = first - arrival
+    ttft_slo = w.ttft_slo_s[measured]
     with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(output > 1, (finish - first) / np.maximum(output - 1, 1), 0.0)
-    ttft_ok = done & (ttft <= w.ttft_slo_s[measured] + EPS_S)
-    tpot_ok = done & (tpot <= w.tpot_slo_s[measured] + EPS_S)
+        tpot = mean_tpot_s(first, finish, generated)
+        ttft_ok = done & meets_ttft(ttft, ttft_slo)
+        tpot_ok = done & meets_mean_tpot(tpot, w.tpot_slo_s[measured])
+        envelope = done & ~rejected & meets_envelope(result.worst_slack_s[measured])
     met = ttft_ok & tpot_ok & ~rejected
-    envelope = done & ~rejected & (result.worst_slack_s[measured] >= -EPS_S)
     count = len(arrival)
     span_s = float(arrival[-1] - arrival[0]) if count > 1 else 0.0
     served = done & ~rejected
+    # Per-request TTFT against its own SLO; a request never served (rejected) waits forever.
+    ttft_ratio = np.where(served & np.isfinite(first), ttft / ttft_slo, np.inf)
     summary = {
         "requests": int(count),
         "completed": int(served.sum()),
@@ -68,20 +121,24 @@ def summarize(result: SimResult, *, input_weight: float = 1.0, output_weight: fl
         "goodput_rps": float(met.sum() / span_s) if span_s > 0 else float("nan"),
         "ttft_p50_s": percentile(ttft[served], 50),
         "ttft_p99_s": percentile(ttft[served], 99),
-        "tpot_p50_s": percentile(tpot[served & (output > 1)], 50),
-        "tpot_p99_s": percentile(tpot[served & (output > 1)], 99),
+        "ttft_ratio_p99": float(np.quantile(ttft_ratio, 0.99, method="inverted_cdf")) if count else math.nan,
+        "ttft_ratio_max": float(ttft_ratio.max()) if count else math.nan,
+        "ttft_over_bound": int((ttft_ratio > max_ttft_p99_factor).sum()) if max_ttft_p99_factor > 0 else 0,
+        "tpot_p50_s": percentile(tpot[served & (generated > 1)], 50),
+        "tpot_p99_s": percentile(tpot[served & (generated > 1)], 99),
         "tbt_p99_s": _hist_percentile(result.tbt_hist, 99),
         "max_tbt_p99_s": percentile(result.max_tbt_s[measured][served], 99),
         "iterations": result.iterations,
         "plan_cpu_us_per_iter": 1e6 * result.plan_cpu_s / max(result.iterations, 1),
         "skipped_decodes_per_iter": result.skipped_decodes / max(result.iterations, 1),
+        "retractions": result.retractions,
         "simulated_s": result.end_s,
         "wall_s": result.wall_s,
         "sim_requests_per_wall_s": len(w) / result.wall_s if result.wall_s > 0 else float("nan"),
     }
     # Per-client service (VTC weights) and attainment over the measured requests.
     clients = w.client[measured]
-    generated = np.where(served, output, 0)
+    generated_served = np.where(served, output, 0)
     prompt = np.where(served, w.prompt_tokens[measured], 0)
     per_client = {}
     for client in np.unique(clients):
@@ -89,7 +146,7 @@ def summarize(result: SimResult, *, input_weight: float = 1.0, output_weight: fl
         per_client[f"client{int(client)}"] = {
             "requests": int(mask.sum()),
             "attainment": float(met[mask].mean()),
-            "service_tokens": float(input_weight * prompt[mask].sum() + output_weight * generated[mask].sum()),
+            "service_tokens": float(input_weight * prompt[mask].sum() + output_weight * generated_served[mask].sum()),
         }
     summary["clients"] = per_client
     return summary

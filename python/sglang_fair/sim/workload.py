@@ -20,6 +20,7 @@ import numpy as np
 from ..policy.request import validate_slo
 
 __all__ = [
+    "DEFAULT_MAX_NEW_TOKENS",
     "SloClass",
     "Trace",
     "TraceError",
@@ -140,9 +141,18 @@ def parse_slo_classes(text: str) -> list[SloClass]:
     return classes
 
 
+#: ``max_new_tokens`` a client sends when the workload does not say: a typical client cap.
+DEFAULT_MAX_NEW_TOKENS = 2048
+
+
 @dataclass
 class Workload:
-    """One row per request, sorted by arrival time."""
+    """One row per request, sorted by arrival time.
+
+    ``output_tokens`` is the true length (the request ends there, as at EOS); ``max_new_tokens`` is
+    what the client asked for, all that a server (and so every policy) knows.  ``None`` means the
+    client asked for exactly the true length (``--max-new-tokens trace``).
+    """
 
     arrival_s: np.ndarray
     prompt_tokens: np.ndarray
@@ -150,6 +160,13 @@ class Workload:
     ttft_slo_s: np.ndarray
     tpot_slo_s: np.ndarray
     client: np.ndarray  # int client ids
+    max_new_tokens: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens is None:
+            self.max_new_tokens = self.output_tokens.copy()
+        # A request never outlives its cap.
+        self.output_tokens = np.minimum(self.output_tokens, self.max_new_tokens)
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -173,6 +190,7 @@ def make_workload(
     tpot_slo_s: float = 0.1,
     clients: int = 1,
     client_skew: float = 0.0,
+    max_new_tokens: int | str = DEFAULT_MAX_NEW_TOKENS,
     seed: int = 0,
 ) -> Workload:
     """Take the first ``num_requests`` rows of ``trace`` and give them arrival times and SLOs.
@@ -183,6 +201,8 @@ def make_workload(
       with the same mean and coefficient of variation ``burstiness_cv``: > 1 is burstier).
     * SLO classes are assigned at random by share; clients at random, uniformly or Zipf-like with
       exponent ``client_skew``.
+    * ``max_new_tokens``: the cap every request is sent with (an int), or ``"trace"`` for each
+      request's true output length.
     """
     count = len(trace) if num_requests is None else min(num_requests, len(trace))
     if count <= 0:
@@ -227,4 +247,10 @@ def make_workload(
         raise ValueError("--clients must be >= 1")
     weights = 1.0 / np.arange(1, clients + 1) ** client_skew
     client = rng_meta.choice(clients, size=count, p=weights / weights.sum())
-    return Workload(arrivals.astype(float), prompts, outputs, ttft, tpot, client.astype(np.int64))
+    if max_new_tokens == "trace":
+        caps = outputs.copy()
+    elif isinstance(max_new_tokens, (int, np.integer)) and not isinstance(max_new_tokens, bool) and max_new_tokens >= 1:
+        caps = np.full(count, int(max_new_tokens), dtype=np.int64)
+    else:
+        raise ValueError(f"--max-new-tokens: a positive number of tokens or 'trace', got {max_new_tokens!r}")
+    return Workload(arrivals.astype(float), prompts, outputs, ttft, tpot, client.astype(np.int64), caps)
