@@ -30,6 +30,8 @@ from importlib import resources
 
 import numpy as np
 
+from .. import strict_json
+
 __all__ = [
     "BatchShape",
     "CostModel",
@@ -222,9 +224,7 @@ class CostModel:
         return model
 
     def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w") as handle:
-            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
-            handle.write("\n")
+        strict_json.write(path, self.to_dict(), indent=2, sort_keys=True)
 
     def describe(self) -> str:
         text = (
