@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
 
 from .cost_model import BatchShape, CostModel, OnlineCostModel
+from .limits import UNLIMITED
 from .request import RequestState
 
 __all__ = [
@@ -29,8 +30,6 @@ __all__ = [
     "first_token_deadline",
     "prefill_admission_budget",
 ]
-
-UNLIMITED = 1 << 62
 
 
 @dataclass(slots=True)

@@ -31,6 +31,7 @@ from importlib import resources
 import numpy as np
 
 from .. import strict_json
+from .limits import UNLIMITED
 
 __all__ = [
     "BatchShape",
@@ -192,7 +193,7 @@ class CostModel:
         elif linear > 0:
             root = -const / linear
         else:  # a degenerate fit: time does not grow with tokens, so tokens are not the limit
-            return 1 << 30
+            return UNLIMITED
         return max(0, int(root))
 
     # --- persistence --------------------------------------------------------------------------

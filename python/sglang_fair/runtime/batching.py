@@ -44,6 +44,7 @@ from sglang_fair.policy import (
     policy_options,
 )
 from sglang_fair.policy.cost_model import BatchShape, CostModel, CostModelError
+from sglang_fair.policy.limits import UNLIMITED
 from sglang_fair.runtime.load import horizon_tokens, load_tokens
 from sglang_fair.runtime.slo import can_sit_out, parse_request_slos
 
@@ -340,7 +341,7 @@ class FairBatchingMixin:
             prefills.append(state)
         allocator = self.token_to_kv_pool_allocator
         free_kv_tokens = allocator.available_size() + self.tree_cache.evictable_size()
-        max_requests = self.max_running_requests or (1 << 30)
+        max_requests = self.max_running_requests or UNLIMITED
         max_prefill = self.chunked_prefill_size
         if max_prefill is None or max_prefill <= 0:
             max_prefill = self.max_prefill_tokens
