@@ -231,7 +231,7 @@ class CostModel:
         text = (
             f"{self.name}: T = {self.fixed_s * 1e3:.3f} ms + {self.per_new_token_s * 1e6:.3f} us*new"
             f" + {self.per_context_token_s * 1e9:.3f} ns*ctx + {self.per_seq_s * 1e6:.3f} us*seq"
-            f" + {self.per_chunk_sq_s * 1e12:.3f} ps*chunk^2"
+            f" + {self.per_chunk_sq_s * 1e9:.3f} ns*chunk^2"
         )
         if self.per_prefill_iteration_s or self.per_mixed_seq_s:
             text += (f" + {self.per_prefill_iteration_s * 1e3:.3f} ms*prefill_iteration"
