@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sglang_fair import strict_json
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu_model  # noqa: E402
 import load_client  # noqa: E402
@@ -441,7 +443,7 @@ def main(argv=None) -> int:
                 prefill_sizes=[32, 256, 512] if args.quick else [32, 128, 256, 512],
             )
             model = fit_calibration(samples)
-            (out_dir / "calibration.json").write_text(json.dumps(samples, indent=1) + "\n")
+            strict_json.write(out_dir / "calibration.json", samples, indent=1)
         cost_model_path = out_dir / "cost_model.json"
         model.save(cost_model_path)
         print(f"[bench] cost model: {model.describe()} (MAPE {model.info.get('mape', float('nan')):.1%})", flush=True)
@@ -546,7 +548,7 @@ def main(argv=None) -> int:
         "goodput_ratio_per_seed": per_seed, "load_average_1m_at_end": load_1m,
         "markdown": render_markdown(table), "verdict": verdict,
     }
-    (out_dir / "results.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    strict_json.write(out_dir / "results.json", report, indent=1)
     (out_dir / "results.md").write_text(render_markdown(table) + "\n\n" + verdict + "\n")
     print(f"[bench] wrote {out_dir / 'results.json'} and results.md (load average at end {load_1m:.1f})")
     return 0

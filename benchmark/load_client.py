@@ -30,6 +30,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from sglang_fair import strict_json
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Token ids for random prompts avoid the tokenizer's special tokens (ids 0..2).
 FIRST_PLAIN_TOKEN_ID = 3
@@ -319,7 +321,7 @@ def main() -> None:
         run_workload(args.url, specs, seed=args.seed, vocab_size=args.vocab_size,
                      drain_timeout_s=args.drain_timeout)
     )
-    print(json.dumps(summarize(results, duration_s), indent=2))
+    print(strict_json.dumps(summarize(results, duration_s), indent=2))
     errors = sorted({r.error for r in results if r.error})
     if errors:
         print("errors:", "; ".join(errors[:5]))

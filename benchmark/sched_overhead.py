@@ -16,7 +16,6 @@ mean, and the ratio to stock.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test" / "runtime"))
 
 from inproc import build_scheduler, make_req  # noqa: E402
+
+from sglang_fair import strict_json  # noqa: E402
 
 
 def measure(scheduler, running: int, iterations: int, warmup: int, tag: str, arrivals: int = 1) -> float:
@@ -126,7 +127,7 @@ def main(argv=None) -> None:
             stock = results.get((base, running))
             if stock and name != base:
                 row[f"ratio_to_{base}"] = round(statistics.median(values) / statistics.median(stock), 3)
-        print(json.dumps(row))
+        print(strict_json.dumps(row, indent=None))
 
 if __name__ == "__main__":
     main()

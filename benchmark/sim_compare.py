@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
 
+from sglang_fair import strict_json  # noqa: E402
 from sglang_fair.policy import load_cost_model  # noqa: E402
 from sglang_fair.sim.capacity import (  # noqa: E402
     Variant,
@@ -222,9 +222,7 @@ def main() -> int:
                                    os.path.join(args.plots, f"sim_attainment_{name}{suffix}.png"),
                                    title=f"SLO attainment vs rate ({name}, seed {seeds[0]})")
     report["wall_s"] = time.time() - started
-    with open(args.out, "w") as handle:
-        json.dump(report, handle, indent=1, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else v)
-        handle.write("\n")
+    strict_json.write(args.out, report, indent=1)
     _print_tables(report)
     return 0
 

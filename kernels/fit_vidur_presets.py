@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.optimize
 
 REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: load kernels/ by path, never the PyPI `kernels`
@@ -196,23 +197,11 @@ class AttentionModel:
         """Relative least squares with every coefficient >= 0.
 
         The rows cover few chunk sizes, so an unconstrained fit trades a negative per-token term
-        for a large intercept and extrapolates badly to small chunks.  With at most four terms,
-        trying every subset of active terms is the simplest exact non-negative least squares.
+        for a large intercept and extrapolates badly to small chunks.  Each row is divided by its
+        measured time, so the residuals are relative (``scipy.optimize.nnls`` on the scaled rows).
         """
-        xw, yw = x / y[:, None], np.ones(len(y))
-        best, best_error = None, np.inf
-        columns = range(x.shape[1])
-        for mask in range(1, 1 << x.shape[1]):
-            active = [c for c in columns if mask >> c & 1]
-            coef_active, *_ = np.linalg.lstsq(xw[:, active], yw, rcond=None)
-            if (coef_active < 0).any():
-                continue
-            coef = np.zeros(x.shape[1])
-            coef[active] = coef_active
-            error = float(np.sum((xw @ coef - yw) ** 2))
-            if error < best_error:
-                best, best_error = coef, error
-        return best, float(np.mean(np.abs(x @ best - y) / y))
+        coef, _ = scipy.optimize.nnls(x / y[:, None], np.ones(len(y)))
+        return coef, float(np.mean(np.abs(x @ coef - y) / y))
 
     def scaled(self, decode_scale: float = 1.0, prefill_scale: float = 1.0,
                kv_scale: float = 1.0) -> "AttentionModel":

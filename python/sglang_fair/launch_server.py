@@ -20,7 +20,7 @@ import sys
 
 # Before anything imports SGLang: also runs in every process SGLang spawns, which re-import this
 # module as their ``__mp_main__``.
-from sglang_fair import platform
+from sglang_fair import platform, sglang_version_problem
 
 ON_CPU = platform.setup(announce_now=False)  # announced once the flags are valid
 
@@ -224,6 +224,9 @@ def _serve(server_args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    problem = sglang_version_problem()  # the runtime patches one SGLang release's internals
+    if problem:
+        sys.exit(f"{PROG}: error: {problem}")
     if "-h" in argv or "--help" in argv:
         build_parser().parse_args(["--help"])
     config, rest = parse_fair_args(argv)

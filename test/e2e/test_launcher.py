@@ -79,6 +79,22 @@ def test_bad_value_from_the_command_line_exits_before_starting():
     ]
 
 
+def test_another_sglang_release_stops_the_launcher_with_one_line(monkeypatch, capsys):
+    import importlib.metadata
+
+    from sglang_fair import SGLANG_VERSION
+    from sglang_fair.launch_server import main
+
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "0.5.99" if name == "sglang" else real_version(name))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--batch-policy", "fairbatching"])
+    message = str(exit_info.value.code)
+    assert message.count("\n") == 0 and message.startswith("python -m sglang_fair.launch_server: error:")
+    assert "sglang 0.5.99 is installed" in message and f"sglang=={SGLANG_VERSION}" in message
+
+
 def test_our_flags_are_split_from_sglangs():
     from sglang_fair.launch_server import parse_fair_args
 

@@ -67,7 +67,7 @@ def test_validate_slo_accepts_numbers():
 
 def test_judged_envelope_and_slo_verdict():
     request = RequestState("r", 10.0, 100, 1.0, 0.1)
-    # The judged envelope line is not anchored at an early first token (BRIEF section 7).
+    # The judged envelope line is not anchored at an early first token (docs/design.md, Metrics).
     assert request.envelope_deadline_s(0) == 11.0
     assert abs(request.envelope_deadline_s(3) - 11.3) < 1e-12
     request.record_token(10.5)  # first token 0.5 s after arrival: TTFT met

@@ -4,6 +4,7 @@ shape must fail here, loudly, rather than mis-batch in a server."""
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 
@@ -11,15 +12,24 @@ from sglang_fair import platform
 
 platform.setup(announce_now=False)
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def _params(func) -> list[str]:
     return [name for name in inspect.signature(func).parameters if name != "self"]
 
 
 def test_sglang_version_is_the_one_pinned():
+    import importlib.metadata
+
     import sglang
 
-    assert sglang.__version__ == "0.5.23"
+    from sglang_fair import SGLANG_VERSION, sglang_version_problem
+
+    assert sglang.__version__ == importlib.metadata.version("sglang") == SGLANG_VERSION
+    assert sglang_version_problem() is None
+    pins = (REPO / "requirements" / "runtime.txt").read_text().splitlines()
+    assert f"sglang=={SGLANG_VERSION}" in pins
 
 
 @pytest.mark.parametrize(

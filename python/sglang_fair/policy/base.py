@@ -18,6 +18,7 @@ from typing import ClassVar, Sequence
 
 from .cost_model import BatchShape, CostModel, OnlineCostModel
 from .kv import admission_reservation_tokens
+from .limits import UNLIMITED
 from .request import RequestState
 
 __all__ = [
@@ -30,8 +31,6 @@ __all__ = [
     "first_token_deadline",
     "prefill_admission_budget",
 ]
-
-UNLIMITED = 1 << 62
 
 
 @dataclass(slots=True)

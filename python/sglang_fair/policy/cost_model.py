@@ -34,6 +34,9 @@ from importlib import resources
 
 import numpy as np
 
+from .. import strict_json
+from .limits import UNLIMITED
+
 __all__ = [
     "BatchShape",
     "CostModel",
@@ -200,7 +203,7 @@ class CostModel:
         elif linear > 0:
             root = -const / linear
         else:  # a degenerate fit: time does not grow with tokens, so tokens are not the limit
-            return 1 << 30
+            return UNLIMITED
         return max(0, int(root))
 
     # --- persistence --------------------------------------------------------------------------
@@ -232,15 +235,13 @@ class CostModel:
         return model
 
     def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w") as handle:
-            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
-            handle.write("\n")
+        strict_json.write(path, self.to_dict(), indent=2, sort_keys=True)
 
     def describe(self) -> str:
         text = (
             f"{self.name}: T = {self.fixed_s * 1e3:.3f} ms + {self.per_new_token_s * 1e6:.3f} us*new"
             f" + {self.per_context_token_s * 1e9:.3f} ns*ctx + {self.per_seq_s * 1e6:.3f} us*seq"
-            f" + {self.per_chunk_sq_s * 1e12:.3f} ps*chunk^2 + {self.per_chunk_prefix_s * 1e12:.3f} ps*chunk*prefix"
+            f" + {self.per_chunk_sq_s * 1e9:.3f} ns*chunk^2 + {self.per_chunk_prefix_s * 1e9:.3f} ns*chunk*prefix"
         )
         if self.per_prefill_iteration_s or self.per_mixed_seq_s:
             text += (f" + {self.per_prefill_iteration_s * 1e3:.3f} ms*prefill_iteration"

@@ -131,7 +131,7 @@ class RequestState:
         """Time left until the next token is due; negative means late."""
         return self._anchor_s() + self.generated_tokens * self.tpot_slo_s - now_s
 
-    # --- judged SLO definitions (BRIEF section 7), shared by the simulator and the runtime ------
+    # --- judged SLO definitions (docs/design.md, Metrics), shared by the simulator and runtime ---
     def envelope_deadline_s(self, token_index: int) -> float:
         """The judged envelope line: token j due by ``arrival + ttft + j * tpot`` (not anchored)."""
         return self.arrival_s + self.ttft_slo_s + token_index * self.tpot_slo_s

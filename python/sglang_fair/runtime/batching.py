@@ -32,10 +32,12 @@ import math
 import os
 import time
 
+from sglang_fair import strict_json
 from sglang_fair.config import FairConfig
 from sglang_fair.policy import IterationView, Plan, RequestState, load_cost_model
 from sglang_fair.policy import build_policy as policy_builder
 from sglang_fair.policy.cost_model import BatchShape, CostModel, CostModelError
+from sglang_fair.policy.limits import UNLIMITED
 from sglang_fair.runtime.load import horizon_tokens, load_tokens
 from sglang_fair.runtime.slo import can_sit_out, parse_request_slos
 
@@ -326,7 +328,7 @@ class FairBatchingMixin:
             prefills.append(state)
         allocator = self.token_to_kv_pool_allocator
         free_kv_tokens = allocator.available_size() + self.tree_cache.evictable_size()
-        max_requests = self.max_running_requests or (1 << 30)
+        max_requests = self.max_running_requests or UNLIMITED
         max_prefill = self.chunked_prefill_size
         if max_prefill is None or max_prefill <= 0:
             max_prefill = self.max_prefill_tokens
@@ -607,14 +609,15 @@ class FairBatchingMixin:
 
     # ------------------------------------------------------------------ state
     def fair_runtime_state(self) -> dict:
-        """Everything ``GET /fair/state`` shows (plain JSON types)."""
+        """Everything ``GET /fair/state`` shows: plain JSON types, non-finite numbers as null with
+        a ``*_nonfinite`` sibling (:mod:`sglang_fair.strict_json`), odd values as text."""
         policy = self.fair_policy
         now_s = time.perf_counter()
         state = {
             "batch_policy": self.fair_config.batch_policy,
             "active": self.fair_active,
             "decode_skipping": bool(self.fair_can_split),
-            "policy": _jsonable(policy.describe()),
+            "policy": policy.describe(),
             "iterations": self.fair_iterations,
             "running_requests": len(self.running_batch.reqs),
             "waiting_requests": len(self.waiting_queue),
@@ -624,19 +627,19 @@ class FairBatchingMixin:
         view = self._fair_build_view(self.running_batch, now_s)
         pab = policy.admission_budget(view)
         state["pab"] = {
-            "seconds": _finite(pab.seconds),
-            "tokens": _finite(pab.tokens),
+            "seconds": pab.seconds,
+            "tokens": pab.tokens,
             "horizon_s": pab.horizon_s,
-            "horizon_tokens": _finite(horizon_tokens(policy.cost_model, pab.horizon_s)),
+            "horizon_tokens": horizon_tokens(policy.cost_model, pab.horizon_s),
             "decode_utilisation": pab.decode_utilisation,
         }
         state["load_tokens"] = load_tokens(policy.cost_model, pab)
         if not self.fair_active:
-            return state
+            return strict_json.to_json_types(state, other=str)
         plan = self.fair_last_plan
         state.update(
-            time_budget_s=_finite(self.fair_last_budget_s),
-            min_slack_s=_finite(self.fair_last_min_slack_s),
+            time_budget_s=self.fair_last_budget_s,
+            min_slack_s=self.fair_last_min_slack_s,
             last_iteration_s=self.fair_last_measured_s,
             last_plan=None
             if plan is None
@@ -649,29 +652,9 @@ class FairBatchingMixin:
             },
             cost_model=policy.online.snapshot() if policy.online is not None else policy.cost_model.to_dict(),
         )
-        return state
+        return strict_json.to_json_types(state, other=str)
 
 
 def _is_abort(req) -> bool:
     reason = req.finished_reason
     return reason is not None and type(reason).__name__ == "FINISH_ABORT"
-
-
-def _finite(value):
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _jsonable(data):
-    """Plain JSON types, non-finite floats as None (JSON has no inf/NaN)."""
-    if isinstance(data, dict):
-        return {str(key): _jsonable(value) for key, value in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_jsonable(value) for value in data]
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if data is None or isinstance(data, (bool, int, str)):
-        return data
-    return str(data)

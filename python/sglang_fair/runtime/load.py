@@ -1,7 +1,7 @@
 """The load a replica reports upward, derived from its Prefill Admission Budget (PAB).
 
-``sglang-router --policy power_of_two`` polls ``GET /get_load`` every few seconds, expects a JSON
-list with one object per data-parallel rank (``dp_rank``, ``num_tokens``, integers), sums
+``sglang-router --policy power_of_two`` (0.3.2) polls ``GET /get_load`` about every 30 s, expects a
+JSON list with one object per data-parallel rank (``dp_rank``, ``num_tokens``, integers), sums
 ``num_tokens`` per worker and sends a request to the less loaded of two random workers; a negative
 load counts as a failed poll.  So the value must be a non-negative integer, lower is better.
 

@@ -7,12 +7,12 @@ with exit status 2 and a one-line message.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
+from .. import strict_json
 from ..policy.cost_model import CostModelError, load_cost_model
 from ..policy.registry import POLICY_NAMES, make_policy, parse_option_value
 from ..policy.request import validate_slo
@@ -254,7 +254,7 @@ def cmd_capacity(args) -> int:
     }
     _print_capacity(report)
     if args.json:
-        _write_json(args.json, report)
+        strict_json.write(args.json, report, indent=2)
     if args.plot:
         from .plots import plot_attainment_curves
 
@@ -298,7 +298,7 @@ def cmd_run(args) -> int:
               "settings": _settings(args, ttft, tpot, cost_model, config, criteria)}
     _print_run(report)
     if args.json:
-        _write_json(args.json, report)
+        strict_json.write(args.json, report, indent=2)
     if args.plot:
         from .plots import plot_ttft_cdf
 
@@ -350,21 +350,6 @@ def _print_run(report: dict) -> None:
               f"{_fmt(r['ttft_ratio_p99'], '.2f'):>8} {_fmt(r['tpot_p50_s'], '.4f'):>8} "
               f"{_fmt(r['tpot_p99_s'], '.4f'):>8} {_fmt(r['tbt_p99_s']):>8} {r['rejected']:>5} "
               f"{r['retractions']:>5} {'yes' if r['within_criteria'] else 'no':>3}")
-
-
-def _write_json(path: str, report: dict) -> None:
-    def clean(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
-
-    with open(path, "w") as handle:
-        json.dump(clean(report), handle, indent=2)
-        handle.write("\n")
 
 
 def main(argv: list[str] | None = None) -> int:
