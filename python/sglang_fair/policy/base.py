@@ -28,6 +28,7 @@ __all__ = [
     "IterationView",
     "Plan",
     "PrefillChunk",
+    "decode_utilisation",
     "first_token_deadline",
     "prefill_admission_budget",
 ]
@@ -328,13 +329,7 @@ def prefill_admission_budget(
     over those checks, in seconds and converted to prompt tokens.  O(n log n).
     """
     now = view.now_s
-    if view.decodes:
-        min_tpot = min(r.tpot_slo_s for r in view.decodes)
-        sum_context = sum(r.context_tokens for r in view.decodes)
-        decode_step_s = model.predict(len(view.decodes), sum_context, len(view.decodes))
-        utilisation = min(1.0, decode_step_s / min_tpot)
-    else:
-        utilisation = 0.0
+    utilisation = decode_utilisation(view.decodes, model)
     spare_share = 1.0 - utilisation
     margin_s = math.inf
     cumulative_s = 0.0
@@ -348,6 +343,16 @@ def prefill_admission_budget(
     per_token_s = model.per_new_token_s + model.per_context_token_s
     tokens = margin_s / per_token_s if per_token_s > 0 else 0.0
     return AdmissionBudget(margin_s, tokens, horizon_s, utilisation)
+
+
+def decode_utilisation(decodes: Sequence[RequestState], model: CostModel) -> float:
+    """Share of the machine running decodes take at the pace their TPOT asks (a decode step every
+    ``min tpot``), the rest being what prefills can count on."""
+    if not decodes:
+        return 0.0
+    min_tpot_s = min(r.tpot_slo_s for r in decodes)
+    sum_context = sum(r.context_tokens for r in decodes)
+    return min(1.0, model.predict(len(decodes), sum_context, len(decodes)) / min_tpot_s)
 
 
 def first_token_deadline(request: RequestState) -> float:

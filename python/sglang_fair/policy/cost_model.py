@@ -172,20 +172,23 @@ class CostModel:
             + self.per_chunk_sq_s * chunk_tokens * chunk_tokens
         )
 
-    def efficient_chunk_tokens(self, prefix_tokens: int = 0) -> int | None:
-        """Chunk size that minimises the time per prompt token of a chunk run on its own.
+    def efficient_chunk_tokens(self, prefix_tokens: int = 0, overhead_s: float | None = None) -> int | None:
+        """Chunk size that minimises the time per prompt token of a chunk carrying ``overhead_s``
+        of fixed cost (default: an iteration of its own, extend path included).
 
         A chunk of ``x`` tokens after ``p`` prefix tokens costs about
-        ``a + (b + c + h p) x + c p + e x^2`` (``a`` the iteration's fixed cost, that of an extend
-        iteration included, ``e`` the quadratic attention term, ``h`` the prefix term); per token
-        that is smallest at ``x = sqrt((a + c p) / e)``.  Larger chunks
-        spend more time per token in attention than they save in fixed cost.  ``None`` when the model
-        has no quadratic term (any chunk size is then as efficient).
+        ``a + (b + c + h p) x + c p + e x^2`` (``a`` the fixed cost it carries, ``e`` the quadratic
+        attention term, ``h`` the prefix term); per token that is smallest at
+        ``x = sqrt((a + c p) / e)``.  Larger chunks spend more time per token in attention than they
+        save in fixed cost.  A chunk joining a batch whose iteration others pay for carries only its
+        row's cost (``overhead_s = per_seq_s + per_mixed_seq_s``).  ``None`` when the model has no
+        quadratic term (any chunk size is then as efficient).
         """
         if self.per_chunk_sq_s <= 0:
             return None
-        fixed_s = max(self.fixed_s + self.per_prefill_iteration_s
-                      + self.per_context_token_s * prefix_tokens, 0.0)
+        if overhead_s is None:
+            overhead_s = self.fixed_s + self.per_prefill_iteration_s
+        fixed_s = max(overhead_s + self.per_context_token_s * prefix_tokens, 0.0)
         return max(1, int(math.sqrt(fixed_s / self.per_chunk_sq_s)))
 
     def max_chunk_tokens(self, room_s: float, prefix_tokens: int) -> int:

@@ -1,26 +1,40 @@
 """FairBatching (Lyu et al., arXiv 2510.14392): time-budgeted, three-phase batch formation.
 
-Each iteration:
+:meth:`FairBatchingPolicy.plan` reads as the paper's steps, each a method of its own:
 
-1. **Time budget.**  ``budget = safety * max(min_slack, min_tpot)`` over running decodes: the batch
-   may take as long as the most hurried decode can wait, but never less than one TPOT (a floor that
-   keeps batches from collapsing during a decode burst).  With no decodes, prefill runs unbounded in
-   time, limited by tokens and KV.
-2. **Urgent decodes** (ascending slack): a decode is urgent when sitting out this iteration would make
-   it miss its next deadline even if the next iteration serves it, i.e. ``slack < budget + floor``.
-   Urgent decodes always run.
-3. **Prefills**: partial (chunked) prefills first, then new ones by ascending first-token slack (or,
-   with client fairness, lowest VTC counter first).  Each gets the largest chunk the cost model says
-   fits the time left, so the chunk size falls out of the budget instead of a fixed token count.
-   Where the engine's extend path is dear (the cost model's mixing cost: no CUDA graph, a slow
-   per-sequence attention loop), an iteration's prefill work must at least match that overhead.
-   When the budget cannot fit that much, the prefill waits while the next prompt can afford one
-   more iteration (the short decode-only step banks slack, and the next budget fits a chunk worth
-   its overhead); when it cannot wait, the iteration is stretched to one such chunk rather than
-   paying the overhead for a sliver, which under overload would leave the machine busy with
-   overhead while the queue grows.
-4. **Remaining decodes** (ascending slack) while they fit.  Decodes left out banked enough slack to
-   sit out; that compute went to the prefill surge.
+0. **Order and budget** (:meth:`~FairBatchingPolicy.order_and_budget`).  Every running decode is
+   placed on its envelope line (:meth:`RequestState.next_deadline_s`); the iteration's time budget is
+   ``safety * max(min_slack, min_tpot)`` over the decodes that can still meet their SLO, so the
+   batch may take as long as the most hurried of them can wait, never less than one TPOT.  Waiting
+   prompts are ordered to bring the most of them in by their TTFT and none past its tail bound
+   (:meth:`~FairBatchingPolicy.prefill_order`).
+1. **Urgent decodes** (:meth:`~FairBatchingPolicy.urgent_decodes`): those that would miss their
+   next deadline if they sat this iteration out, in deadline order.  They always run.
+2. **Prefills** (:meth:`~FairBatchingPolicy.prefills`): continuing chunks, then new prompts in that
+   order, each given the largest chunk the cost model says fits the time left (at most its most
+   efficient size), so the chunk size falls out of the budget instead of a fixed token count.
+3. **Relaxed decodes** (:meth:`~FairBatchingPolicy.relaxed_decodes`): the rest, most hurried first,
+   while they fit.  Those left out banked enough slack to sit out: that compute went to the prefills.
+
+Where measurement and the paper disagree, the measurement decides (``docs/design.md``):
+
+* *Lost requests.*  Deadline order alone serves, under overload, the prompts that can no longer make
+  their TTFT first, making everything behind them late too; serving them last instead (the earlier
+  "demotion") kept the most requests on time but left a few to wait minutes, which users see as hung
+  requests.  The prompt order is therefore Moore-Hodgson's rule (which maximises the jobs done by
+  their deadlines: deadline order, and whenever one would be late, the *longest* job so far gives up
+  its place), with a second, hard deadline: a prompt that gave up its place, or cannot make its TTFT
+  even alone, is still scheduled to have its first token by ``late_ttft_factor`` (4) times its TTFT
+  SLO, inside the 5x past which users consider a request hung, and when that is at risk more prompts
+  give up their TTFT instead.
+* *Chunks from the cost model and the deadline.*  A chunk's attention grows with its square, so
+  within an iteration whose fixed cost the decodes already pay, several smaller chunks are cheaper
+  than one large one.  A prompt with slack is therefore prefilled over ``chunk_spread`` (half) of the
+  iterations its slack allows, never in pieces smaller than the size at which another batch row
+  costs more than the attention it saves, never larger than the most efficient chunk alone.  Decodes that missed their TTFT, or whose last possible token is past its line,
+  stop pinning the budget and keep a slower line of their own (``lost_tpot_factor``).
+* *The extend path's overhead* (CPU engines, no CUDA graph): an iteration's prefill must carry at
+  least as much work as the overhead it brings; a sliver of prefill waits, or the budget stretches.
 
 Prefill Admission Budget and admission control come from :func:`prefill_admission_budget`.
 """
@@ -28,16 +42,27 @@ Prefill Admission Budget and admission control come from :func:`prefill_admissio
 from __future__ import annotations
 
 import bisect
+import heapq
+import itertools
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .base import UNLIMITED, BatchBuilder, BatchPolicy, IterationView, Plan, first_token_deadline
+from .base import (
+    UNLIMITED,
+    BatchBuilder,
+    BatchPolicy,
+    IterationView,
+    Plan,
+    decode_utilisation,
+    first_token_deadline,
+)
 from .cost_model import CostModel, OnlineCostModel
 from .fairness import ClientCounters
 from .request import RequestState
 
-__all__ = ["FairBatchingPolicy"]
+__all__ = ["FairBatchingPolicy", "IterationOrder"]
 
 #: Adaptive budget safety: the margin before enough iterations were measured, the floor, and the
 #: window / refresh period of the measured-over-predicted ratios it is derived from.
@@ -46,6 +71,36 @@ MIN_SAFETY = 0.8
 ERROR_WINDOW = 256
 ERROR_MIN_SAMPLES = 32
 ERROR_REFRESH = 32
+#: Smallest share of the machine the prompt order assumes prefills get (decodes may fill the rest).
+MIN_PREFILL_SHARE = 0.05
+
+
+@dataclass(slots=True)
+class IterationOrder:
+    """What step 0 decides: the decodes on their lines, the time budget, and the prompt order."""
+
+    budget_s: float
+    floor_s: float
+    #: Decodes that can still meet their SLO, by next deadline, and those deadlines.
+    protected: list[RequestState] = field(default_factory=list)
+    deadlines: list[float] = field(default_factory=list)
+    #: Decodes that cannot, by the deadline of their slower line, and those deadlines.
+    lost: list[RequestState] = field(default_factory=list)
+    lost_deadlines: list[float] = field(default_factory=list)
+    #: Partially prefilled prompts (they keep their place), then the waiting ones in serving order.
+    prefills: list[RequestState] = field(default_factory=list)
+    #: With client fairness: the partial prompts and the waiting ones, re-picked by VTC counter
+    #: after every admission (the counters change as chunks are charged).
+    partial: list[RequestState] = field(default_factory=list)
+    waiting: list[RequestState] = field(default_factory=list)
+    #: Waiting prompts that gave up their TTFT to keep the others (or everyone's tail) on time.
+    late_prompts: int = 0
+
+    @property
+    def urgent_until_s(self) -> float:
+        """Offset from now: a decode due before this cannot sit out (this iteration's end plus the
+        next one's floor)."""
+        return self.budget_s + self.floor_s
 
 
 class FairBatchingPolicy(BatchPolicy):
@@ -66,6 +121,8 @@ class FairBatchingPolicy(BatchPolicy):
         output_weight: float = 2.0,
         demote_lost_requests: bool = True,
         lost_tpot_factor: float = 2.0,
+        late_ttft_factor: float = 4.0,
+        chunk_spread: float = 0.5,
     ) -> None:
         super().__init__(cost_model, default_ttft_slo_s=default_ttft_slo_s)
         if budget_safety is not None and not 0 < budget_safety <= 1:
@@ -87,122 +144,29 @@ class FairBatchingPolicy(BatchPolicy):
             raise ValueError("max_chunk_tokens must be >= 0 (0 = no cap) or None (auto)")
         self.max_chunk_tokens = max_chunk_tokens
         self.clients = ClientCounters(input_weight, output_weight) if client_fairness else None
-        # Requests that can no longer meet their SLO go behind those that still can: a waiting
-        # prompt past its TTFT (even prefilled alone, now), a decode that missed its TTFT or whose
-        # last possible token is already past its line.  Under overload, deadline order would
-        # otherwise spend the machine on lost causes first and make everything behind them late.
+        # Requests that can no longer meet their SLO are served so as to keep the others on time,
+        # within a tail bound (module docstring); False is the paper's plain deadline order.
         self.demote_lost_requests = demote_lost_requests
         if not lost_tpot_factor >= 1:
             raise ValueError("lost_tpot_factor must be >= 1")
         self.lost_tpot_factor = lost_tpot_factor
+        if not late_ttft_factor >= 1:
+            raise ValueError("late_ttft_factor must be >= 1")
+        # A prompt that cannot meet its TTFT is still scheduled to be served within this many TTFT
+        # SLOs: one SLO inside the 5x tail past which users consider a request hung, a margin for
+        # the completion-time estimate (cost model, share of the machine) it is scheduled on.
+        self.late_ttft_factor = late_ttft_factor
+        if not 0 <= chunk_spread <= 1:
+            raise ValueError("chunk_spread must be in [0, 1] (0: no spreading)")
+        # A prompt with slack is prefilled over that share of the iterations its slack allows.
+        self.chunk_spread = chunk_spread
 
-    def time_budget_s(self, view: IterationView) -> tuple[float, float]:
-        """Return ``(budget, floor)`` for this iteration, both in seconds."""
-        if not view.decodes:
-            return self.max_time_budget_s, 0.0
-        min_tpot_s = min(request.tpot_slo_s for request in view.decodes)
-        protected = [r for r in view.decodes if not self.is_lost(r, view.now_s)]
-        if not protected:
-            return self._budget(min_tpot_s, min_tpot_s)
-        return self._budget(min(map(_next_deadline, protected)) - view.now_s, min_tpot_s)
-
-    def is_lost(self, request: RequestState, now_s: float) -> bool:
-        """Whether a decode can no longer meet its SLO (and ``demote_lost_requests`` is on): it
-        missed its TTFT, or even its last possible token (``max_new_tokens``) is past its line."""
-        return self.demote_lost_requests and _is_lost(request, now_s)
-
-    def _budget(self, min_slack_s: float, min_tpot_s: float) -> tuple[float, float]:
-        floor_s = self.budget_safety * min_tpot_s
-        budget_s = max(self.budget_safety * min_slack_s, floor_s)
-        return min(budget_s, max(self.max_time_budget_s, floor_s)), floor_s
-
+    # ================================================================== the iteration, step by step
     def plan(self, view: IterationView) -> Plan:
-        now = view.now_s
-        decodes = view.decodes
-        lost: list[RequestState] = []
-        if decodes:
-            # One pass computes every deadline; the order, the budget and urgency all reuse it.
-            deadlines = []
-            lost_ranks = []
-            min_tpot_s = math.inf
-            demote = self.demote_lost_requests
-            for index, request in enumerate(decodes):  # next_deadline_s, inlined (the hot loop)
-                due_s = request.arrival_s + request.ttft_slo_s
-                first_s = request.first_token_s
-                tpot_s = request.tpot_slo_s
-                if first_s is not None and first_s < due_s:
-                    due_s = first_s
-                if demote and _is_lost(request, now):
-                    lost_ranks.append(index)
-                deadlines.append(due_s + request.generated_tokens * tpot_s)
-                if tpot_s < min_tpot_s:
-                    min_tpot_s = tpot_s
-            if lost_ranks:
-                lost_set = set(lost_ranks)
-                # A lost decode keeps a slower line of its own: a token within lost_tpot_factor
-                # TPOTs of its last one, so it still streams instead of stalling.
-                factor = self.lost_tpot_factor
-                for index in lost_ranks:
-                    request = decodes[index]
-                    deadlines[index] = request.last_token_s + factor * request.tpot_slo_s
-                lost_ranks.sort(key=deadlines.__getitem__)
-                lost = [decodes[i] for i in lost_ranks]
-                lost_deadlines = [deadlines[i] for i in lost_ranks]
-                order = sorted((i for i in range(len(decodes)) if i not in lost_set),
-                               key=deadlines.__getitem__)
-            else:
-                order = sorted(range(len(decodes)), key=deadlines.__getitem__)
-            by_slack = [decodes[i] for i in order]
-            # The budget protects the decodes that can still meet their SLO.
-            min_slack_s = deadlines[order[0]] - now if order else min_tpot_s
-            budget_s, floor_s = self._budget(min_slack_s, min_tpot_s)
-        else:
-            deadlines, order, by_slack = [], [], []
-            budget_s, floor_s = self.max_time_budget_s, 0.0
-        # Phase 1: urgent decodes always run (only KV and seats can stop them): those whose next
-        # deadline falls before this iteration's end plus the next one's floor.
-        urgent_until_s = now + budget_s + floor_s
-        first_relaxed = len(by_slack)
-        for rank, index in enumerate(order):
-            if deadlines[index] >= urgent_until_s and decodes[index].can_skip:
-                first_relaxed = rank
-                break
-        forced = by_slack[:first_relaxed]
-        if lost:  # those due on their slower line run too
-            lost_due = bisect.bisect_left(lost_deadlines, urgent_until_s)
-            forced = forced + lost[:lost_due]
-            lost = lost[lost_due:]
-        builder = self._with_urgent_decodes(view, budget_s, forced)
-
-        # Phase 2: prefills, continuing chunks first, then new ones.
-        self._add_prefills(builder, view)
-        worthwhile = self._worthwhile_chunk_tokens(builder, view, now + budget_s + floor_s)
-        if worthwhile is not None:
-            # The prefill carried less work than its extend overhead: redo phase 2, deferring the
-            # prefill (0) or with one chunk worth the overhead.
-            self._refund(builder)
-            builder = self._with_urgent_decodes(view, budget_s, forced)
-            if worthwhile:
-                # Stretch the budget to hold that much prefill work, over one prompt or several
-                # short ones (relaxed decodes then sit out, as they would for any prefill surge).
-                model = builder.model
-                stretched_s = (builder.predicted_s + model.mixing_cost_s(builder.plan.urgent_decodes)
-                               + model.prefill_cost_s(worthwhile, 0))
-                builder.time_budget_s = builder.plan.time_budget_s = stretched_s
-                self._add_prefills(builder, view)
-                if not builder.mixed:  # nothing could use it (the prefill cap, a minimum chunk)
-                    builder.time_budget_s = builder.plan.time_budget_s = budget_s
-
-        # Phase 3: decodes that could wait, most hurried first, while they fit; the lost ones
-        # lead (they have no SLO left, but finishing them frees their KV).
-        # Once one skippable decode does not fit, the rest sit out, but a decode that cannot be
-        # skipped (penalizers, grammar) still runs, whatever comes before it.
-        relaxed = lost + by_slack[first_relaxed:] if lost else by_slack[first_relaxed:]
-        added = builder.add_decodes(relaxed)
-        for request in relaxed[added:]:
-            if not request.can_skip:
-                builder.add_decode(request, force=True)
-
+        order = self.order_and_budget(view)
+        builder = self.urgent_decodes(view, order)
+        builder = self.prefills(builder, view, order)
+        self.relaxed_decodes(builder, order)
         if builder.plan.empty:
             self.ensure_progress(builder, view)
         plan = builder.finish(view)
@@ -211,38 +175,193 @@ class FairBatchingPolicy(BatchPolicy):
                 self.clients.charge_output(request)
         return plan
 
-    def _with_urgent_decodes(self, view: IterationView, budget_s: float,
-                             urgent: list[RequestState]) -> BatchBuilder:
+    # ------------------------------------------------------------------ 0. order and budget
+    def order_and_budget(self, view: IterationView) -> IterationOrder:
+        """Decodes on their lines, the time budget they allow, and the order prompts are served in."""
+        now_s = view.now_s
+        order = IterationOrder(self.max_time_budget_s, 0.0)
+        if view.decodes:
+            self._order_decodes(view.decodes, now_s, order)
+            min_tpot_s = min(request.tpot_slo_s for request in view.decodes)
+            # The budget protects the decodes that can still meet their SLO.
+            min_slack_s = order.deadlines[0] - now_s if order.protected else min_tpot_s
+            order.budget_s, order.floor_s = self._budget(min_slack_s, min_tpot_s)
+        order.prefills = self.prefill_order(view, order)
+        return order
+
+    def time_budget_s(self, view: IterationView) -> tuple[float, float]:
+        """``(budget, floor)`` for this iteration, both in seconds."""
+        order = IterationOrder(self.max_time_budget_s, 0.0)
+        if not view.decodes:
+            return order.budget_s, order.floor_s
+        self._order_decodes(view.decodes, view.now_s, order)
+        min_tpot_s = min(request.tpot_slo_s for request in view.decodes)
+        min_slack_s = order.deadlines[0] - view.now_s if order.protected else min_tpot_s
+        return self._budget(min_slack_s, min_tpot_s)
+
+    def _order_decodes(self, decodes, now_s: float, order: IterationOrder) -> None:
+        protected: list[tuple[float, int, RequestState]] = []
+        lost: list[tuple[float, int, RequestState]] = []
+        demote = self.demote_lost_requests
+        factor = self.lost_tpot_factor
+        for index, request in enumerate(decodes):
+            if demote and request.is_lost(now_s):
+                # A lost decode keeps a slower line of its own: a token within lost_tpot_factor
+                # TPOTs of its last one, so it still streams instead of stalling.
+                lost.append((request.last_token_s + factor * request.tpot_slo_s, index, request))
+            else:
+                protected.append((request.next_deadline_s, index, request))
+        protected.sort()
+        order.protected = [entry[2] for entry in protected]
+        order.deadlines = [entry[0] for entry in protected]
+        if lost:
+            lost.sort()
+            order.lost = [entry[2] for entry in lost]
+            order.lost_deadlines = [entry[0] for entry in lost]
+
+    def is_lost(self, request: RequestState, now_s: float) -> bool:
+        """Whether a decode is treated as lost (:meth:`RequestState.is_lost`, when demotion is on)."""
+        return self.demote_lost_requests and request.is_lost(now_s)
+
+    def _budget(self, min_slack_s: float, min_tpot_s: float) -> tuple[float, float]:
+        floor_s = self.budget_safety * min_tpot_s
+        budget_s = max(self.budget_safety * min_slack_s, floor_s)
+        return min(budget_s, max(self.max_time_budget_s, floor_s)), floor_s
+
+    def prefill_order(self, view: IterationView, order: IterationOrder) -> list[RequestState]:
+        """Partial prefills first (a chunked prompt finishes), then the waiting prompts: by VTC
+        counter with client fairness, else by TTFT deadline, keeping the most of them on time
+        within the tail bound (:meth:`_most_on_time`)."""
+        prefills = view.prefills
+        split = 0
+        while split < len(prefills) and prefills[split].prefilled_tokens > 0:
+            split += 1
+        partial, waiting = list(prefills[:split]), prefills[split:]
+        if self.clients is not None:
+            self.clients.update_backlog(waiting)
+            order.partial, order.waiting = partial, list(waiting)
+            return partial + self.clients.order(waiting, key=first_token_deadline)
+        if len(waiting) < 2:
+            return partial + list(waiting)
+        if not self.demote_lost_requests:
+            return partial + sorted(waiting, key=first_token_deadline)
+        return partial + self._most_on_time(partial, waiting, view, order)
+
+    def _most_on_time(self, partial, waiting, view: IterationView, order: IterationOrder) -> list[RequestState]:
+        """Moore-Hodgson with a tail bound: deadline order; whenever a prompt would finish after its
+        TTFT deadline, the longest prompt scheduled so far gives up its TTFT and takes a later
+        deadline instead, ``arrival + late_ttft_factor * ttft``; whenever one would finish after
+        that, the longest one still holding a TTFT deadline gives it up.
+
+        Completion times are estimated from the cost model with prefills served in this order at
+        the share of the machine the running decodes leave them (as the PAB assumes).  A prompt
+        that cannot make its TTFT even if served next starts on its tail deadline.  O(m log m).
+        """
+        model = self.cost_model
+        share = max(MIN_PREFILL_SHARE, 1.0 - decode_utilisation(view.decodes, model))
+        now_s = view.now_s
+        finish_s = now_s + sum(model.prefill_cost_s(r.remaining_prefill_tokens, r.prefilled_tokens)
+                               for r in partial) / share
+        tail = self.late_ttft_factor
+        queue: list[tuple[float, int, bool]] = []  # (deadline, index, on its tail deadline)
+        costs = []
+        gave_up = 0
+        for index, request in enumerate(waiting):
+            cost_s = model.prefill_cost_s(request.remaining_prefill_tokens, 0) / share
+            costs.append(cost_s)
+            due_s = first_token_deadline(request)
+            if now_s + cost_s > due_s:  # cannot make it even alone
+                queue.append((request.arrival_s + tail * request.ttft_slo_s, index, True))
+                gave_up += 1
+            else:
+                queue.append((due_s, index, False))
+        heapq.heapify(queue)
+        served: list[int | None] = []
+        holding: list[tuple[float, int, int]] = []  # max-heap by cost of prompts on a TTFT deadline
+        while queue:
+            due_s, index, on_tail = heapq.heappop(queue)
+            finish_s += costs[index]
+            served.append(index)
+            if not on_tail:
+                heapq.heappush(holding, (-costs[index], len(served) - 1, index))
+            while finish_s > due_s and holding:
+                negative_cost_s, slot, longest = heapq.heappop(holding)
+                finish_s += negative_cost_s
+                served[slot] = None
+                request = waiting[longest]
+                heapq.heappush(queue, (request.arrival_s + tail * request.ttft_slo_s, longest, True))
+                gave_up += 1
+        order.late_prompts = gave_up
+        return [waiting[index] for index in served if index is not None]
+
+    # ------------------------------------------------------------------ 1. urgent decodes
+    def urgent_decodes(self, view: IterationView, order: IterationOrder) -> BatchBuilder:
+        """The decodes that cannot sit out, forced in: due before this iteration's end plus the next
+        one's floor, or not allowed to sit out (penalizers, grammar) and ranked before the first
+        relaxed one; lost decodes due on their slower line too."""
+        urgent_until_s = view.now_s + order.urgent_until_s
+        deadlines = order.deadlines
+        first_relaxed = len(order.protected)
+        for rank, request in enumerate(order.protected):
+            if deadlines[rank] >= urgent_until_s and request.can_skip:
+                first_relaxed = rank
+                break
+        forced = order.protected[:first_relaxed]
+        order.protected = order.protected[first_relaxed:]
+        if order.lost:
+            lost_due = bisect.bisect_left(order.lost_deadlines, urgent_until_s)
+            forced = forced + order.lost[:lost_due]
+            order.lost = order.lost[lost_due:]
+        return self._builder_with(view, order.budget_s, forced)
+
+    def _builder_with(self, view: IterationView, budget_s: float, urgent: list[RequestState]) -> BatchBuilder:
         builder = BatchBuilder(view, self.cost_model, time_budget_s=budget_s)
         builder.add_decodes(urgent, force=True)
         builder.plan.urgent_decodes = len(builder.plan.decodes)
         return builder
 
-    def _add_prefills(self, builder: BatchBuilder, view: IterationView) -> None:
-        """Grant chunks in order while time, KV and seats last."""
-        prefills = view.prefills
-        # Partial prefills lead the view; they keep their place so a chunked prompt finishes.
-        split = 0
-        while split < len(prefills) and prefills[split].prefilled_tokens > 0:
-            split += 1
-        waiting = prefills[split:]
-        if self.clients is not None:
-            self.clients.update_backlog(waiting)
-            waiting = self.clients.pick(waiting, key=first_token_deadline)
-        elif len(waiting) > 1:
-            waiting = sorted(waiting, key=first_token_deadline)
-            if self.demote_lost_requests:
-                waiting = self._late_last(waiting, view.now_s, builder.model)
-        for group in (prefills[:split], waiting):
-            for request in group:
-                granted = builder.add_prefill(request, min_chunk=self.min_chunk_tokens,
-                                              max_chunk=self._chunk_cap(builder.model, request))
-                if granted and self.clients is not None:
-                    self.clients.charge_prefill(request, granted)
-                if builder.time_left_s <= 0 or builder.kv_left <= 0 or builder.seats_left <= 0:
-                    return
+    # ------------------------------------------------------------------ 2. prefills
+    def prefills(self, builder: BatchBuilder, view: IterationView, order: IterationOrder) -> BatchBuilder:
+        """Chunks in ``order.prefills`` while time, KV and seats last; then the extend-overhead rule
+        (module docstring): when the prefill planned carries less work than the extend overhead it
+        brings, defer it (the next prompt can wait an iteration) or stretch the budget to one
+        chunk worth it."""
+        self._grant_chunks(builder, view, order)
+        worthwhile = self._worthwhile_chunk_tokens(builder, view, order, view.now_s + order.urgent_until_s)
+        if worthwhile is None:
+            return builder
+        self._refund(builder)
+        urgent = builder.plan.decodes[: builder.plan.urgent_decodes]
+        builder = self._builder_with(view, order.budget_s, urgent)
+        if worthwhile:
+            # Stretch the budget to hold that much prefill work, over one prompt or several short
+            # ones (relaxed decodes then sit out, as they would for any prefill surge).
+            model = builder.model
+            stretched_s = (builder.predicted_s + model.mixing_cost_s(builder.plan.urgent_decodes)
+                           + model.prefill_cost_s(worthwhile, 0))
+            builder.time_budget_s = builder.plan.time_budget_s = stretched_s
+            self._grant_chunks(builder, view, order)
+            if not builder.mixed:  # nothing could use it (the prefill cap, a minimum chunk)
+                builder.time_budget_s = builder.plan.time_budget_s = order.budget_s
+        return builder
 
-    def _worthwhile_chunk_tokens(self, builder: BatchBuilder, view: IterationView,
+    def _grant_chunks(self, builder: BatchBuilder, view: IterationView, order: IterationOrder) -> None:
+        model = builder.model
+        prefills = order.prefills
+        if self.clients is not None:  # lowest counter first, re-chosen after every charge
+            prefills = itertools.chain(order.partial, self.clients.pick(order.waiting, key=first_token_deadline))
+        # Iterations come about once per budget while decodes run; with none, nothing is spread.
+        period_s = order.budget_s if view.decodes and math.isfinite(order.budget_s) else 0.0
+        for request in prefills:
+            granted = builder.add_prefill(request, min_chunk=self.min_chunk_tokens,
+                                          max_chunk=self._chunk_cap(model, request, view.now_s, period_s))
+            if granted and self.clients is not None:
+                self.clients.charge_prefill(request, granted)
+            if (builder.time_left_s <= 0 or builder.kv_left <= 0 or builder.seats_left <= 0
+                    or builder.admission_blocked):
+                return
+
+    def _worthwhile_chunk_tokens(self, builder: BatchBuilder, view: IterationView, order: IterationOrder,
                                  next_end_s: float) -> int | None:
         """``None`` when phase 2 stands; otherwise redo it with no prefill (0) or with a budget
         stretched to hold this many prompt tokens.
@@ -254,32 +373,20 @@ class FairBatchingPolicy(BatchPolicy):
         overhead.
         """
         model = builder.model
-        if not view.decodes or not view.prefills:
+        if not view.decodes or not order.prefills:
             return None
         if builder.mixed and builder.prefill_work_s >= builder.mixing_s:
             return None
         mixing_s = model.mixing_cost_s(builder.plan.urgent_decodes)
         if mixing_s <= 0:
             return None
-        if not builder.mixed and (builder.kv_left <= 0 or builder.seats_left <= 0):
+        if not builder.mixed and (builder.kv_left <= 0 or builder.seats_left <= 0 or builder.admission_blocked):
             return None  # memory or seats, not time, keep the prompts out
-        head = view.prefills[0] if view.prefills[0].prefilled_tokens > 0 else min(
-            view.prefills, key=first_token_deadline)
+        head = order.prefills[0]
         finish_s = next_end_s + model.prefill_cost_s(head.remaining_prefill_tokens, head.prefilled_tokens)
         if finish_s <= first_token_deadline(head):
             return 0 if builder.mixed else None  # it can wait: decode-only now, slack banks
         return model.max_chunk_tokens(mixing_s, 0) + 1
-
-    @staticmethod
-    def _late_last(waiting: list[RequestState], now_s: float, model: CostModel) -> list[RequestState]:
-        """``waiting`` (in deadline order) with the prompts that can no longer meet their TTFT
-        moved behind the others, keeping each group's order."""
-        late = [request for request in waiting
-                if now_s + model.prefill_cost_s(request.prompt_tokens, 0) > first_token_deadline(request)]
-        if not late or len(late) == len(waiting):
-            return waiting
-        late_ids = {id(request) for request in late}
-        return [request for request in waiting if id(request) not in late_ids] + late
 
     def _refund(self, builder: BatchBuilder) -> None:
         """The VTC counters were charged for chunks of a plan that is being redone."""
@@ -287,6 +394,37 @@ class FairBatchingPolicy(BatchPolicy):
             for chunk in builder.plan.prefills:
                 self.clients.refund_prefill(chunk.request, chunk.tokens)
 
+    def _chunk_cap(self, model: CostModel, request: RequestState, now_s: float, period_s: float) -> int:
+        """The largest chunk ``request`` gets this iteration: ``max_chunk_tokens`` when set, else
+        the most efficient chunk alone, lowered for a first prompt with slack to its share of the
+        iterations until its deadline (module docstring), never below the minimum chunk, so a cap
+        cannot starve a prompt of progress."""
+        if self.max_chunk_tokens is not None:
+            return self.max_chunk_tokens or UNLIMITED
+        prefix = request.prefilled_tokens
+        efficient = model.efficient_chunk_tokens(prefix)
+        if efficient is None:
+            return UNLIMITED
+        cap = efficient
+        slack_s = first_token_deadline(request) - now_s
+        if self.chunk_spread > 0 and period_s > 0 and slack_s > period_s and request.generated_tokens == 0:
+            iterations = self.chunk_spread * slack_s / period_s
+            in_batch = model.efficient_chunk_tokens(prefix, overhead_s=model.per_seq_s + model.per_mixed_seq_s)
+            cap = min(cap, max(in_batch, int(math.ceil(request.remaining_prefill_tokens / iterations))))
+        return max(cap, self.min_chunk_tokens)
+
+    # ------------------------------------------------------------------ 3. relaxed decodes
+    def relaxed_decodes(self, builder: BatchBuilder, order: IterationOrder) -> None:
+        """Decodes that could wait, most hurried first, while they fit; the lost ones lead (they
+        have no SLO left, but finishing them frees their KV).  Once one skippable decode does not
+        fit, the rest sit out, but a decode that cannot be skipped still runs."""
+        relaxed = order.lost + order.protected if order.lost else order.protected
+        added = builder.add_decodes(relaxed)
+        for request in relaxed[added:]:
+            if not request.can_skip:
+                builder.add_decode(request, force=True)
+
+    # ================================================================== feedback and state
     def observe(self, plan: Plan, measured_s: float) -> None:
         super().observe(plan, measured_s)
         if self.fixed_safety is not None or not plan.predicted_s > 0:
@@ -302,13 +440,6 @@ class FairBatchingPolicy(BatchPolicy):
             over = max(float(np.percentile(ratios, 90)) - 1.0, 0.0)
             self.budget_safety = min(1.0, max(MIN_SAFETY, 1.0 / (1.0 + over)))
 
-    def _chunk_cap(self, model: CostModel, request: RequestState) -> int:
-        if self.max_chunk_tokens is None:
-            efficient = model.efficient_chunk_tokens(request.prefilled_tokens)
-            # Never below the minimum chunk, so a cap cannot starve a prompt of progress.
-            return UNLIMITED if efficient is None else max(efficient, self.min_chunk_tokens)
-        return self.max_chunk_tokens or UNLIMITED
-
     def release(self, request: RequestState) -> None:
         if self.clients is not None:
             self.clients.forget(request)
@@ -323,26 +454,7 @@ class FairBatchingPolicy(BatchPolicy):
             client_fairness=self.clients is not None,
             demote_lost_requests=self.demote_lost_requests,
             lost_tpot_factor=self.lost_tpot_factor,
+            late_ttft_factor=self.late_ttft_factor,
+            chunk_spread=self.chunk_spread,
         )
         return info
-
-
-def _is_lost(request: RequestState, now_s: float) -> bool:
-    """A decode that missed its TTFT, or whose last possible token is already past its line."""
-    first_s = request.first_token_s
-    if first_s is None:
-        return False
-    due_s = request.arrival_s + request.ttft_slo_s
-    if first_s > due_s:
-        return True
-    last = request.max_new_tokens
-    return bool(last) and now_s > first_s + (last - 1) * request.tpot_slo_s
-
-
-def _next_deadline(request: RequestState) -> float:
-    # RequestState.next_deadline_s, inlined: this runs for every decode of every iteration.
-    due_s = request.arrival_s + request.ttft_slo_s
-    first_s = request.first_token_s
-    if first_s is not None and first_s < due_s:
-        due_s = first_s
-    return due_s + request.generated_tokens * request.tpot_slo_s
