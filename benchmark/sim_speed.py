@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
 
-from sglang_fair.policy import load_cost_model, make_policy  # noqa: E402
+from sglang_fair.policy import build_policy, load_cost_model  # noqa: E402
 from sglang_fair.sim import load_trace, make_workload, shared_dir, simulate, summarize  # noqa: E402
 
 
@@ -43,14 +43,14 @@ def main() -> int:
         if args.profile:
             profiler = cProfile.Profile()
             profiler.enable()
-            simulate(workload, lambda: make_policy(name, model))
+            simulate(workload, lambda: build_policy(name, model))
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
             continue
         runs = []
         for _ in range(max(1, args.repeats)):
             cpu = time.process_time()
-            result = simulate(workload, lambda: make_policy(name, model))
+            result = simulate(workload, lambda: build_policy(name, model))
             runs.append((result.wall_s, result, time.process_time() - cpu))
         runs.sort(key=lambda run: run[0])
         _, result, cpu = runs[len(runs) // 2]  # the median run, not the best one

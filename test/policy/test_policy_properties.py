@@ -291,12 +291,14 @@ def test_lost_decodes_do_not_set_the_budget_and_may_sit_out():
 
 def test_a_decode_past_its_last_possible_deadline_is_lost():
     # On time for its TTFT, but 3 s behind with at most 10 tokens left at 50 ms each.
-    behind = make_request("b", NOW - 4, 100, 1.0, 0.05, generated=5, first_token_s=NOW - 3.9)
-    behind.prefilled_tokens = 100
     policy = FairBatchingPolicy(A100)
-    behind.max_new_tokens = 15
-    assert policy.is_lost(behind, NOW)
-    behind.max_new_tokens = 200  # may still catch up over a long output
-    assert not policy.is_lost(behind, NOW)
-    behind.max_new_tokens = None
-    assert not policy.is_lost(behind, NOW)
+
+    def behind(max_new_tokens):
+        request = make_request("b", NOW - 4, 100, 1.0, 0.05, generated=5, prefilled=100)
+        request.max_new_tokens = max_new_tokens  # a request's cap is known before its first token
+        request.first_token_s = NOW - 3.9
+        return request
+
+    assert policy.is_lost(behind(15), NOW)
+    assert not policy.is_lost(behind(200), NOW)  # may still catch up over a long output
+    assert not policy.is_lost(behind(None), NOW)

@@ -148,3 +148,34 @@ def test_scheduler_cpu_time_is_reported():
     s = summarize(simulate(w, lambda: make_policy("fairbatching", A100)))
     assert s["iterations"] > 30 and 0 < s["plan_cpu_us_per_iter"] < 10_000
     assert math.isfinite(s["tbt_p99_s"])
+
+
+@pytest.mark.parametrize("policy", ["fairbatching", "sarathi", "vtc"])
+@pytest.mark.parametrize("noise", [0.0, 0.1])
+def test_decode_runs_play_the_same_iterations_as_one_step_at_a_time(policy, noise, monkeypatch):
+    """The engine plays a run of decode steps in one go; every outcome must be what stepping one
+    iteration at a time gives (times, tokens, envelope, gaps, the policy's online model)."""
+    from sglang_fair.policy import build_policy
+    from sglang_fair.sim.engine import Replica
+
+    rng = np.random.default_rng(4)
+    n = 150
+    w = small_workload(rng.integers(20, 1500, n), rng.integers(1, 120, n), np.sort(rng.uniform(0, 20, n)),
+                       clients=rng.integers(0, 2, n))
+    config = EngineConfig(kv_capacity_tokens=60_000, noise_sigma=noise)
+    options = {"client_fairness": True} if policy == "fairbatching" else {}
+    results, policies = [], []
+    for runs in (False, True):
+        monkeypatch.setattr(Replica, "decode_runs", runs)
+        policies.append(build_policy(policy, A100, options=options))
+        results.append(simulate(w, lambda: policies[-1], config=config, replicas=1, seed=3))
+    step, run = results
+    for field_name in ("first_token_s", "finish_s", "worst_slack_s", "max_tbt_s"):
+        np.testing.assert_allclose(getattr(run, field_name), getattr(step, field_name), rtol=1e-9, atol=1e-9)
+    assert run.iterations == step.iterations and run.busy_s == pytest.approx(step.busy_s)
+    assert summarize(run)["tbt_p99_s"] == pytest.approx(summarize(step)["tbt_p99_s"])
+    assert int(run.tbt_counts.sum()) == int(step.tbt_counts.sum()) and len(run.tbt_gaps_s) < len(step.tbt_gaps_s)
+    np.testing.assert_allclose(policies[1].cost_model.coefficients(), policies[0].cost_model.coefficients(),
+                               rtol=1e-6, atol=1e-15)
+    if policy == "vtc":
+        assert policies[1].clients.counters == pytest.approx(policies[0].clients.counters)

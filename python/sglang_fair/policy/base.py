@@ -56,6 +56,8 @@ class IterationView:
     max_prefill_tokens: int = UNLIMITED
     admission_kv_tokens: float = UNLIMITED
     admission_seats: int = UNLIMITED
+    #: The decodes' summed ``context_tokens``, when the driver keeps it (saves a pass over them).
+    decode_context_tokens: int | None = None
 
     @property
     def kv_used_fraction(self) -> float:
@@ -181,7 +183,6 @@ class BatchBuilder:
         added_s = 0.0
         added_context = 0
         count = 0
-        decodes = self.plan.decodes
         for request in requests:
             if count >= limit:
                 break
@@ -192,8 +193,8 @@ class BatchBuilder:
             added_s += cost_s
             added_context += context
             count += 1
-            decodes.append(request)
         if count:
+            self.plan.decodes.extend(requests[:count] if count < len(requests) else requests)
             self.kv_left -= count
             self.seats_left -= count
             self.tokens_left -= count
@@ -203,6 +204,24 @@ class BatchBuilder:
             shape.sum_context += added_context
             shape.num_seqs += count
         return count
+
+    def add_all_decodes(self, requests: Sequence[RequestState], sum_context: int) -> None:
+        """Add every one of ``requests`` (the caller checked KV and seats) whose contexts sum to
+        ``sum_context``: the decode step's accounting without a pass over the requests."""
+        count = len(requests)
+        model = self.model
+        per_decode_s = model.per_new_token_s + model.per_seq_s
+        if self.mixed:
+            per_decode_s += model.per_mixed_seq_s
+        self.kv_left -= count
+        self.seats_left -= count
+        self.tokens_left -= count
+        self.predicted_s += per_decode_s * count + model.per_context_token_s * sum_context
+        self.plan.decodes.extend(requests)
+        shape = self.plan.shape
+        shape.new_tokens += count
+        shape.sum_context += sum_context
+        shape.num_seqs += count
 
     def add_prefill(self, request: RequestState, *, min_chunk: int = 1, force: bool = False,
                     max_chunk: int = UNLIMITED) -> int:
@@ -282,7 +301,10 @@ class BatchPolicy:
         """The iteration a driver runs when nothing waits to be prefilled: every decode.  A decode
         that sat out would free compute for nobody (SGLang's decode step in the runtime)."""
         builder = BatchBuilder(view, self.cost_model)
-        builder.add_decodes(view.decodes, force=True)
+        if view.decode_context_tokens is None or len(view.decodes) > min(builder.kv_left, builder.seats_left):
+            builder.add_decodes(view.decodes, force=True)
+        else:
+            builder.add_all_decodes(view.decodes, view.decode_context_tokens)
         return builder.finish(view)
 
     def observe(self, plan: Plan, measured_s: float) -> None:

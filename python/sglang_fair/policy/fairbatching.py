@@ -45,9 +45,8 @@ import bisect
 import heapq
 import itertools
 import math
+import operator
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from .base import (
     UNLIMITED,
@@ -63,6 +62,8 @@ from .fairness import ClientCounters
 from .request import RequestState
 
 __all__ = ["FairBatchingPolicy", "IterationOrder"]
+
+_next_deadline = operator.attrgetter("next_deadline_s")
 
 #: Adaptive budget safety: the margin before enough iterations were measured, the floor, and the
 #: window / refresh period of the measured-over-predicted ratios it is derived from.
@@ -169,11 +170,7 @@ class FairBatchingPolicy(BatchPolicy):
         self.relaxed_decodes(builder, order)
         if builder.plan.empty:
             self.ensure_progress(builder, view)
-        plan = builder.finish(view)
-        if self.clients is not None:
-            for request in plan.decodes:
-                self.clients.charge_output(request)
-        return plan
+        return builder.finish(view)
 
     # ------------------------------------------------------------------ 0. order and budget
     def order_and_budget(self, view: IterationView) -> IterationOrder:
@@ -200,22 +197,19 @@ class FairBatchingPolicy(BatchPolicy):
         return self._budget(min_slack_s, min_tpot_s)
 
     def _order_decodes(self, decodes, now_s: float, order: IterationOrder) -> None:
-        protected: list[tuple[float, int, RequestState]] = []
-        lost: list[tuple[float, int, RequestState]] = []
-        demote = self.demote_lost_requests
-        factor = self.lost_tpot_factor
-        for index, request in enumerate(decodes):
-            if demote and request.is_lost(now_s):
-                # A lost decode keeps a slower line of its own: a token within lost_tpot_factor
-                # TPOTs of its last one, so it still streams instead of stalling.
-                lost.append((request.last_token_s + factor * request.tpot_slo_s, index, request))
-            else:
-                protected.append((request.next_deadline_s, index, request))
-        protected.sort()
-        order.protected = [entry[2] for entry in protected]
-        order.deadlines = [entry[0] for entry in protected]
-        if lost:
-            lost.sort()
+        if self.demote_lost_requests:
+            protected = [request for request in decodes if not request.is_lost(now_s)]
+        else:
+            protected = list(decodes)
+        protected.sort(key=_next_deadline)
+        order.protected = protected
+        order.deadlines = [request.next_deadline_s for request in protected]
+        if len(protected) < len(decodes):
+            # A lost decode keeps a slower line of its own: a token within lost_tpot_factor TPOTs
+            # of its last one, so it still streams instead of stalling.
+            factor = self.lost_tpot_factor
+            lost = sorted(((request.last_token_s + factor * request.tpot_slo_s, index, request)
+                           for index, request in enumerate(decodes) if request.is_lost(now_s)))
             order.lost = [entry[2] for entry in lost]
             order.lost_deadlines = [entry[0] for entry in lost]
 
@@ -427,6 +421,9 @@ class FairBatchingPolicy(BatchPolicy):
     # ================================================================== feedback and state
     def observe(self, plan: Plan, measured_s: float) -> None:
         super().observe(plan, measured_s)
+        if self.clients is not None:  # output tokens are charged as the decodes that ran make them
+            for request in plan.decodes:
+                self.clients.charge_output(request)
         if self.fixed_safety is not None or not plan.predicted_s > 0:
             return
         if not isinstance(measured_s, (int, float)) or not 0 < measured_s < math.inf:
@@ -436,8 +433,8 @@ class FairBatchingPolicy(BatchPolicy):
         if self._observed >= ERROR_MIN_SAMPLES and self._observed % ERROR_REFRESH == 0:
             # Leave room for the model's 90th-percentile under-prediction: an iteration predicted
             # at ``budget`` then ends by ``budget * (1 + q90)`` nine times in ten.
-            ratios = self._ratios[: min(self._observed, ERROR_WINDOW)]
-            over = max(float(np.percentile(ratios, 90)) - 1.0, 0.0)
+            ratios = sorted(self._ratios[: min(self._observed, ERROR_WINDOW)])
+            over = max(ratios[int(0.9 * (len(ratios) - 1))] - 1.0, 0.0)  # the 90th percentile
             self.budget_safety = min(1.0, max(MIN_SAFETY, 1.0 / (1.0 + over)))
 
     def release(self, request: RequestState) -> None:

@@ -179,7 +179,6 @@ class VtcPolicy(BatchPolicy):
         builder = BatchBuilder(view, self.cost_model, token_budget=self.token_budget)
         for request in view.decodes:
             builder.add_decode(request, force=True)
-            self.clients.charge_output(request)
         split = _split_partial(view.prefills)
         waiting = view.prefills[split:]
         self.clients.update_backlog(waiting)
@@ -191,6 +190,13 @@ class VtcPolicy(BatchPolicy):
                 if builder.tokens_left <= 0 or builder.kv_left <= 0 or builder.seats_left <= 0:
                     break
         return builder.finish(view)
+
+    def observe(self, plan: Plan, measured_s: float) -> None:
+        super().observe(plan, measured_s)
+        # Output tokens are charged as they are generated: by the decodes that ran, whether the
+        # driver asked for this plan or ran a plain decode step.
+        for request in plan.decodes:
+            self.clients.charge_output(request)
 
     def release(self, request: RequestState) -> None:
         self.clients.forget(request)

@@ -71,8 +71,10 @@ class RequestState:
         "generated_tokens",
         "max_new_tokens",
         "can_skip",
-        "first_token_s",
+        "_first_token_s",
         "last_token_s",
+        "line_start_s",
+        "lost_after_s",
         "skipped_iterations",
         "handle",
     )
@@ -106,30 +108,32 @@ class RequestState:
         self.max_new_tokens = max_new_tokens
         # False for requests whose state a skipped iteration would corrupt (penalizers, grammar...).
         self.can_skip = can_skip
-        self.first_token_s: float | None = None
         self.last_token_s: float | None = None
+        # Fixed when the first token comes out (the first_token_s setter), so the per-iteration
+        # questions below are one multiply-add each: where the planning line starts (the first
+        # token's deadline, or the first token itself if earlier) and when the request can no
+        # longer meet its SLO.
+        self.line_start_s = arrival_s + ttft_slo_s
+        self.lost_after_s = math.inf
+        self._first_token_s: float | None = None
         self.skipped_iterations = 0
         self.handle = handle
 
     # --- derived envelope -------------------------------------------------------------------
-    def _anchor_s(self) -> float:
-        first_due_s = self.arrival_s + self.ttft_slo_s
-        first_s = self.first_token_s
-        return first_s if first_s is not None and first_s < first_due_s else first_due_s
-
     def deadline_s(self, token_index: int) -> float:
         """Deadline of output token ``token_index`` (0 is the first token)."""
         if token_index == 0:
             return self.arrival_s + self.ttft_slo_s
-        return self._anchor_s() + token_index * self.tpot_slo_s
+        return self.line_start_s + token_index * self.tpot_slo_s
 
     @property
     def next_deadline_s(self) -> float:
-        return self._anchor_s() + self.generated_tokens * self.tpot_slo_s
+        """Deadline of the next token: the planning line every policy step reads."""
+        return self.line_start_s + self.generated_tokens * self.tpot_slo_s
 
     def slack_s(self, now_s: float) -> float:
         """Time left until the next token is due; negative means late."""
-        return self._anchor_s() + self.generated_tokens * self.tpot_slo_s - now_s
+        return self.line_start_s + self.generated_tokens * self.tpot_slo_s - now_s
 
     # --- judged SLO definitions (docs/design.md, Metrics), shared by the simulator and runtime ---
     def envelope_deadline_s(self, token_index: int) -> float:
@@ -151,13 +155,25 @@ class RequestState:
     def is_lost(self, now_s: float) -> bool:
         """Whether a decode can no longer meet its SLO: it missed its TTFT, or even its last possible
         token (``max_new_tokens``) is already past its line."""
-        first_s = self.first_token_s
-        if first_s is None:
-            return False
-        if first_s > self.arrival_s + self.ttft_slo_s:
-            return True
-        last = self.max_new_tokens
-        return bool(last) and now_s > first_s + (last - 1) * self.tpot_slo_s
+        return now_s > self.lost_after_s
+
+    @property
+    def first_token_s(self) -> float | None:
+        return self._first_token_s
+
+    @first_token_s.setter
+    def first_token_s(self, emitted_s: float | None) -> None:
+        self._first_token_s = emitted_s
+        due_s = self.arrival_s + self.ttft_slo_s
+        self.line_start_s = emitted_s if emitted_s is not None and emitted_s < due_s else due_s
+        if emitted_s is None:
+            self.lost_after_s = math.inf
+        elif emitted_s > due_s:
+            self.lost_after_s = -math.inf
+        elif self.max_new_tokens:
+            self.lost_after_s = emitted_s + (self.max_new_tokens - 1) * self.tpot_slo_s
+        else:
+            self.lost_after_s = math.inf
 
     @property
     def remaining_prefill_tokens(self) -> int:

@@ -29,12 +29,13 @@ from __future__ import annotations
 import math
 import random
 import time
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..policy.base import UNLIMITED, BatchPolicy, IterationView, Plan
-from ..policy.cost_model import CostModel
+from ..policy.cost_model import BatchShape, CostModel
 from ..policy.kv import (
     CLIP_MAX_NEW_TOKENS,
     NewTokenRatio,
@@ -56,11 +57,6 @@ __all__ = [
 ]
 
 ROUTER_NAMES = ("round_robin", "least_load", "power_of_two", "pab")
-
-#: Time-between-tokens histogram resolution (1 ms bins up to 60 s).
-TBT_BIN_S = 1e-3
-TBT_BINS = 60_001
-TBT_PER_S = 1.0 / TBT_BIN_S
 
 
 @dataclass
@@ -122,6 +118,9 @@ class SimRequest(RequestState):
 class Replica:
     """One engine instance: its queue, running set, KV pool and clock."""
 
+    #: Play runs of decode steps in one go (False: one step at a time; a test compares the two).
+    decode_runs = True
+
     def __init__(self, index: int, policy: BatchPolicy, config: EngineConfig, sim: "Simulation") -> None:
         self.index = index
         self.policy = policy
@@ -138,6 +137,7 @@ class Replica:
         # Kept incrementally: prompt tokens not yet prefilled (waiting + partial), for the routers;
         # the running requests' max_new_tokens and generated tokens, for their KV reservation.
         self.queued_prompt_tokens = 0
+        self._running_context = 0  # sum of the running requests' context_tokens
         self._running_max_new = 0
         self._running_generated = 0
         self._running_clipped = 0  # running requests whose cap exceeds SGLang's clip
@@ -147,6 +147,16 @@ class Replica:
         self.skipped_decodes = 0
         self.urgent_decodes = 0
         self.retractions = 0
+        # Each replica draws its own noise, so how replicas interleave does not change it.
+        self._noise = np.random.default_rng([sim.seed, 7, index])
+        self._noise_buffer: list[float] = []
+
+    def noise(self) -> float:
+        """A mean-one log-normal factor on an iteration's time, drawn in blocks."""
+        if not self._noise_buffer:
+            sigma = self.config.noise_sigma
+            self._noise_buffer = list(self._noise.lognormal(-0.5 * sigma * sigma, sigma, 4096))
+        return self._noise_buffer.pop()
 
     # --- load measures ------------------------------------------------------------------------
     @property
@@ -189,8 +199,12 @@ class Replica:
         if self.inflight is None:  # idle: start an iteration right away
             self.next_s = now_s
 
-    def step(self, now_s: float) -> None:
-        """Finish the iteration that ends at ``now_s`` (if any) and start the next one."""
+    def step(self, now_s: float, horizon_s: float = math.inf) -> None:
+        """Finish the iteration that ends at ``now_s`` (if any) and start the next one.
+
+        ``horizon_s`` is when something from outside may next reach this replica (an arrival): a
+        run of decode steps that ends before it, with nobody finishing, is played in one go
+        (:meth:`_decode_run`), the same iterations as one at a time."""
         if self.inflight is not None:
             self._complete(self.inflight, now_s)
             self.inflight = None
@@ -201,6 +215,7 @@ class Replica:
             if not running:
                 self.next_s = math.inf
                 return
+            now_s = self._decode_run(now_s, horizon_s)
             started = time.perf_counter()
             plan = self.policy.plan_decode_step(self._decode_view(now_s))
         else:
@@ -217,7 +232,7 @@ class Replica:
             self.new_token_ratio.decode_step()
         measured_s = self.true_model.predict_shape(plan.shape)
         if self.config.noise_sigma > 0:
-            measured_s *= self.sim.noise()
+            measured_s *= self.noise()
         measured_s = max(measured_s, 1e-6)
         self.policy.observe(plan, measured_s)
         self.iterations += 1
@@ -227,10 +242,91 @@ class Replica:
         self.inflight = plan
         self.next_s = now_s + measured_s
 
+    def _decode_run(self, now_s: float, horizon_s: float) -> float:
+        """Play decode steps back to back from ``now_s`` while each ends before ``horizon_s``, no
+        request reaches its length and KV lasts; return when the last one ended.
+
+        Every running request decodes in each of them, so they differ only in the context that
+        grows by one token per request per step: the engine's times, the policy's ``observe`` and
+        every metric come out as they would one step at a time (the test suite checks it), without
+        a pass over the requests per step."""
+        running = self.running
+        count = len(running)
+        if not self.decode_runs:
+            return now_s
+        steps_left = min(r.output_tokens - r.generated_tokens for r in running) - 1
+        steps_left = min(steps_left, self.free_kv_tokens // count - 1)
+        if steps_left < 2:
+            return now_s
+        config = self.config
+        model = self.true_model
+        noise = self.noise if config.noise_sigma > 0 else None
+        policy = self.policy
+        context = self._running_context
+        ends: list[float] = []
+        end_s = now_s
+        busy_s = 0.0
+        while len(ends) < steps_left:
+            shape = BatchShape()
+            shape.new_tokens = shape.num_seqs = count
+            shape.sum_context = context
+            measured_s = model.predict_shape(shape)
+            if noise is not None:
+                measured_noise = noise()
+                measured_s *= measured_noise
+            measured_s = max(measured_s, 1e-6)
+            if end_s + measured_s >= horizon_s:
+                if noise is not None:  # keep the stream in step with one-at-a-time play
+                    self._noise_buffer.append(measured_noise)
+                break
+            end_s += measured_s
+            busy_s += measured_s
+            ends.append(end_s)
+            policy.observe(Plan(decodes=running, shape=shape, predicted_s=policy.cost_model.predict_shape(shape)),
+                           measured_s)
+            self.new_token_ratio.decode_step()
+            context += count
+        steps = len(ends)
+        if not steps:
+            return now_s
+        sim = self.sim
+        # The gaps every request shares (steps 2..K), and each one's own first gap.
+        shared_gaps = [later - earlier for earlier, later in zip(ends, ends[1:])]
+        longest_shared_s = max(shared_gaps, default=0.0)
+        first_end_s = ends[0]
+        # Envelope slack of token (generated + k - 1), out at ends[k-1]: envelope_slack_s(generated, 0)
+        # + (k - 1) * tpot - ends[k-1]; the minimum over k depends on the request only by its TPOT.
+        lowest_by_tpot: dict[float, float] = {}
+        record_gap = sim.tbt_gaps_s.append
+        for request in running:
+            tpot_s = request.tpot_slo_s
+            lowest = lowest_by_tpot.get(tpot_s)
+            if lowest is None:
+                lowest = lowest_by_tpot[tpot_s] = min(k * tpot_s - end for k, end in enumerate(ends))
+            slack = request.envelope_slack_s(request.generated_tokens, 0.0) + lowest
+            if slack < request.worst_slack_s:
+                request.worst_slack_s = slack
+            gap = first_end_s - request.last_token_s
+            record_gap(gap)
+            if gap > request.max_tbt_s:
+                request.max_tbt_s = gap
+            if longest_shared_s > request.max_tbt_s:
+                request.max_tbt_s = longest_shared_s
+            request.generated_tokens += steps
+            request.last_token_s = end_s
+        sim.record_shared_gaps(shared_gaps, count)
+        self._running_context = context
+        self._running_generated += count * steps
+        self.free_kv_tokens -= count * steps
+        self.iterations += steps
+        self.busy_s += busy_s
+        return end_s
+
     def _decode_view(self, now_s: float) -> IterationView:
         config = self.config
         return IterationView(now_s, self.running, (), self.free_kv_tokens, config.kv_capacity_tokens,
-                             config.max_running_requests, config.max_prefill_tokens)
+                             config.max_running_requests, config.max_prefill_tokens,
+                             decode_context_tokens=self._running_context)
 
     # --- KV pressure --------------------------------------------------------------------------
     def _retract(self) -> None:
@@ -276,12 +372,14 @@ class Replica:
 
     def _join_running(self, request: SimRequest) -> None:
         self.running.append(request)
+        self._running_context += request.prefilled_tokens + request.generated_tokens
         self._running_max_new += request.max_new_tokens
         self._running_generated += request.generated_tokens
         if request.max_new_tokens > CLIP_MAX_NEW_TOKENS:
             self._running_clipped += 1
 
     def _leave_running(self, request: SimRequest) -> None:
+        self._running_context -= request.prefilled_tokens + request.generated_tokens
         self._running_max_new -= request.max_new_tokens
         self._running_generated -= request.generated_tokens
         if request.max_new_tokens > CLIP_MAX_NEW_TOKENS:
@@ -290,9 +388,8 @@ class Replica:
     # --- iteration end ------------------------------------------------------------------------
     def _complete(self, plan: Plan, end_s: float) -> None:
         sim = self.sim
-        tbt_hist = sim.tbt_hist
+        record_gap = sim.tbt_gaps_s.append
         finished = False
-        hist_last = TBT_BINS - 1
         decodes = plan.decodes
         for request in decodes:
             generated = request.generated_tokens
@@ -302,9 +399,8 @@ class Replica:
             gap = end_s - request.last_token_s
             if gap > request.max_tbt_s:
                 request.max_tbt_s = gap
-            bin_index = int(gap * TBT_PER_S)
-            tbt_hist[bin_index if bin_index < hist_last else hist_last] += 1
-            # RequestState.record_token, inlined (hot loop): a decode always follows the first token.
+            record_gap(gap)
+            # RequestState.record_token without its first-token branch: a decode follows the first.
             generated += 1
             request.generated_tokens = generated
             request.last_token_s = end_s
@@ -312,6 +408,7 @@ class Replica:
                 finished = True
         self.free_kv_tokens -= len(decodes)
         self._running_generated += len(decodes)
+        self._running_context += len(decodes)
         admitted = False
         filled = False
         for chunk in plan.prefills:
@@ -334,8 +431,7 @@ class Replica:
                 else:  # prefilled again after a retraction: the stall is a gap between tokens
                     gap = end_s - previous_s
                     request.max_tbt_s = max(request.max_tbt_s, gap)
-                    bin_index = int(gap * TBT_PER_S)
-                    tbt_hist[bin_index if bin_index < hist_last else hist_last] += 1
+                    record_gap(gap)
                 self._join_running(request)
                 if request.generated_tokens >= request.output_tokens:
                     finished = True
@@ -369,7 +465,9 @@ class SimResult:
     max_tbt_s: np.ndarray
     rejected: np.ndarray
     replica: np.ndarray
-    tbt_hist: np.ndarray
+    #: Every time between tokens of the run (seconds), and how many tokens came after each gap.
+    tbt_gaps_s: np.ndarray
+    tbt_counts: np.ndarray
     iterations: int
     plan_cpu_s: float
     busy_s: float
@@ -407,13 +505,15 @@ class Simulation:
             raise ValueError("need at least one replica")
         self.workload = workload
         self.config = config or EngineConfig()
+        self.seed = seed
         self.replicas = [Replica(i, p, self.config, self) for i, p in enumerate(policies)]
         self.router = router
         self.admission_control = admission_control
         self.random = random.Random(seed)
-        self._noise = np.random.default_rng([seed, 7])
-        self._noise_buffer: list[float] = []
-        self.tbt_hist = [0] * TBT_BINS
+        self.tbt_gaps_s = array("d")
+        # Gaps between tokens shared by several requests (decode runs): value, how many.
+        self.tbt_shared_gaps_s = array("d")
+        self.tbt_shared_counts = array("q")
         self.warmup_requests = int(len(workload) * warmup_fraction)
         # Early stop (capacity probes): misses of the judged definition, and first tokens later than
         # ``max_ttft_factor`` x their SLO (the tail bound), counted as they become certain.
@@ -426,12 +526,9 @@ class Simulation:
         self._rr_next = 0
         self.requests: list[SimRequest] = []
 
-    def noise(self) -> float:
-        if not self._noise_buffer:
-            sigma = self.config.noise_sigma
-            # Mean-one log-normal, drawn in blocks to keep the hot loop allocation-free.
-            self._noise_buffer = list(self._noise.lognormal(-0.5 * sigma * sigma, sigma, 4096))
-        return self._noise_buffer.pop()
+    def record_shared_gaps(self, gaps: list[float], count: int) -> None:
+        self.tbt_shared_gaps_s.extend(gaps)
+        self.tbt_shared_counts.extend([count] * len(gaps))
 
     # --- metric hooks called by replicas ------------------------------------------------------
     def first_token(self, request: SimRequest) -> None:
@@ -536,7 +633,7 @@ class Simulation:
                     target.enqueue(request, now_s)
             else:
                 now_s = replica_s
-                replica.step(now_s)
+                replica.step(now_s, arrival_s)
             if early_stop and self.should_stop():
                 stopped = True
                 break
@@ -572,7 +669,11 @@ class Simulation:
             max_tbt_s=max_tbt,
             rejected=rejected,
             replica=replica,
-            tbt_hist=np.asarray(self.tbt_hist, dtype=np.int64),
+            tbt_gaps_s=np.concatenate([np.frombuffer(self.tbt_gaps_s, dtype=float) if self.tbt_gaps_s else np.zeros(0),
+                                       np.frombuffer(self.tbt_shared_gaps_s, dtype=float) if self.tbt_shared_gaps_s else np.zeros(0)]),
+            tbt_counts=np.concatenate([np.ones(len(self.tbt_gaps_s), dtype=np.int64),
+                                       np.frombuffer(self.tbt_shared_counts, dtype=np.int64) if self.tbt_shared_counts
+                                       else np.zeros(0, dtype=np.int64)]),
             iterations=sum(r.iterations for r in reps),
             plan_cpu_s=sum(r.plan_cpu_s for r in reps),
             busy_s=sum(r.busy_s for r in reps),

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..policy.request import mean_tpot_s, meets_envelope, meets_mean_tpot, meets_ttft
-from .engine import TBT_BIN_S, SimResult
+from .engine import SimResult
 
-__all__ = ["DEFINITIONS", "Criteria", "summarize", "percentile"]
+__all__ = ["DEFINITIONS", "Criteria", "percentile", "summarize", "weighted_percentile"]
 
 DEFINITIONS = ("mean", "envelope")
 
@@ -75,12 +75,17 @@ def percentile(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
-def _hist_percentile(hist: np.ndarray, q: float) -> float:
-    total = int(hist.sum())
-    if total == 0:
+
+
+def weighted_percentile(values: np.ndarray, counts: np.ndarray, q: float) -> float:
+    """The ``q``-th percentile of ``values`` each seen ``counts`` times (the lowest value with at
+    least q% of the mass at or below it)."""
+    if not len(values) or counts.sum() == 0:
         return float("nan")
-    index = int(np.searchsorted(np.cumsum(hist), q / 100.0 * total))
-    return (index + 1) * TBT_BIN_S  # upper edge of the bin
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(counts[order])
+    index = int(np.searchsorted(cumulative, q / 100.0 * cumulative[-1]))
+    return float(values[order][min(index, len(values) - 1)])
 
 
 def summarize(result: SimResult, *, input_weight: float = 1.0, output_weight: float = 2.0,
@@ -126,7 +131,7 @@ def summarize(result: SimResult, *, input_weight: float = 1.0, output_weight: fl
         "ttft_over_bound": int((ttft_ratio > max_ttft_p99_factor).sum()) if max_ttft_p99_factor > 0 else 0,
         "tpot_p50_s": percentile(tpot[served & (generated > 1)], 50),
         "tpot_p99_s": percentile(tpot[served & (generated > 1)], 99),
-        "tbt_p99_s": _hist_percentile(result.tbt_hist, 99),
+        "tbt_p99_s": weighted_percentile(result.tbt_gaps_s, result.tbt_counts, 99),
         "max_tbt_p99_s": percentile(result.max_tbt_s[measured][served], 99),
         "iterations": result.iterations,
         "plan_cpu_us_per_iter": 1e6 * result.plan_cpu_s / max(result.iterations, 1),
