@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from sim_helpers import A100, CPU_LIKE, small_workload
 from sglang_fair.policy import POLICY_NAMES, CostModel, make_policy
+from sglang_fair.policy.kv import admission_reservation_tokens
 from sglang_fair.sim import ROUTER_NAMES, EngineConfig, Simulation, simulate, summarize
 
 
@@ -26,6 +27,10 @@ class CheckedPolicy:
         assert view.free_kv_tokens >= len(view.decodes)
         plan = self.inner.plan(view)
         assert len(plan.decodes) + plan.prefill_tokens <= view.free_kv_tokens
+        # Admissions stay within SGLang's reservation estimate, as its prefill adder would allow.
+        admitted = [chunk.request for chunk in plan.prefills if chunk.request.prefilled_tokens == 0]
+        reserved = sum(admission_reservation_tokens(request) for request in admitted)
+        assert not admitted or reserved < view.admission_kv_tokens
         self.iterations += 1
         return plan
 
@@ -71,10 +76,12 @@ def test_every_request_finishes_and_kv_holds(name, n, seed, kv, seats, model):
     config = EngineConfig(kv_capacity_tokens=kv, max_running_requests=seats, max_prefill_tokens=1024)
     config.true_cost_model = model
     result = simulate(w, lambda: CheckedPolicy(make_policy(name, model), kv), config=config, warmup_fraction=0)
-    fits = (prompts + outputs) <= kv
+    fits = prompts + 2 <= kv  # as SGLang, a longer cap is clipped to the pool; only a prompt that cannot fit is refused
     assert np.isfinite(result.finish_s[fits]).all(), "a request starved"
     assert result.rejected[~fits].all() and not result.rejected[fits].any()
     assert (result.finish_s[fits] >= result.first_token_s[fits]).all()
+    expected = np.minimum(outputs, np.maximum(kv - prompts - 2, 1))
+    np.testing.assert_array_equal(result.generated_tokens[fits], expected[fits])
 
 
 @pytest.mark.parametrize("router", ROUTER_NAMES)
@@ -179,3 +186,58 @@ def test_decode_runs_play_the_same_iterations_as_one_step_at_a_time(policy, nois
                                rtol=1e-6, atol=1e-15)
     if policy == "vtc":
         assert policies[1].clients.counters == pytest.approx(policies[0].clients.counters)
+
+
+class PlanLog:
+    """Wraps a policy and records every decision it makes (what it planned, and when)."""
+
+    def __init__(self, inner):
+        self.inner, self.decisions = inner, []
+        self.name = inner.name
+
+    def __getattr__(self, item):
+        return getattr(self.inner, item)
+
+    def plan(self, view):
+        plan = self.inner.plan(view)
+        self.decisions.append((view.now_s, tuple(r.rid for r in plan.decodes),
+                               tuple((c.request.rid, c.tokens) for c in plan.prefills)))
+        return plan
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(POLICY_NAMES), seed=st.integers(0, 10_000), kv=st.sampled_from([6000, 40_000]))
+def test_no_decision_reads_the_true_output_length(name, seed, kv):
+    """Two workloads alike but for the true output lengths (same max_new_tokens): every decision is
+    the same until the first request finishes in either, the only way a server learns a length."""
+    rng = np.random.default_rng(seed)
+    n = 30
+    prompts, arrivals = rng.integers(50, 1500, n), np.sort(rng.uniform(0, 1.5, n))
+    caps = np.full(n, 400)
+    first, second = rng.integers(150, 400, n), rng.integers(150, 400, n)
+    logs, results = [], []
+    for outputs in (first, second):
+        w = small_workload(prompts, outputs, arrivals)
+        w.max_new_tokens = caps.copy()
+        logs.append(PlanLog(make_policy(name, A100)))
+        results.append(simulate(w, lambda: logs[-1], config=EngineConfig(kv_capacity_tokens=kv), warmup_fraction=0))
+    first_finish_s = min(np.nanmin(result.finish_s) for result in results)
+    before = [[d for d in log.decisions if d[0] < first_finish_s] for log in logs]
+    assert before[0] == before[1] and before[0]
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(POLICY_NAMES), seed=st.integers(0, 10_000))
+def test_retraction_loses_no_request(name, seed):
+    """Long outputs on a small pool: the admission estimate (running requests charged the decaying
+    new-token ratio of what they may still generate) lets in more than fits, decodes outgrow the
+    pool and are retracted; every request still finishes with all of its tokens."""
+    rng = np.random.default_rng(seed)
+    n = 70
+    outputs = rng.integers(400, 900, n)
+    w = small_workload(rng.integers(50, 400, n), outputs, np.sort(rng.uniform(0, 2.0, n)))
+    result = simulate(w, lambda: make_policy(name, A100), config=EngineConfig(kv_capacity_tokens=10_000),
+                      warmup_fraction=0)
+    assert result.retractions > 0
+    assert np.isfinite(result.finish_s).all() and not result.rejected.any()
+    np.testing.assert_array_equal(result.generated_tokens, outputs)

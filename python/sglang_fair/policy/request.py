@@ -69,7 +69,7 @@ class RequestState:
         "fill_tokens",
         "prefilled_tokens",
         "generated_tokens",
-        "max_new_tokens",
+        "_max_new_tokens",
         "can_skip",
         "_first_token_s",
         "last_token_s",
@@ -105,7 +105,7 @@ class RequestState:
         self.fill_tokens = prompt_tokens
         self.prefilled_tokens = prefilled_tokens
         self.generated_tokens = generated_tokens
-        self.max_new_tokens = max_new_tokens
+        self._max_new_tokens = max_new_tokens
         # False for requests whose state a skipped iteration would corrupt (penalizers, grammar...).
         self.can_skip = can_skip
         self.last_token_s: float | None = None
@@ -164,6 +164,19 @@ class RequestState:
     @first_token_s.setter
     def first_token_s(self, emitted_s: float | None) -> None:
         self._first_token_s = emitted_s
+        self._fix_lines()
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self._max_new_tokens
+
+    @max_new_tokens.setter
+    def max_new_tokens(self, tokens: int | None) -> None:
+        self._max_new_tokens = tokens
+        self._fix_lines()
+
+    def _fix_lines(self) -> None:
+        emitted_s = self._first_token_s
         due_s = self.arrival_s + self.ttft_slo_s
         self.line_start_s = emitted_s if emitted_s is not None and emitted_s < due_s else due_s
         if emitted_s is None:

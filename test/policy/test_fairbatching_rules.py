@@ -1,0 +1,115 @@
+"""FairBatching's prompt order (the most prompts on time, none past its tail deadline) and its
+chunking from the cost model and the deadline, checked on hand-made views."""
+
+import pytest
+
+from policy_helpers import A100, make_request
+from sglang_fair.policy import CostModel, FairBatchingPolicy, IterationView
+from sglang_fair.policy.base import decode_utilisation
+
+NOW = 100.0
+#: A model with a quadratic attention term (efficient chunk ~ 800 tokens), like the GPU presets.
+GPU = CostModel(0.0087, 5.4e-05, 2.9e-07, 1.4e-05, 1.2e-08, name="gpu-test")
+
+
+def _waiting(rid, arrival, prompt, ttft=1.0):
+    return make_request(rid, arrival, prompt, ttft, 0.05)
+
+
+def _order(policy, view):
+    return [r.rid for r in policy.order_and_budget(view).prefills]
+
+
+def test_plan_reads_as_the_paper_steps():
+    policy = FairBatchingPolicy(A100)
+    for step in ("order_and_budget", "urgent_decodes", "prefills", "relaxed_decodes"):
+        assert callable(getattr(policy, step))
+
+
+def test_when_not_all_can_make_it_the_longest_prompt_gives_up_its_place():
+    # Three prompts due within 0.6 s; together they need ~0.75 s, the long one alone ~0.45 s.
+    policy = FairBatchingPolicy(A100, chunk_spread=0)
+    short_a = _waiting("a", NOW - 0.5, 1500)
+    long_b = _waiting("b", NOW - 0.45, 6000)
+    short_c = _waiting("c", NOW - 0.4, 1500)
+    view = IterationView(NOW, [], [short_a, long_b, short_c])
+    order = policy.order_and_budget(view)
+    assert [r.rid for r in order.prefills] == ["a", "c", "b"]
+    assert order.late_prompts == 1
+    # In plain deadline order (the paper's), the long one would have gone second.
+    plain = FairBatchingPolicy(A100, demote_lost_requests=False)
+    assert _order(plain, view) == ["a", "b", "c"]
+
+
+def test_a_prompt_past_saving_is_served_by_its_tail_deadline_not_last():
+    policy = FairBatchingPolicy(A100)  # late_ttft_factor 4: due by arrival + 4 s
+    hopeless = _waiting("old", NOW - 2.5, 800)  # its 1 s TTFT passed 1.5 s ago
+    fresh = [_waiting(f"n{i}", NOW - 0.05 * i, 300) for i in range(3)]  # due in ~1 s
+    later = _waiting("late", NOW + 0.0, 300, ttft=3.0)  # due at NOW + 3, after the old one's NOW + 1.5
+    view = IterationView(NOW, [], [hopeless, *fresh, later])
+    order = _order(policy, view)
+    assert order.index("old") > max(order.index(f"n{i}") for i in range(3))  # on-time ones first...
+    assert order.index("old") < order.index("late")  # ...but not behind everything that can wait
+
+
+def test_a_tail_deadline_at_risk_makes_an_on_time_prompt_give_up_instead():
+    # The old prompt's tail deadline is 0.2 s away; serving the two fresh ones first would miss it.
+    policy = FairBatchingPolicy(A100, late_ttft_factor=4.0)
+    old = _waiting("old", NOW - 3.8, 1500)
+    fresh = [_waiting("f0", NOW - 0.3, 1500), _waiting("f1", NOW - 0.2, 1500)]
+    order = _order(policy, IterationView(NOW, [], [old, *fresh]))
+    assert order[0] == "old"
+
+
+def test_the_order_assumes_prefills_get_what_decodes_leave():
+    decodes = []
+    for i in range(64):
+        r = make_request(f"d{i}", NOW - 5, 1000, 1.0, 0.05, prefilled=1000, generated=10, first_token_s=NOW - 4.5)
+        decodes.append(r)
+    share = 1.0 - decode_utilisation(decodes, A100)
+    assert 0.05 < share < 0.95
+    # A prompt the idle machine makes in time but a busy one does not gives up its TTFT.
+    prompt = _waiting("p", NOW - 0.2, 9000)
+    other = _waiting("q", NOW - 0.1, 200)
+    idle = FairBatchingPolicy(A100).order_and_budget(IterationView(NOW, [], [prompt, other]))
+    busy = FairBatchingPolicy(A100).order_and_budget(IterationView(NOW, decodes, [prompt, other]))
+    assert idle.late_prompts == 0 and busy.late_prompts >= 1
+
+
+def test_a_prompt_with_slack_is_spread_over_its_iterations():
+    decode = make_request("d", NOW - 10, 500, 1.0, 0.05, prefilled=500, generated=50, first_token_s=NOW - 9)
+    prompt = _waiting("p", NOW, 4000, ttft=2.0)  # 2 s of slack, iterations of ~50 ms
+    spread = FairBatchingPolicy(GPU, budget_safety=1.0)
+    alone = FairBatchingPolicy(GPU, budget_safety=1.0, chunk_spread=0)
+    efficient = GPU.efficient_chunk_tokens(0)
+    with_decodes = IterationView(NOW, [decode], [prompt])
+    spread_chunk = spread.plan(with_decodes).prefill_tokens
+    assert spread_chunk < alone.plan(with_decodes).prefill_tokens <= efficient
+    # Not below the chunk whose row costs more than the attention it saves, nor below the minimum.
+    floor = GPU.efficient_chunk_tokens(0, overhead_s=GPU.per_seq_s + GPU.per_mixed_seq_s)
+    assert spread_chunk >= max(floor, spread.min_chunk_tokens)
+    # Half its slack, in ~50 ms iterations: 20 iterations for 4000 tokens.
+    assert spread_chunk == pytest.approx(max(floor, 4000 / (0.5 * 2.0 / 0.05)), abs=1)
+
+
+@pytest.mark.parametrize("case", ["no decodes", "no slack", "regenerating"])
+def test_no_spreading_without_decodes_slack_or_a_first_token_to_come(case):
+    decode = make_request("d", NOW - 10, 500, 1.0, 0.05, prefilled=500, generated=50, first_token_s=NOW - 9)
+    if case == "no slack":
+        prompt = _waiting("p", NOW - 0.99, 4000, ttft=1.0)
+    else:
+        prompt = _waiting("p", NOW, 4000, ttft=2.0)
+    if case == "regenerating":  # retracted: its first token came long ago
+        prompt.generated_tokens, prompt.first_token_s = 20, NOW - 1.5
+        prompt.record_retraction()
+    decodes = [] if case == "no decodes" else [decode]
+    policy = FairBatchingPolicy(GPU, budget_safety=1.0)
+    assert policy._chunk_cap(GPU, prompt, NOW, policy.order_and_budget(IterationView(NOW, decodes, [prompt])).budget_s
+                             if decodes else 0.0) == GPU.efficient_chunk_tokens(0)
+
+
+def test_chunk_options_are_validated():
+    with pytest.raises(ValueError, match="chunk_spread"):
+        FairBatchingPolicy(A100, chunk_spread=2.0)
+    with pytest.raises(ValueError, match="late_ttft_factor"):
+        FairBatchingPolicy(A100, late_ttft_factor=0.5)
