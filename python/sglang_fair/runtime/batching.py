@@ -35,6 +35,7 @@ import time
 from sglang_fair import strict_json
 from sglang_fair.config import FairConfig
 from sglang_fair.policy import IterationView, Plan, RequestState, load_cost_model
+from sglang_fair.policy.kv import admission_reservation_tokens, running_reservation_tokens
 from sglang_fair.policy import build_policy as policy_builder
 from sglang_fair.policy.cost_model import BatchShape, CostModel, CostModelError
 from sglang_fair.policy.limits import UNLIMITED
@@ -309,12 +310,14 @@ class FairBatchingMixin:
             if req.finished():
                 continue
             state = self._fair_state_of(req)
-            state.prefilled_tokens = state.prompt_tokens
+            state.prefilled_tokens = state.fill_tokens = state.prompt_tokens
             state.generated_tokens = max(state.generated_tokens, len(req.output_ids))
             decodes.append(state)
         prefills = []
         chunked = self.chunked_req
+        has_chunked = 0
         if chunked is not None and not chunked.finished():
+            has_chunked = 1
             state = self._fair_state_of(chunked)
             # Progress (cached prefix included) was recorded after the last chunk ran; the first
             # chunk may have been cut by KV, so it may still read 0: make it count as partial.
@@ -325,6 +328,8 @@ class FairBatchingMixin:
                 continue
             state = self._fair_state_of(req)
             state.prefilled_tokens = 0  # queued (or retracted): nothing of it is in the KV cache
+            # A retracted request prefills its prompt and the outputs so far again.
+            state.fill_tokens = state.prompt_tokens + len(req.output_ids)
             prefills.append(state)
         allocator = self.token_to_kv_pool_allocator
         free_kv_tokens = allocator.available_size() + self.tree_cache.evictable_size()
@@ -332,14 +337,20 @@ class FairBatchingMixin:
         max_prefill = self.chunked_prefill_size
         if max_prefill is None or max_prefill <= 0:
             max_prefill = self.max_prefill_tokens
+        # SGLang's admission estimate (policy.kv): what the running requests may still generate,
+        # at its new-token ratio, and a chunked request's remaining fill, are held back.
+        held_back = running_reservation_tokens(decodes, self.new_token_ratio_tracker.current)
+        held_back += sum(admission_reservation_tokens(state) for state in prefills[:has_chunked])
         return IterationView(
             now_s=now_s,
             decodes=decodes,
             prefills=prefills,
             free_kv_tokens=int(free_kv_tokens),
             total_kv_tokens=int(self.max_total_num_tokens),
-            max_batch_requests=max(int(max_requests) - 0, 1),
+            max_batch_requests=max(int(max_requests), 1),
             max_prefill_tokens=int(max_prefill),
+            admission_kv_tokens=free_kv_tokens - held_back,
+            admission_seats=int(max_requests) - len(decodes) - has_chunked,
         )
 
     # ------------------------------------------------------------------ plan -> batch
