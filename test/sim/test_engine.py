@@ -241,3 +241,26 @@ def test_retraction_loses_no_request(name, seed):
     assert result.retractions > 0
     assert np.isfinite(result.finish_s).all() and not result.rejected.any()
     np.testing.assert_array_equal(result.generated_tokens, outputs)
+
+
+def test_a_router_polling_loads_routes_on_stale_ones():
+    """Between two polls a load-aware router sees the loads of the last poll: with one poll for the
+    whole run it sends every request to the replica that was least loaded at the start."""
+    rng = np.random.default_rng(2)
+    n = 60
+    w = small_workload(rng.integers(200, 2000, n), rng.integers(5, 60, n), np.sort(rng.uniform(0, 5, n)))
+    fresh = simulate(w, lambda: make_policy("fairbatching", A100), replicas=3, router="least_load")
+    stale = simulate(w, lambda: make_policy("fairbatching", A100), replicas=3, router="least_load",
+                     load_poll_s=1000.0)
+    assert len(set(fresh.replica.tolist())) == 3
+    assert set(stale.replica.tolist()) == {0}
+
+
+def test_a_rejected_request_is_retried_on_another_replica():
+    rng = np.random.default_rng(0)
+    n = 300
+    w = small_workload(rng.integers(1000, 4000, n), rng.integers(5, 50, n), np.sort(rng.uniform(0, 3, n)))
+    runs = {retries: simulate(w, lambda: make_policy("fairbatching", A100), replicas=3, router="round_robin",
+                              admission_control=True, retries=retries) for retries in (0, 2)}
+    assert 0 < runs[2].rejected.sum() < runs[0].rejected.sum()
+    assert np.isfinite(runs[2].finish_s[~runs[2].rejected]).all()

@@ -62,23 +62,30 @@ class Variant:
     replicas: int = 1
     options: dict = field(default_factory=dict)
     admission_control: bool = False
+    #: How stale the router's view of replica loads is (seconds between polls; 0: always fresh),
+    #: and how many other replicas it tries after a rejection.
+    load_poll_s: float = 0.0
+    retries: int = 0
 
     @property
     def label(self) -> str:
         opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
         extra = "+ac" if self.admission_control else ""
-        return f"{self.policy}{extra}[{opts}]/{self.router}x{self.replicas}"
+        stale = f",poll={self.load_poll_s:g}s,retries={self.retries}" if self.load_poll_s or self.retries else ""
+        return f"{self.policy}{extra}[{opts}]/{self.router}x{self.replicas}{stale}"
 
 
 def default_variants(policy: str, router: str, replicas: int, options: dict, sweep: bool,
-                     admission_control: bool = False) -> list[Variant]:
+                     admission_control: bool = False, load_poll_s: float = 0.0,
+                     retries: int = 0) -> list[Variant]:
     """The variants a policy is measured with: a sweep of its knobs for peers, one otherwise."""
+    common = dict(admission_control=admission_control, load_poll_s=load_poll_s, retries=retries)
     if sweep and policy in TOKEN_BUDGET_POLICIES and "token_budget" not in options:
-        return [Variant(policy, router, replicas, {**options, "token_budget": b}, admission_control)
+        return [Variant(policy, router, replicas, {**options, "token_budget": b}, **common)
                 for b in SARATHI_BUDGETS]
     if sweep and policy == "sglang" and not options:
-        return [Variant(policy, router, replicas, dict(v), admission_control) for v in SGLANG_VARIANTS]
-    return [Variant(policy, router, replicas, dict(options), admission_control)]
+        return [Variant(policy, router, replicas, dict(v), **common) for v in SGLANG_VARIANTS]
+    return [Variant(policy, router, replicas, dict(options), **common)]
 
 
 def _policy_factory(variant: Variant, cost_model: CostModel, default_ttft_slo_s: float):
@@ -108,6 +115,8 @@ def run_probe(
         config=config,
         router=variant.router,
         admission_control=variant.admission_control,
+        load_poll_s=variant.load_poll_s,
+        retries=variant.retries,
         seed=seed,
         warmup_fraction=warmup_fraction,
         stop_after_misses=stop_after,
@@ -231,6 +240,8 @@ def search_capacity(
         "replicas": variant.replicas,
         "options": variant.options,
         "admission_control": variant.admission_control,
+        "load_poll_s": variant.load_poll_s,
+        "retries": variant.retries,
         "definition": criteria.definition,
         "max_ttft_p99_factor": criteria.max_ttft_p99_factor,
         "capacity_rps": lo,

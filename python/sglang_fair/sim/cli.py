@@ -46,6 +46,11 @@ def _add_common(parser: argparse.ArgumentParser, *, num_requests_default: int) -
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--routers", default="round_robin", help=f"comma list of {', '.join(ROUTER_NAMES)}")
     parser.add_argument("--admission-control", action="store_true", help="reject requests no replica has PAB for")
+    parser.add_argument("--load-poll-s", type=float, default=0.0, metavar="SECONDS",
+                        help="the router reads replica loads as of its last poll this often (sglang-router "
+                             "0.3.2: 30, or --worker-startup-check-interval); 0: always fresh")
+    parser.add_argument("--router-retries", type=int, default=0, metavar="N",
+                        help="with --admission-control: other replicas a rejected request is tried on")
     parser.add_argument("--option", action="append", default=[], metavar="POLICY.KEY=VALUE",
                         help="policy option, e.g. sarathi.token_budget=1024 (repeatable)")
     parser.add_argument("--num-requests", type=int, default=num_requests_default, help="first N trace rows")
@@ -139,6 +144,10 @@ def _prepare(args):
         raise UsageError(f"--{str(exc).replace('_', '-')}") from None
     if not (args.noise >= 0 and math.isfinite(args.noise)):
         raise UsageError(f"--noise must be >= 0, got {args.noise}")
+    if not (args.load_poll_s >= 0 and math.isfinite(args.load_poll_s)):
+        raise UsageError(f"--load-poll-s must be >= 0, got {args.load_poll_s}")
+    if args.router_retries < 0:
+        raise UsageError(f"--router-retries must be >= 0, got {args.router_retries}")
     try:
         cost_model = load_cost_model(args.cost_model)
         true_model = load_cost_model(args.true_cost_model) if args.true_cost_model else None
@@ -203,7 +212,8 @@ def cmd_capacity(args) -> int:
     for router in routers:
         for policy in policies:
             variants += default_variants(policy, router, args.replicas, options.get(policy, {}),
-                                         sweep=not args.no_sweep, admission_control=args.admission_control)
+                                         sweep=not args.no_sweep, admission_control=args.admission_control,
+                                         load_poll_s=args.load_poll_s, retries=args.router_retries)
     kwargs = dict(ttft_slo_s=ttft, tpot_slo_s=tpot, num_requests=args.num_requests, seed=args.seed,
                   upper_rps=bound["rps"], criteria=criteria, tolerance=args.tolerance,
                   workload_options=wl_opts)
@@ -228,7 +238,7 @@ def cmd_capacity(args) -> int:
         bar.close()
     order = {v.label: i for i, v in enumerate(variants)}
     searches.sort(key=lambda s: order[Variant(s["policy"], s["router"], s["replicas"], s["options"],
-                                              s["admission_control"]).label])
+                                              s["admission_control"], s["load_poll_s"], s["retries"]).label])
     results = []
     for router in routers:
         for policy in policies:
@@ -279,7 +289,8 @@ def cmd_run(args) -> int:
         raise UsageError(str(exc)) from None
     results = []
     ttft_samples = {}
-    variants = [Variant(p, r, args.replicas, options.get(p, {}), args.admission_control)
+    variants = [Variant(p, r, args.replicas, options.get(p, {}), args.admission_control, args.load_poll_s,
+                        args.router_retries)
                 for r in routers for p in policies]
     bar = _progress(len(variants), args.quiet, "run")
     for variant in variants:

@@ -498,6 +498,8 @@ class Simulation:
         stop_after_tail_misses: int | None = None,
         definition: str = "mean",
         max_ttft_factor: float = 0.0,
+        load_poll_s: float = 0.0,
+        retries: int = 0,
     ) -> None:
         if router not in ROUTER_NAMES:
             raise ValueError(f"unknown router {router!r} (choose from {', '.join(ROUTER_NAMES)})")
@@ -509,6 +511,19 @@ class Simulation:
         self.replicas = [Replica(i, p, self.config, self) for i, p in enumerate(policies)]
         self.router = router
         self.admission_control = admission_control
+        # The router as a real one runs: it reads replica loads (least_load, power_of_two, pab)
+        # from a snapshot refreshed every ``load_poll_s`` (sglang-router polls /get_load: every 30 s
+        # by default, every --worker-startup-check-interval seconds when set), and a request a
+        # replica rejects (admission control) is tried on up to ``retries`` other replicas.
+        if not (load_poll_s >= 0 and math.isfinite(load_poll_s)):
+            raise ValueError(f"load_poll_s must be >= 0, got {load_poll_s}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.load_poll_s = load_poll_s
+        self.retries = retries
+        self._snapshot_until_s = -math.inf
+        self._snapshot: dict[int, float] = {}
+        self.retried = 0
         self.random = random.Random(seed)
         self.tbt_gaps_s = array("d")
         # Gaps between tokens shared by several requests (decode runs): value, how many.
@@ -559,31 +574,50 @@ class Simulation:
 
     # --- routing --------------------------------------------------------------------------------
     def route(self, request: SimRequest, now_s: float) -> Replica | None:
+        """The replica ``request`` goes to, or None when every replica tried rejected it."""
         replicas = self.replicas
         if len(replicas) == 1 and not self.admission_control:
             return replicas[0]
+        candidates = list(replicas)
+        for _ in range(min(self.retries, len(replicas) - 1) + 1):
+            chosen = self._pick(candidates, now_s)
+            if not self.admission_control or chosen.policy.admit(request, chosen.full_view(now_s)):
+                return chosen
+            candidates.remove(chosen)  # rejected with a reason: the router tries another
+            self.retried += 1
+        return None
+
+    def _pick(self, candidates: list[Replica], now_s: float) -> Replica:
         router = self.router
         if router == "round_robin":
-            chosen = replicas[self._rr_next % len(replicas)]
-            self._rr_next += 1
-        elif router == "least_load":
-            chosen = min(replicas, key=Replica.load_tokens)
-        elif router == "power_of_two":
-            if len(replicas) == 1:
-                chosen = replicas[0]
-            else:
-                a, b = self.random.sample(replicas, 2)
-                chosen = a if a.load_tokens() <= b.load_tokens() else b
-        else:  # pab: the replica with the most prefill admission budget left
-            best_tokens = -math.inf
-            chosen = replicas[0]
-            for replica in replicas:
-                tokens = replica.policy.admission_budget(replica.full_view(now_s)).tokens
-                if tokens > best_tokens:
-                    best_tokens, chosen = tokens, replica
-        if self.admission_control and not chosen.policy.admit(request, chosen.full_view(now_s)):
-            return None
-        return chosen
+            while True:  # the next replica in turn that is still a candidate
+                chosen = self.replicas[self._rr_next % len(self.replicas)]
+                self._rr_next += 1
+                if chosen in candidates:
+                    return chosen
+        if len(candidates) == 1:
+            return candidates[0]
+        loads = self._loads(now_s)
+        if router == "least_load":
+            return min(candidates, key=lambda r: loads[r.index])
+        if router == "power_of_two":
+            a, b = self.random.sample(candidates, 2)
+            return a if loads[a.index] <= loads[b.index] else b
+        return min(candidates, key=lambda r: loads[r.index])  # pab: lowest load = most budget left
+
+    def _loads(self, now_s: float) -> dict[int, float]:
+        """Each replica's load as the router sees it (lower is better): outstanding tokens, or for
+        ``pab`` the prefill admission budget, negated; fresh, or as of the last poll."""
+        if self.load_poll_s > 0 and now_s < self._snapshot_until_s:
+            return self._snapshot
+        if self.router == "pab":
+            loads = {r.index: -r.policy.admission_budget(r.full_view(now_s)).tokens for r in self.replicas}
+        else:
+            loads = {r.index: r.load_tokens() for r in self.replicas}
+        if self.load_poll_s > 0:
+            self._snapshot = loads
+            self._snapshot_until_s = (math.floor(now_s / self.load_poll_s) + 1) * self.load_poll_s
+        return loads
 
     # --- main loop ------------------------------------------------------------------------------
     def run(self) -> SimResult:
@@ -705,6 +739,8 @@ def simulate(
     stop_after_tail_misses: int | None = None,
     definition: str = "mean",
     max_ttft_factor: float = 0.0,
+    load_poll_s: float = 0.0,
+    retries: int = 0,
 ) -> SimResult:
     """Run ``workload`` on ``replicas`` fresh policies from ``policy_factory()``."""
     if replicas < 1:
@@ -721,5 +757,7 @@ def simulate(
         stop_after_tail_misses=stop_after_tail_misses,
         definition=definition,
         max_ttft_factor=max_ttft_factor,
+        load_poll_s=load_poll_s,
+        retries=retries,
     )
     return sim.run()
