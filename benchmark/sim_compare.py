@@ -52,6 +52,10 @@ from sglang_fair.sim.metrics import Criteria  # noqa: E402
 from sglang_fair.sim.workload import load_trace, make_workload, parse_slo_classes, shared_dir  # noqa: E402
 
 ALL_POLICIES = ("sglang", "sarathi", "slai", "vtc", "fairbatching")
+#: The cluster comparison: FairBatching routed by PAB with admission control (rejections retried
+#: elsewhere), FairBatching by least load, and the peers as their users route them.
+_CLUSTER_MEMBERS = (("fairbatching", "pab", True), ("fairbatching", "least_load", False),
+                    ("sarathi", "round_robin", False), ("sglang", "round_robin", False))
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,21 @@ class Scenario:
     num_requests: int = 8000
     policies: tuple[str, ...] = ALL_POLICIES
     note: str = ""
+    #: A cluster: replicas behind a router as sglang-router runs one (loads as of its last poll,
+    #: rejections retried on the other replicas); members are (policy, router, admission control).
+    replicas: int = 1
+    members: tuple[tuple[str, str, bool], ...] = ()
+    load_poll_s: float = 0.0
+
+    def variants(self) -> list[Variant]:
+        members = self.members or tuple((policy, "round_robin", False) for policy in self.policies)
+        out = []
+        for policy, router, admission_control in members:
+            out += default_variants(policy, router, self.replicas, {}, sweep=True,
+                                    admission_control=admission_control,
+                                    load_poll_s=self.load_poll_s if router != "round_robin" else 0.0,
+                                    retries=self.replicas - 1 if admission_control else 0)
+        return out
 
     def workload_options(self) -> dict:
         return {"arrival": self.arrival, "burstiness_cv": self.burstiness,
@@ -90,12 +109,21 @@ SCENARIOS = {
                                     note="another GPU, KV-bound"),
     "llama2-gamma3": Scenario("a100-llama2-7b", arrival="gamma", policies=("sarathi", "fairbatching"),
                               note="bursty, KV-bound"),
+    # Four replicas behind a router that polls loads every 30 s (sglang-router 0.3.2's default).
+    "cluster4-poisson": Scenario("a100-llama3-8b", replicas=4, load_poll_s=30.0, members=_CLUSTER_MEMBERS,
+                                 note="4 replicas, loads 30 s stale"),
+    "cluster4-gamma3": Scenario("a100-llama3-8b", arrival="gamma", replicas=4, load_poll_s=30.0,
+                                members=_CLUSTER_MEMBERS, note="4 replicas, bursty, loads 30 s stale"),
+    "cluster4-gamma3-poll1s": Scenario("a100-llama3-8b", arrival="gamma", replicas=4, load_poll_s=1.0,
+                                       members=_CLUSTER_MEMBERS,
+                                       note="4 replicas, bursty, loads 1 s stale (--worker-startup-check-interval 1)"),
 }
 
 
 def _key(name: str, scenario: Scenario, seed: int, variant: Variant, tolerance: float) -> str:
     text = json.dumps([name, asdict(scenario), seed, variant.policy, variant.router, variant.replicas,
-                       sorted(variant.options.items()), variant.admission_control, tolerance], default=str)
+                       sorted(variant.options.items()), variant.admission_control, variant.load_poll_s,
+                       variant.retries, tolerance], default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -107,7 +135,7 @@ def _engine(scenario: Scenario):
 def _search(payload):
     key, name, scenario, seed, variant, tolerance = payload
     model, config, trace = _engine(scenario)
-    bound = work_bound(trace, scenario.num_requests, model, config)
+    bound = work_bound(trace, scenario.num_requests, model, config, scenario.replicas)
     started = time.time()
     out = search_capacity(variant, trace, model, config, ttft_slo_s=scenario.ttft_slo_s,
                           tpot_slo_s=scenario.tpot_slo_s, num_requests=scenario.num_requests, seed=seed,
@@ -171,69 +199,95 @@ def _setting(result: dict) -> str:
     return "defaults"
 
 
+def _member(variant: Variant) -> str:
+    """A scheduler of the comparison: the policy, and on a cluster its router (+ac: admission control)."""
+    if variant.replicas == 1:
+        return variant.policy
+    return f"{variant.policy}+{variant.router}" + ("+ac" if variant.admission_control else "")
+
+
+def _members(scenario: Scenario) -> dict[str, list[Variant]]:
+    members: dict[str, list[Variant]] = {}
+    for variant in scenario.variants():
+        members.setdefault(_member(variant), []).append(variant)
+    return members
+
+
+def _lead_and_peer(members: dict) -> tuple[str | None, str | None]:
+    """FairBatching's member and Sarathi's, the pair the ratio is taken on."""
+    lead = next((m for m in members if m.startswith("fairbatching")), None)
+    peer = next((m for m in members if m.startswith("sarathi")), None)
+    return lead, peer
+
+
 def summarize(scenarios: list[str], seeds: list[int], store: dict, tolerance: float, jobs: int) -> dict:
     summary = {}
     tail_payloads = []
     for name in scenarios:
         scenario = SCENARIOS[name]
         model, config, trace = _engine(scenario)
-        bound = work_bound(trace, scenario.num_requests, model, config)
-        saturation = saturation_rps(trace, scenario.num_requests, model, config)
+        bound = work_bound(trace, scenario.num_requests, model, config, scenario.replicas)
+        saturation = saturation_rps(trace, scenario.num_requests, model, config, scenario.replicas)
+        members = _members(scenario)
+        lead, peer = _lead_and_peer(members)
         entry = {"scenario": asdict(scenario), "work_bound": bound, "saturation_rps": saturation,
-                 "engine": asdict(config) | {"true_cost_model": None}, "seeds": {}}
+                 "engine": asdict(config) | {"true_cost_model": None}, "members": list(members),
+                 "lead": lead, "peer": peer, "seeds": {}}
         for seed in seeds:
-            per_policy = {}
-            for policy in scenario.policies:
-                group = [store[_key(name, scenario, seed, v, tolerance)]
-                         for v in default_variants(policy, "round_robin", 1, {}, sweep=True)
+            per_member, best_variant = {}, {}
+            for member, variants in members.items():
+                found = [(store[_key(name, scenario, seed, v, tolerance)], v) for v in variants
                          if _key(name, scenario, seed, v, tolerance) in store]
-                if not group:
+                if not found:
                     continue
-                best = _best(group)
-                per_policy[policy] = {
+                best, variant = max(found, key=lambda pair: pair[0]["capacity_rps"])
+                best_variant[member] = variant
+                per_member[member] = {
                     "capacity_rps": best["capacity_rps"], "setting": _setting(best),
                     **{k: best[k] for k in ("ttft_p50_s", "ttft_p99_s", "tbt_p99_s", "tpot_p99_s",
                                             "ttft_ratio_p99", "ttft_ratio_max", "ttft_over_bound")},
-                    "sweep": {_setting(r): r["capacity_rps"] for r in group},
+                    "sweep": {_setting(r): r["capacity_rps"] for r, _ in found},
                 }
-            entry["seeds"][seed] = per_policy
-            if "sarathi" in per_policy and "fairbatching" in per_policy:
-                sarathi = _best([store[_key(name, scenario, seed, v, tolerance)]
-                                 for v in default_variants("sarathi", "round_robin", 1, {}, sweep=True)
-                                 if _key(name, scenario, seed, v, tolerance) in store])
-                rate = sarathi["capacity_rps"]
-                for policy, variant in (("fairbatching", Variant("fairbatching")),
-                                        ("sarathi", Variant("sarathi", options=dict(sarathi["options"])))):
-                    tail_payloads.append((name, seed, policy, (scenario, seed, variant, rate)))
+            entry["seeds"][seed] = per_member
+            if lead in per_member and peer in per_member:
+                rate = per_member[peer]["capacity_rps"]
+                for member in (lead, peer):
+                    tail_payloads.append((name, seed, member, (scenario, seed, best_variant[member], rate)))
         summary[name] = entry
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         outcomes = list(pool.map(_probe, [p[3] for p in tail_payloads]))
-    for (name, seed, policy, payload), outcome in zip(tail_payloads, outcomes):
+    for (name, seed, member, payload), outcome in zip(tail_payloads, outcomes):
         at = summary[name]["seeds"][seed].setdefault("at_sarathi_capacity", {"rate_rps": payload[3]})
-        at[policy] = outcome
+        at[member] = outcome
     for name, entry in summary.items():
+        lead, peer = entry["lead"], entry["peer"]
         ratios = {}
-        for seed, per_policy in entry["seeds"].items():
-            if "fairbatching" in per_policy and "sarathi" in per_policy and per_policy["sarathi"]["capacity_rps"] > 0:
-                ratios[seed] = per_policy["fairbatching"]["capacity_rps"] / per_policy["sarathi"]["capacity_rps"]
+        for seed, per_member in entry["seeds"].items():
+            if lead in per_member and peer in per_member and per_member[peer]["capacity_rps"] > 0:
+                ratios[seed] = per_member[lead]["capacity_rps"] / per_member[peer]["capacity_rps"]
         entry["fairbatching_over_sarathi"] = ratios
         entry["fairbatching_over_sarathi_median"] = statistics.median(ratios.values()) if ratios else math.nan
-        sarathi_caps = [p["sarathi"]["capacity_rps"] for p in entry["seeds"].values() if "sarathi" in p]
-        if sarathi_caps:
-            entry["sarathi_share_of_work_bound"] = statistics.median(sarathi_caps) / entry["work_bound"]["rps"]
-            entry["headroom_over_sarathi"] = entry["work_bound"]["rps"] / statistics.median(sarathi_caps)
+        peer_caps = [p[peer]["capacity_rps"] for p in entry["seeds"].values() if peer in p]
+        if peer_caps:
+            entry["sarathi_share_of_work_bound"] = statistics.median(peer_caps) / entry["work_bound"]["rps"]
+            entry["headroom_over_sarathi"] = entry["work_bound"]["rps"] / statistics.median(peer_caps)
     return summary
 
 
 def markdown(summary: dict) -> str:
     names = {"sglang": "SGLang stock", "sarathi": "Sarathi-Serve", "slai": "SLAI", "vtc": "VTC",
              "fairbatching": "FairBatching"}
+
+    def title(member: str) -> str:
+        policy, _, rest = member.partition("+")
+        return names[policy] + (f" + {rest.replace('+ac', ' + admission control')}" if rest else "")
     lines = []
     for name, entry in summary.items():
         scenario = entry["scenario"]
         slo = scenario["slo_classes"] or f"{scenario['ttft_slo_s']:g} s / {scenario['tpot_slo_s']:g} s"
         bound = entry["work_bound"]
-        lines.append(f"### {name}: {scenario['cost_model']}, {scenario['trace']}, {slo}, {scenario['arrival']}"
+        replicas = f"{scenario['replicas']} replicas, " if scenario["replicas"] > 1 else ""
+        lines.append(f"### {name}: {replicas}{scenario['cost_model']}, {scenario['trace']}, {slo}, {scenario['arrival']}"
                      f"{' CV ' + format(scenario['burstiness'], 'g') if scenario['arrival'] == 'gamma' else ''},"
                      f" {scenario['num_requests']} requests")
         lines.append("")
@@ -247,10 +301,10 @@ def markdown(summary: dict) -> str:
         lines.append("| scheduler | " + " | ".join(f"seed {s}: rps (setting) P99 TTFT / P99 TBT" for s in seeds)
                      + " | median |")
         lines.append("|---|" + "---|" * (len(seeds) + 1))
-        for policy in scenario["policies"]:
+        for member in entry["members"]:
             cells, caps = [], []
             for seed in seeds:
-                result = entry["seeds"][seed].get(policy)
+                result = entry["seeds"][seed].get(member)
                 if result is None:
                     cells.append("-")
                     continue
@@ -258,18 +312,19 @@ def markdown(summary: dict) -> str:
                 cells.append(f"{result['capacity_rps']:.3f} ({result['setting']}) "
                              f"{result['ttft_p99_s']:.2f} s / {result['tbt_p99_s']:.3f} s")
             median = f"{statistics.median(caps):.3f}" if caps else "-"
-            lines.append(f"| {names[policy]} | " + " | ".join(cells) + f" | {median} |")
+            lines.append(f"| {title(member)} | " + " | ".join(cells) + f" | {median} |")
         ratios = entry["fairbatching_over_sarathi"]
         if ratios:
             lines.append("")
-            lines.append("FairBatching / best Sarathi: " + ", ".join(f"{ratios[s]:.3f}" for s in sorted(ratios))
+            lines.append(f"{title(entry['lead'])} / {title(entry['peer'])}: " + ", ".join(f"{ratios[s]:.3f}" for s in sorted(ratios))
                          + f" (median **{entry['fairbatching_over_sarathi_median']:.3f}**).")
         tails = [(s, entry["seeds"][s]["at_sarathi_capacity"]) for s in seeds if "at_sarathi_capacity" in entry["seeds"][s]]
         if tails:
+            lead, peer = entry["lead"], entry["peer"]
             lines.append("At best Sarathi's capacity, P99 TTFT (attainment): " + "; ".join(
-                f"seed {s} at {t['rate_rps']:.3f} rps: FairBatching {t['fairbatching']['ttft_p99_s']:.2f} s "
-                f"({t['fairbatching']['attainment']:.3f}), Sarathi {t['sarathi']['ttft_p99_s']:.2f} s "
-                f"({t['sarathi']['attainment']:.3f})" for s, t in tails) + ".")
+                f"seed {s} at {t['rate_rps']:.3f} rps: FairBatching {t[lead]['ttft_p99_s']:.2f} s "
+                f"({t[lead]['attainment']:.3f}), Sarathi {t[peer]['ttft_p99_s']:.2f} s "
+                f"({t[peer]['attainment']:.3f})" for s, t in tails) + ".")
         lines.append("")
     return "\n".join(lines)
 
@@ -302,6 +357,7 @@ def main() -> int:
         overrides["num_requests"] = args.num_requests
     if args.policies:
         overrides["policies"] = tuple(p for p in args.policies.split(",") if p)
+        overrides["members"] = ()
     if overrides:
         for name in scenarios:
             SCENARIOS[name] = dataclasses.replace(SCENARIOS[name], **overrides)
@@ -311,10 +367,9 @@ def main() -> int:
     for name in scenarios:
         scenario = SCENARIOS[name]
         for seed in seeds:
-            for policy in scenario.policies:
-                for variant in default_variants(policy, "round_robin", 1, {}, sweep=True):
-                    payloads.append((_key(name, scenario, seed, variant, args.tolerance), name, scenario, seed,
-                                     variant, args.tolerance))
+            for variant in scenario.variants():
+                payloads.append((_key(name, scenario, seed, variant, args.tolerance), name, scenario, seed,
+                                 variant, args.tolerance))
     started = time.time()
     if not args.report_only:
         _run(payloads, args.jobs, store, store_path)
