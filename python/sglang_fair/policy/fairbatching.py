@@ -180,9 +180,7 @@ class FairBatchingPolicy(BatchPolicy):
         if view.decodes:
             self._order_decodes(view.decodes, now_s, order)
             min_tpot_s = min(request.tpot_slo_s for request in view.decodes)
-            # The budget protects the decodes that can still meet their SLO.
-            min_slack_s = order.deadlines[0] - now_s if order.protected else min_tpot_s
-            order.budget_s, order.floor_s = self._budget(min_slack_s, min_tpot_s)
+            order.budget_s, order.floor_s = self._budget(self._min_slack_s(order, now_s), min_tpot_s)
         order.prefills = self.prefill_order(view, order)
         return order
 
@@ -193,8 +191,16 @@ class FairBatchingPolicy(BatchPolicy):
             return order.budget_s, order.floor_s
         self._order_decodes(view.decodes, view.now_s, order)
         min_tpot_s = min(request.tpot_slo_s for request in view.decodes)
-        min_slack_s = order.deadlines[0] - view.now_s if order.protected else min_tpot_s
-        return self._budget(min_slack_s, min_tpot_s)
+        return self._budget(self._min_slack_s(order, view.now_s), min_tpot_s)
+
+    @staticmethod
+    def _min_slack_s(order: IterationOrder, now_s: float) -> float:
+        """The budget protects the decodes that can still meet their SLO; when none can (deep
+        overload), the lost ones on their slower line, so iterations are not cut to one TPOT for
+        nobody's sake (their fixed cost is what an overload can least afford)."""
+        if order.protected:
+            return order.deadlines[0] - now_s
+        return order.lost_deadlines[0] - now_s
 
     def _order_decodes(self, decodes, now_s: float, order: IterationOrder) -> None:
         if self.demote_lost_requests:
