@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from inproc import build_scheduler, idle_check, make_req, run_until_idle, step
+from sglang_fair.runtime.inproc import build_scheduler, idle_check, make_req, run_until_idle, step
 
 
 #: A fixed cost model for these tests: 5 ms per sequence makes a decode that does not fit visible.
@@ -32,7 +32,7 @@ def fair(tmp_path_factory):
     scheduler = build_scheduler(
         "fairbatching", chunked_prefill_size=2048, ttft_slo_s=30.0, tpot_slo_s=0.05, cost_model=str(path)
     )
-    scheduler.fair_policy.online.refit_every = 10**9  # keep the test's cost model fixed
+    scheduler.fair_policy.online.min_samples = 10**9  # keep the test's cost model fixed (no refit)
     return scheduler
 
 
@@ -53,8 +53,9 @@ def _shape_slack(scheduler, urgent, relaxed):
         state = scheduler.fair_states[req.rid]
         # The envelope line is anchored at the first token (policy.request): move both.
         anchor_s = now + slack_s - state.generated_tokens * state.tpot_slo_s
-        state.first_token_s = anchor_s
+        # arrival first: setting first_token_s fixes the planning lines from the arrival
         state.arrival_s = anchor_s - state.ttft_slo_s + 1.0
+        state.first_token_s = anchor_s
 
 
 def _mixed_step_with_prefill(scheduler, prompt_tokens=1500, rid="long"):

@@ -219,26 +219,25 @@ def cmd_capacity(args) -> int:
                   workload_options=wl_opts)
     payloads = [(v, trace, cost_model, config, kwargs) for v in variants]
     bar = _progress(len(payloads), args.quiet, "capacity")
-    searches: list[dict] = []
+    done: dict[int, dict] = {}  # variant index -> its search, so results keep the variants' order
     if args.jobs > 1 and len(payloads) > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {pool.submit(_search_task, p): p[0] for p in payloads}
+            futures = {pool.submit(_search_task, p): i for i, p in enumerate(payloads)}
             for future in as_completed(futures):
-                searches.append(future.result())
+                done[futures[future]] = future.result()
                 if bar is not None:
-                    bar.set_postfix_str(f"{futures[future].label}: {searches[-1]['capacity_rps']:.2f} rps")
+                    bar.set_postfix_str(f"{variants[futures[future]].label}: "
+                                        f"{done[futures[future]]['capacity_rps']:.2f} rps")
                     bar.update(1)
     else:
-        for payload in payloads:
-            searches.append(_search_task(payload))
+        for i, payload in enumerate(payloads):
+            done[i] = _search_task(payload)
             if bar is not None:
-                bar.set_postfix_str(f"{payload[0].label}: {searches[-1]['capacity_rps']:.2f} rps")
+                bar.set_postfix_str(f"{payload[0].label}: {done[i]['capacity_rps']:.2f} rps")
                 bar.update(1)
     if bar is not None:
         bar.close()
-    order = {v.label: i for i, v in enumerate(variants)}
-    searches.sort(key=lambda s: order[Variant(s["policy"], s["router"], s["replicas"], s["options"],
-                                              s["admission_control"], s["load_poll_s"], s["retries"]).label])
+    searches = [done[i] for i in range(len(payloads))]
     results = []
     for router in routers:
         for policy in policies:
