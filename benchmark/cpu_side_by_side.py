@@ -19,6 +19,12 @@ One command; it
 
     python benchmark/cpu_side_by_side.py            # default: ~3 min on 2 quiet cores, 24 min busy
     python benchmark/cpu_side_by_side.py --quick    # smoke check: ~2 min quiet, 16 min busy
+
+That is ``--mode calibrated``: the fair server gets the benchmark's hand-calibrated model.  Two more
+modes (``benchmark/cpu_user_bench.py``): ``--mode user``, the side by side a user would run
+(fairbatching launched with the SLOs only, self-calibrating, against stock's best swept setting, at
+the rate where stock meets ~90% of SLOs, Poisson and bursty arrivals, collapses counted), and
+``--mode drain`` (a burst at once: drain time, the request after, admission control).
 """
 
 from __future__ import annotations
@@ -153,7 +159,8 @@ KEEPALIVE_PROMPT_TOKENS = 32
 
 
 async def _probe(url: str, prompt_tokens: int, output_tokens: int, count: int, seed: int,
-                 keepalive_count: int = 1):
+                 keepalive_count: int = 1, vocab_size: int = cpu_model.VOCAB_SIZE,
+                 max_context_tokens: int = 8192):
     """Send ``count`` identical requests at once while ``keepalive_count`` keep-alive requests are
     decoding: the server is never idle (an idle CPU server sleeps, and waking it would be timed as
     well), and a prefill probed beside many of them is a mixed batch of that many decodes."""
@@ -170,12 +177,13 @@ async def _probe(url: str, prompt_tokens: int, output_tokens: int, count: int, s
 
     async with aiohttp.ClientSession() as session:
         # Together they stay well inside the KV pool (SGLang reserves room for their outputs).
+        keepalive_tokens = min(4096, max_context_tokens - KEEPALIVE_PROMPT_TOKENS - 8)
         keepalives = [load_client.RequestSpec(10**6 + k, 0.0, KEEPALIVE_PROMPT_TOKENS,
-                                              4096 // keepalive_count, 1e9, 1e9)
+                                              keepalive_tokens // keepalive_count, 1e9, 1e9)
                       for k in range(keepalive_count)]
         background = asyncio.gather(*[
             load_client.send_one(session, url, spec,
-                                 load_client.prompt_ids(spec, seed + k, cpu_model.VOCAB_SIZE), 120.0,
+                                 load_client.prompt_ids(spec, seed + k, vocab_size), 120.0,
                                  on_token=lambda n, k=k: on_token(k, n))
             for k, spec in enumerate(keepalives)])
         try:
@@ -184,14 +192,15 @@ async def _probe(url: str, prompt_tokens: int, output_tokens: int, count: int, s
                      for i in range(count)]
             return await asyncio.gather(*[
                 load_client.send_one(session, url, spec,
-                                     load_client.prompt_ids(spec, seed, cpu_model.VOCAB_SIZE), 120.0)
+                                     load_client.prompt_ids(spec, seed, vocab_size), 120.0)
                 for spec in specs])
         finally:
             background.cancel()
             await asyncio.gather(background, return_exceptions=True)
 
 
-def calibrate(url: str, *, quick: bool, prefill_sizes: list[int], seed: int = 1234) -> dict:
+def calibrate(url: str, *, quick: bool, prefill_sizes: list[int], seed: int = 1234,
+              vocab_size: int = cpu_model.VOCAB_SIZE, max_context_tokens: int = 8192) -> dict:
     """Time prefills (TTFT of 1-token requests, beside 1 or more running keep-alive decodes) and
     decode batches (steady token gaps of B requests sent together, beside one); return per-shape
     minima over 3 recorded passes as (features, seconds) rows for ``fit_cost_model``.  Every shape runs once unrecorded first
@@ -215,11 +224,13 @@ def calibrate(url: str, *, quick: bool, prefill_sizes: list[int], seed: int = 12
         for job in jobs:
             kind, tokens, batch = job
             if kind == "prefill":
-                (result,) = asyncio.run(_probe(url, tokens, 1, 1, seed + attempt, keepalive_count=batch))
+                (result,) = asyncio.run(_probe(url, tokens, 1, 1, seed + attempt, keepalive_count=batch,
+                                               vocab_size=vocab_size, max_context_tokens=max_context_tokens))
                 if result.ok and attempt > 0:
                     measured[job].append(result.ttft_s)
                 continue
-            results = asyncio.run(_probe(url, tokens, output_tokens, batch, seed + attempt))
+            results = asyncio.run(_probe(url, tokens, output_tokens, batch, seed + attempt,
+                                         vocab_size=vocab_size, max_context_tokens=max_context_tokens))
             done = [r for r in results if r.ok]
             if attempt == 0 or len(done) != batch:
                 continue
@@ -254,23 +265,16 @@ class CalibrationError(RuntimeError):
 
 
 def fit_calibration(samples: dict) -> "CostModel":  # noqa: F821
-    from sglang_fair.policy import fit_cost_model
-    from sglang_fair.policy.cost_model import FEATURE_NAMES
+    from sglang_fair.policy import fit_physical_cost_model
 
     features = np.asarray(samples["features"], dtype=float)
     times_s = np.asarray(samples["times_s"], dtype=float)
-    terms = list(COST_TERMS)
-    model = fit_cost_model(features, times_s, terms=tuple(terms), name="cpu-bench-measured")
     # On a busy machine a term can come out negative (noise trading off against the others); a
-    # scheduler would read that as free work, so drop such terms and refit.  The time per new
-    # token is what everything rests on: without it the calibration is unusable.
-    while True:
-        coefficients = dict(zip(FEATURE_NAMES, model.coefficients()))
-        negative = [t for t in terms if t not in ("fixed", "new_tokens") and coefficients[t] < 0]
-        if not negative:
-            break
-        terms.remove(negative[0])
-        model = fit_cost_model(features, times_s, terms=tuple(terms), name="cpu-bench-measured")
+    # scheduler would read that as free work: such terms are dropped (the runtime's rule, one
+    # definition).  The time per new token is what everything rests on: without it the
+    # calibration is unusable.
+    model = fit_physical_cost_model(features, times_s, terms=COST_TERMS, name="cpu-bench-measured",
+                                    nonnegative=tuple(t for t in COST_TERMS if t != "new_tokens"))
     if not model.per_new_token_s > 0 or not model.fixed_s > 0:
         raise CalibrationError(
             f"calibration unusable ({model.describe()}): the machine was probably too busy;"
@@ -305,12 +309,13 @@ def estimate_capacity_rps(model, specs: list[load_client.RequestSpec], decode_ba
     return 1.0 / per_request_s
 
 
-def measure_saturation_rps(url: str, specs: list[load_client.RequestSpec], seed: int) -> float:
+def measure_saturation_rps(url: str, specs: list[load_client.RequestSpec], seed: int,
+                           vocab_size: int = cpu_model.VOCAB_SIZE) -> float:
     """Completed requests per second when ``specs`` all arrive at once (the engine's upper bound
     at this workload's lengths, ignoring SLOs)."""
     burst = [load_client.RequestSpec(s.index, 0.0, s.prompt_tokens, s.output_tokens, 1e9, 1e9) for s in specs]
     results, duration_s = asyncio.run(load_client.run_workload(
-        url, burst, seed=seed, vocab_size=cpu_model.VOCAB_SIZE, drain_timeout_s=300,
+        url, burst, seed=seed, vocab_size=vocab_size, drain_timeout_s=300,
         description="saturation burst"))
     return load_client.summarize(results, duration_s)["throughput_rps"]
 
@@ -376,6 +381,9 @@ def print_table(table: dict[str, dict]) -> None:
 # --- main ---------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("calibrated", "user", "drain"), default="calibrated",
+                        help="calibrated: this benchmark (the fair server gets the hand-calibrated model);"
+                             " user, drain: run benchmark/cpu_user_bench.py (its --help lists their flags)")
     parser.add_argument("--quick", action="store_true", help="smoke check: 1 chunk size, 1 seed, few requests")
     parser.add_argument("--chunk-sizes", default=None, help="stock chunk sizes, e.g. 128,256,512")
     parser.add_argument("--seeds", default=None, help="workload seeds, e.g. 0,1,2")
@@ -408,6 +416,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    mode = argparse.ArgumentParser(add_help=False)
+    mode.add_argument("--mode", choices=("calibrated", "user", "drain"), default="calibrated")
+    known, _ = mode.parse_known_args(argv)
+    if known.mode != "calibrated":
+        import cpu_user_bench
+
+        return cpu_user_bench.main(argv)
     args = parse_args(argv)
     started = datetime.now(timezone.utc)
     out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="sglang_fair_cpu_bench_"))

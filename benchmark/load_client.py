@@ -84,13 +84,22 @@ def make_workload(
     max_prompt_tokens: int = 1024,
     max_output_tokens: int = 256,
     min_output_tokens: int = 2,
+    arrival_cv: float = 1.0,
 ) -> list[RequestSpec]:
-    """Sample ``num_requests`` trace rows (seeded), scale their lengths, Poisson arrival offsets."""
+    """Sample ``num_requests`` trace rows (seeded), scale their lengths, arrival offsets at
+    ``rate_rps``: Poisson (``arrival_cv`` 1), or bursty with gamma inter-arrival gaps of that
+    coefficient of variation (shape ``1/cv^2``, same mean gap ``1/rate``)."""
     if rate_rps <= 0 or not math.isfinite(rate_rps):
         raise ValueError("rate_rps must be a positive number")
+    if arrival_cv <= 0 or not math.isfinite(arrival_cv):
+        raise ValueError("arrival_cv must be a positive number")
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(prompts), size=num_requests, replace=len(prompts) < num_requests)
-    gaps_s = rng.exponential(1.0 / rate_rps, size=num_requests)
+    if arrival_cv == 1.0:
+        gaps_s = rng.exponential(1.0 / rate_rps, size=num_requests)
+    else:
+        shape = 1.0 / arrival_cv**2
+        gaps_s = rng.gamma(shape, 1.0 / (rate_rps * shape), size=num_requests)
     offsets_s = np.cumsum(gaps_s) - gaps_s[0]  # the first request goes at t=0
     specs = []
     for i, (row, offset_s) in enumerate(zip(rows, offsets_s)):

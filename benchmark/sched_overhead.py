@@ -19,11 +19,8 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test" / "runtime"))
-
-from inproc import build_scheduler, make_req  # noqa: E402
+from sglang_fair.runtime.inproc import build_scheduler, make_req
 
 from sglang_fair import strict_json  # noqa: E402
 

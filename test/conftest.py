@@ -13,6 +13,11 @@ against each; a test module may set ``SERVER_ARGS = [...]`` for extra flags), an
 
 Test folders are not packages, so do not ``import conftest`` (pytest imports several files of that
 name); use the fixtures.
+
+Every server a test session starts shares one start-up calibration cache (a session temp folder in
+``SGLANG_FAIR_CALIBRATION_CACHE``, unless that is already set), so only the first fairbatching server
+of a given configuration times the model; the others read the result.  The calibration's time budget
+is raised to 600 s (``SGLANG_FAIR_CALIBRATION_BUDGET``) so a loaded machine finishes it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,28 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_E2E_POLICIES = "sglang,fairbatching"
 START_TIMEOUT_S = float(os.environ.get("SGLANG_FAIR_E2E_START_TIMEOUT", "600"))
+
+
+_SESSION_CALIBRATION_CACHE: str | None = None
+
+
+def pytest_configure(config):
+    global _SESSION_CALIBRATION_CACHE
+    if not os.environ.get("SGLANG_FAIR_CALIBRATION_CACHE"):
+        import tempfile
+
+        _SESSION_CALIBRATION_CACHE = tempfile.mkdtemp(prefix="sglang_fair_calibration_")
+        os.environ["SGLANG_FAIR_CALIBRATION_CACHE"] = _SESSION_CALIBRATION_CACHE
+    # A loaded CI box may need more than the 60 s a server allows itself; the tests want the
+    # calibration finished (and cached), not cut short.
+    os.environ.setdefault("SGLANG_FAIR_CALIBRATION_BUDGET", "600")
+
+
+def pytest_unconfigure(config):
+    if _SESSION_CALIBRATION_CACHE is not None:
+        import shutil
+
+        shutil.rmtree(_SESSION_CALIBRATION_CACHE, ignore_errors=True)
 
 
 class ServerStartError(RuntimeError):

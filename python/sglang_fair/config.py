@@ -29,6 +29,7 @@ class FairConfig:
     token_budget: int = 512  # --fair-token-budget: per-iteration tokens for sarathi/slai/vtc
     admission_control: bool = False  # --fair-admission-control
     client_fairness: bool = False  # --fair-client-fairness
+    calibrate: bool = True  # off with --fair-no-calibration: time the model at start-up
     policy_options: dict = field(default_factory=dict)  # --fair-policy-option KEY=VALUE
 
     def to_json(self) -> str:

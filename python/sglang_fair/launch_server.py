@@ -87,6 +87,13 @@ def _add_fair_args(parser: argparse.ArgumentParser) -> None:
         help="share capacity fairly between clients",
     )
     group.add_argument(
+        "--fair-no-calibration",
+        dest="fair_calibrate",
+        action="store_false",
+        help="do not time the served model at start-up to fit the cost model (without --cost-model"
+        " the online refit then starts from a shipped preset)",
+    )
+    group.add_argument(
         "--fair-policy-option",
         action="append",
         default=[],
@@ -166,6 +173,7 @@ def parse_fair_args(argv: list[str]) -> tuple[FairConfig, list[str]]:
         token_budget=args.fair_token_budget,
         admission_control=args.fair_admission_control,
         client_fairness=args.fair_client_fairness,
+        calibrate=args.fair_calibrate,
         policy_options=options,
     )
     return config, rest

@@ -106,8 +106,9 @@ def dumps(data, *, indent: int | None = 1, sort_keys: bool = False, other: Calla
     return json.dumps(to_json_types(data, other=other), indent=indent, sort_keys=sort_keys, allow_nan=False)
 
 
-def write(path: str | os.PathLike, data, *, indent: int | None = 1, sort_keys: bool = False) -> None:
+def write(path: str | os.PathLike, data, *, indent: int | None = 1, sort_keys: bool = False,
+          other: Callable[[Any], Any] | None = None) -> None:
     """Write ``data`` to ``path`` as strict JSON and a final newline (see :func:`dumps`)."""
-    text = dumps(data, indent=indent, sort_keys=sort_keys)
+    text = dumps(data, indent=indent, sort_keys=sort_keys, other=other)
     with open(path, "w") as handle:
         handle.write(text + "\n")

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sglang_fair.policy.cost_model import FEATURE_NAMES, feature_row
+
 _BENCH = Path(__file__).resolve().parents[2] / "benchmark"
 
 
@@ -28,14 +30,15 @@ def _samples(fixed_s, per_new_s, per_ctx_s, noise=0.0, seed=0, prefill_s=0.0, mi
     rng = np.random.default_rng(seed)
     rows, labels = [], []
     for n, b in ((32, 1), (128, 1), (256, 1), (512, 1), (64, 16), (256, 16), (128, 8)):
-        rows.append((1.0, n + b, n + 40 * b, b + 1, n * n, 1.0, b + 1))
+        rows.append(feature_row(n + b, n + 40 * b, b + 1, n * n, has_prefill=True))
         labels.append(f"prefill {n} (+{b})")
     for b, c in ((1, 32), (8, 256), (16, 128), (32, 64)):
-        rows.append((1.0, b + 1, b * (c + 8) + 40, b + 1, 0.0, 0.0, 0))
+        rows.append(feature_row(b + 1, b * (c + 8) + 40, b + 1, 0.0, has_prefill=False))
         labels.append(f"decode {b}x{c}")
     x = np.asarray(rows)
-    times = (fixed_s + per_new_s * x[:, 1] + per_ctx_s * x[:, 2] + prefill_s * x[:, 5]
-             + mixed_seq_s * x[:, 6]) * (1 + noise * rng.standard_normal(len(x)))
+    col = {name: x[:, i] for i, name in enumerate(FEATURE_NAMES)}
+    times = (fixed_s + per_new_s * col["new_tokens"] + per_ctx_s * col["sum_context"]
+             + prefill_s * col["prefill_iteration"] + mixed_seq_s * col["mixed_seqs"]) * (1 + noise * rng.standard_normal(len(x)))
     return {"features": rows, "times_s": times.tolist(), "labels": labels}
 
 

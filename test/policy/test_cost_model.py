@@ -103,7 +103,7 @@ def test_online_cold_start_uses_prior(model):
 
 def test_online_refit_tracks_a_slower_engine(model):
     slower = CostModel(*(model.coefficients()[:4] * 1.5), name="slow")
-    online = OnlineCostModel(model, min_samples=32, refit_every=32, prior_weight=0.01)
+    online = OnlineCostModel(model, min_samples=32, refit_every=32)
     rng = np.random.default_rng(2)
     for _ in range(256):
         shape = _shape(int(rng.integers(1, 2048)), int(rng.integers(1000, 90_000)), int(rng.integers(1, 100)))
@@ -183,7 +183,7 @@ def test_online_refit_learns_the_extend_path_cost(model):
     from policy_helpers import CPU_LIKE
 
     prior = CostModel(*CPU_LIKE.coefficients()[:5], name="kernel-profile")
-    online = OnlineCostModel(prior, min_samples=32, refit_every=32, prior_weight=0.01)
+    online = OnlineCostModel(prior, min_samples=32, refit_every=32)
     rng = np.random.default_rng(4)
     for shape in _mixed_shapes(rng, 256):
         online.observe(shape, CPU_LIKE.predict_shape(shape) * (1 + 0.02 * rng.standard_normal()))
@@ -194,7 +194,7 @@ def test_online_refit_learns_the_extend_path_cost(model):
 
 def test_online_refit_never_keeps_a_negative_extend_cost(model):
     # Prefill batches measured *faster* than decode-only ones (noise): the terms stay at the prior's 0.
-    online = OnlineCostModel(model, min_samples=32, refit_every=32, prior_weight=0.01)
+    online = OnlineCostModel(model, min_samples=32, refit_every=32)
     rng = np.random.default_rng(5)
     for shape in _mixed_shapes(rng, 128):
         time_s = model.predict_shape(shape) - (0.002 if shape.num_prefills else 0.0)

@@ -3,7 +3,7 @@ Scheduler, fed the same requests, run the same batches."""
 
 from __future__ import annotations
 
-from inproc import build_scheduler, idle_check, make_req, step
+from sglang_fair.runtime.inproc import build_scheduler, idle_check, make_req, step
 
 
 def _trace(scheduler, mixed_chunk: bool):
@@ -44,3 +44,4 @@ def test_sglang_policy_batches_exactly_like_stock():
     assert fair_trace == stock_trace
     assert fair_out == stock_out
     assert not fair.fair_states  # stock keeps no per-request records
+    assert fair.fair_calibration is None  # and never calibrates: it starts as fast as stock

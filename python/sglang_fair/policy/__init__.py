@@ -19,6 +19,7 @@ from .cost_model import (
     CostModelError,
     OnlineCostModel,
     fit_cost_model,
+    fit_physical_cost_model,
     load_cost_model,
     preset_names,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "VtcPolicy",
     "build_policy",
     "fit_cost_model",
+    "fit_physical_cost_model",
     "load_cost_model",
     "make_policy",
     "policy_options",

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 
 import numpy as np
@@ -46,6 +46,7 @@ __all__ = [
     "KERNEL_TERMS",
     "feature_row",
     "fit_cost_model",
+    "fit_physical_cost_model",
     "load_cost_model",
     "preset_names",
 ]
@@ -262,7 +263,7 @@ def fit_cost_model(
     prior_weight: float = 0.0,
     trim_sigma: float = 3.5,
 ) -> CostModel:
-    """Least-squares fit of a cost model to ``features`` (n x 7, see ``FEATURE_NAMES``).
+    """Least-squares fit of a cost model to ``features`` (one column per ``FEATURE_NAMES``).
 
     Terms not in ``terms`` are fixed at 0 (or at the prior's value when a prior is given).  With
     ``prior_weight > 0`` the fit is pulled toward ``prior`` (ridge on the difference), which keeps a
@@ -322,15 +323,149 @@ def fit_cost_model(
 
 
 _EXTEND_TERMS = ("prefill_iteration", "mixed_seqs")
+#: CostModel's coefficient fields, in FEATURE_NAMES order.
+_COEFFICIENT_FIELDS = ("fixed_s", "per_new_token_s", "per_context_token_s", "per_seq_s",
+                       "per_chunk_sq_s", "per_chunk_prefix_s", "per_prefill_iteration_s", "per_mixed_seq_s")
+
+
+def fit_physical_cost_model(
+    features: np.ndarray,
+    times_s: np.ndarray,
+    *,
+    terms: tuple[str, ...] = FEATURE_NAMES,
+    name: str = "fitted",
+    prior: CostModel | None = None,
+    prior_weight: float = 0.0,
+    nonnegative: tuple[str, ...] = tuple(t for t in FEATURE_NAMES if t != "new_tokens"),
+) -> CostModel:
+    """:func:`fit_cost_model`, then drop the ``nonnegative`` terms that came out negative and fit
+    again.
+
+    These terms are costs: a negative one is noise trading off against the others (or a term the
+    samples barely see) and would make work look free to a scheduler.  Dropped terms are 0 (terms
+    left out of ``terms`` keep the prior's value, as in :func:`fit_cost_model`); ``info["dropped"]``
+    lists them.  ``new_tokens`` should never
+    be among them: the model rests on it, and a caller must check ``per_new_token_s > 0``.
+    """
+    terms = list(terms)
+    dropped = []
+    while True:
+        base = prior
+        if dropped:
+            base = replace(prior or CostModel(0.0, 0.0, 0.0),
+                           **{_COEFFICIENT_FIELDS[FEATURE_NAMES.index(t)]: 0.0 for t in dropped})
+        fitted = fit_cost_model(features, times_s, terms=tuple(terms), name=name, prior=base,
+                                prior_weight=prior_weight if prior is not None else 0.0)
+        coefficients = fitted.coefficients()
+        negative = [term for term in terms if term in nonnegative
+                    and coefficients[FEATURE_NAMES.index(term)] < 0]
+        if not negative:
+            break
+        # The most negative (relative to its scale in the data) first; refit after each drop.
+        features_array = np.asarray(features, dtype=float)
+        weight = np.abs(features_array).mean(axis=0)
+        worst = min(negative, key=lambda t: coefficients[FEATURE_NAMES.index(t)]
+                    * weight[FEATURE_NAMES.index(t)])
+        terms.remove(worst)
+        dropped.append(worst)
+    fitted.info["dropped"] = dropped
+    return fitted
+
+
+class _RecentGate:
+    """Outlier gate over the last ``size`` finite samples of one class of batches.
+
+    Keeps each sample's features, time and ``log(measured/predicted)`` under the current model; a
+    new sample is an outlier when its log ratio is further than ``max(mads * robust sd,
+    min_log)`` from the ring's median.  Every finite sample enters the ring, accepted or not, so a
+    real change of regime moves the median and stops being rejected.
+    """
+
+    __slots__ = ("features", "times", "logs", "count", "center", "width", "min_log", "mads")
+
+    #: Fewer samples than this call nothing an outlier.
+    MIN_SAMPLES = 16
+    UPDATE_EVERY = 8
+
+    def __init__(self, size: int, min_log: float, mads: float) -> None:
+        self.features = np.zeros((size, len(FEATURE_NAMES)))
+        self.times = np.ones(size)
+        self.logs = np.zeros(size)
+        self.count = 0
+        self.center = 0.0
+        self.width = math.inf
+        self.min_log = min_log
+        self.mads = mads
+
+    def is_outlier(self, features, measured_s: float, log_ratio: float) -> bool:
+        outlier = abs(log_ratio - self.center) > self.width  # judged before it moves the ring
+        slot = self.count % len(self.times)
+        self.features[slot] = features
+        self.times[slot] = measured_s
+        self.logs[slot] = log_ratio
+        self.count += 1
+        # The median moves slowly: recomputing it every few samples keeps observe() cheap (it runs
+        # once per scheduler iteration).
+        if self.count % self.UPDATE_EVERY == 0 or self.count < self.MIN_SAMPLES:
+            self._update()
+        return outlier
+
+    def rejudge(self, coefficients: np.ndarray) -> None:
+        """The model changed: recompute the ring's log ratios under ``coefficients``."""
+        n = min(self.count, len(self.times))
+        if n == 0:
+            return
+        predicted = self.features[:n] @ coefficients
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.log(self.times[:n] / predicted)
+        self.logs[:n] = np.where(np.isfinite(logs), logs, 0.0)
+        self._update()
+
+    def _update(self) -> None:
+        n = min(self.count, len(self.times))
+        logs = self.logs[:n]
+        self.center = float(np.median(logs))
+        if n < self.MIN_SAMPLES:
+            self.width = math.inf
+            return
+        spread = 1.4826 * float(np.median(np.abs(logs - self.center)))
+        self.width = max(self.mads * spread, self.min_log)
 
 
 class OnlineCostModel:
     """A cost model that keeps refitting itself from measured iteration times.
 
-    Starts from ``prior`` (a preset or profile) and, once ``min_samples`` good measurements are in,
-    refits every ``refit_every`` observations over a ring buffer of the last ``window`` samples,
-    pulled toward the prior.  NaN, non-positive and wildly implausible measurements (more than
-    ``reject_factor`` times the prediction either way) are discarded and counted.
+    Starts from ``prior`` (a preset, a profile or the start-up calibration) and, once
+    ``min_samples`` good measurements are in, refits over a ring buffer of the last ``window``
+    accepted samples: every ``refit_every`` observations, or every ``fast_refit_every`` while the
+    current model is biased against what is measured (the median of ``log(measured/predicted)`` over
+    recent samples is beyond ``log(bias_factor)``), so a wrong prior is left behind quickly.
+
+    What is rejected (counted in ``rejected``):
+
+    * garbage: a non-number, NaN/inf, a time <= 0 or above ``max_iteration_s``, an empty batch;
+    * outliers *among the recent measurements*: a sample whose ``log(measured/predicted)`` is
+      further than ``max(outlier_mads`` robust standard deviations, ``log(outlier_factor))`` from
+      the median of the last ``gate_window`` samples' of its class (decode-only, or with a prefill
+      chunk; all finite samples, accepted or not, so a real change of regime moves the median and
+      is let in after about ``gate_window/2`` iterations of that class).
+      The gate is relative to the samples themselves, not to the prior: a prior 100x off is just a
+      biased model, and its measurements are accepted.
+
+    The prior pulls the fit toward itself as ``prior_samples`` measurements would (a ridge whose
+    weight does not grow with the window, so its share fades as evidence accumulates).  It is first
+    rescaled to the window's level (times the median of ``measured/predicted``: a prior right in
+    shape but 100x off in scale is then right), and its weight is scaled down by how much worse the
+    rescaled prior explains the window than the samples' own fit does (``(tolerance / p90 |log
+    error|)^2``, capped at 1, the tolerance being the own fit's p90 error or ``log(bias_factor)``,
+    whichever is larger): a discredited prior keeps only a tie-breaking weight of
+    ``min_prior_samples`` for directions the samples cannot resolve.  Terms the window has no sample of (no prefill seen yet: the
+    extend-path terms) keep the rescaled prior's value.
+
+    When two refits running over the whole window still leave the recent samples of a class more
+    than ``regime_factor`` off (the engine itself changed), the window is replaced by the gate
+    rings' samples (the last ``gate_window`` of each class, the ones the gate rejected included)
+    and fitted again (counted in ``regime_changes``).
     """
 
     def __init__(
@@ -340,25 +475,43 @@ class OnlineCostModel:
         window: int = 1024,
         min_samples: int = 32,
         refit_every: int = 64,
-        prior_weight: float = 0.05,
-        reject_factor: float = 20.0,
-        terms: tuple[str, ...] = ("fixed", "new_tokens", "sum_context", "num_seqs",
-                                  "prefill_iteration", "mixed_seqs"),
+        fast_refit_every: int = 16,
+        bias_factor: float = 1.25,
+        regime_factor: float = 2.0,
+        prior_samples: float = 32.0,
+        min_prior_samples: float = 1.0,
+        gate_window: int = 64,
+        outlier_factor: float = 10.0,
+        outlier_mads: float = 6.0,
+        max_iteration_s: float = 600.0,
+        terms: tuple[str, ...] = FEATURE_NAMES,
     ) -> None:
         self.prior = prior
         self.current = prior
         self.window = window
         self.min_samples = min_samples
         self.refit_every = refit_every
-        self.prior_weight = prior_weight
-        self.reject_factor = reject_factor
+        self.fast_refit_every = fast_refit_every
+        self.bias_log = math.log(bias_factor)
+        self.regime_log = math.log(regime_factor)
+        self.prior_samples = prior_samples
+        self.min_prior_samples = min_prior_samples
+        self.max_iteration_s = max_iteration_s
         self.terms = terms
         self._features = np.zeros((window, len(FEATURE_NAMES)))
         self._times = np.zeros(window)
         self._count = 0  # total accepted samples (ring index = count % window)
         self._since_refit = 0
+        self._gates = tuple(_RecentGate(gate_window, math.log(outlier_factor), outlier_mads)
+                            for _ in range(2))  # [decode-only, with a prefill chunk]
+        self.observed = 0
         self.rejected = 0
+        self.rejected_outliers = 0
         self.refits = 0
+        self.regime_changes = 0
+        self._biased_last_refit = False
+        self.prior_weight_used: float | None = None
+        self.prior_scale_used: float | None = None
 
     @property
     def samples(self) -> int:
@@ -368,57 +521,126 @@ class OnlineCostModel:
         return self.current.predict_shape(shape)
 
     def observe(self, shape: BatchShape, measured_s: float) -> bool:
-        """Record one measured iteration; returns whether it was accepted."""
-        if shape.num_seqs == 0 or not isinstance(measured_s, (int, float)) or not math.isfinite(measured_s):
-            self.rejected += 1
-            return False
-        predicted = self.current.predict_shape(shape)
-        if measured_s <= 0 or (
-            predicted > 0
-            and not (predicted / self.reject_factor <= measured_s <= predicted * self.reject_factor)
+        """Record one measured iteration; returns whether it was accepted into the fit window."""
+        self.observed += 1
+        if (
+            shape.num_seqs == 0
+            or isinstance(measured_s, bool)
+            or not isinstance(measured_s, (int, float))
+            or not 0.0 < measured_s <= self.max_iteration_s  # False for NaN too
         ):
             self.rejected += 1
             return False
+        features = shape.features()
+        predicted = self.current.predict_shape(shape)
+        # Decode-only and extend-path batches are gated apart: a model that is wrong about one
+        # class only must not make that whole class look like outliers of the other.
+        gate = self._gates[shape.num_prefills > 0]
+        if predicted > 0 and gate.is_outlier(features, measured_s, math.log(measured_s / predicted)):
+            self.rejected += 1
+            self.rejected_outliers += 1
+            return False
         slot = self._count % self.window
-        self._features[slot] = shape.features()
+        self._features[slot] = features
         self._times[slot] = measured_s
         self._count += 1
         self._since_refit += 1
-        if self._count >= self.min_samples and self._since_refit >= self.refit_every:
+        if self._count >= self.min_samples and (
+            self._since_refit >= self.refit_every
+            or (self._since_refit >= self.fast_refit_every
+                and any(abs(g.center) > self.bias_log for g in self._gates))
+        ):
             self.refit()
         return True
 
-    def refit(self) -> CostModel:
+    def _anchored_prior(self, n: int) -> tuple[CostModel, float, float]:
+        """The prior rescaled to the window's level, how far off it still is (the 90th percentile of
+        ``|log(measured/predicted)|``; inf if it cannot be said), and the scale factor.
+
+        A prior right in shape but off in scale (another machine, SGLang's host overhead missing
+        from a kernel profile) is rescaled by the median of ``measured/predicted``; what it still
+        gets wrong after that (its shape error) decides how much it is trusted.  The 90th
+        percentile: a prior wrong about one class of batches (a fifth of them, say) must lose its
+        weight even if it gets the median batch right.
+        """
+        predicted = self._features[:n] @ self.prior.coefficients()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.log(self._times[:n] / predicted)
+        logs = logs[np.isfinite(logs)]
+        if len(logs) < n // 2:  # the prior predicts <= 0 for most samples: nothing to anchor
+            return self.prior, math.inf, 1.0
+        level = float(np.median(logs))
+        shape_error = float(np.quantile(np.abs(logs - level), 0.9))
+        anchored = self.prior if level == 0 else CostModel(
+            *(self.prior.coefficients() * math.exp(level)), name=self.prior.name, info={})
+        return anchored, shape_error, math.exp(level)
+
+    def _fit(self, features, times, terms, prior: CostModel, prior_samples: float) -> CostModel:
+        # The extend-path terms, the fixed, context and chunk^2 costs must not go negative (a
+        # window with few prefills, or noise, would make mixing or context look free); the
+        # per-sequence term may, as GPU fits of decode batches often have it.
+        return fit_physical_cost_model(
+            features, times, terms=terms, name=f"{self.prior.name}+online", prior=prior,
+            prior_weight=prior_samples / len(times),
+            nonnegative=("fixed", "sum_context", "sum_chunk_sq", *_EXTEND_TERMS),
+        )
+
+    def refit(self, *, _after_forgetting: bool = False) -> CostModel:
         n = self.samples
         if n < self.min_samples:
             return self.current
-        terms = list(self.terms)
+        features, times = self._features[:n], self._times[:n]
+        # A term with no sample in the window (no prefill seen) cannot be fitted: keep the prior's.
+        seen = np.abs(features).max(axis=0) > 0
+        terms = tuple(term for term in self.terms if seen[FEATURE_NAMES.index(term)])
+        prior, prior_error, prior_scale = self._anchored_prior(n)
         try:
-            while True:
-                fitted = fit_cost_model(
-                    self._features[:n],
-                    self._times[:n],
-                    terms=tuple(terms),
-                    name=f"{self.prior.name}+online",
-                    prior=self.prior,
-                    prior_weight=self.prior_weight,
-                )
-                # The extend-path terms are costs; a negative fit is noise (or a window with no
-                # prefill in it) and would make mixing look free: keep the prior's value instead.
-                coefficients = fitted.coefficients()
-                negative = [term for term in _EXTEND_TERMS
-                            if term in terms and coefficients[FEATURE_NAMES.index(term)] < 0]
-                if not negative:
-                    break
-                terms.remove(negative[0])
+            # What the samples say on their own (the prior only breaks ties) ...
+            fitted = self._fit(features, times, terms, prior, self.min_prior_samples)
+            prior_samples = self.min_prior_samples
+            # ... and how noisy they are around it: a prior that explains them about as well as
+            # the fit does (or within bias_factor) keeps its full weight; a worse one loses it.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                residual = np.abs(np.log(times / (features @ fitted.coefficients())))
+            residual = residual[np.isfinite(residual)]
+            tolerance = max(self.bias_log, float(np.quantile(residual, 0.9)) if len(residual) else 0.0)
+            credibility = 1.0 if prior_error <= tolerance else (tolerance / prior_error) ** 2
+            if self.prior_samples * credibility > self.min_prior_samples:
+                prior_samples = self.prior_samples * credibility
+                fitted = self._fit(features, times, terms, prior, prior_samples)
         except (ValueError, np.linalg.LinAlgError):
             return self.current
-        # A fit that makes extra tokens free or negative would let batches grow without bound.
-        if fitted.per_new_token_s > 0 and fitted.fixed_s >= 0 and fitted.per_context_token_s >= 0:
+        self._since_refit = 0
+        # A fit that makes extra tokens free would let batches grow without bound.
+        if fitted.per_new_token_s > 0:
             self.current = fitted
             self.refits += 1
-        self._since_refit = 0
+            self.prior_weight_used = prior_samples
+            self.prior_scale_used = prior_scale
+            coefficients = fitted.coefficients()
+            for gate in self._gates:
+                gate.rejudge(coefficients)
+            # Still far off the recent samples after fitting the whole window, two refits running:
+            # the engine changed (a neighbour took the CPU, a clock was throttled) and the window
+            # is mostly the old regime.  Keep only the recent samples and fit those.
+            biased = any(g.count >= g.MIN_SAMPLES and abs(g.center) > self.regime_log for g in self._gates)
+            if biased and self._biased_last_refit and not _after_forgetting:
+                self._keep_recent()
+                self.regime_changes += 1
+                self._biased_last_refit = False
+                return self.refit(_after_forgetting=True)
+            self._biased_last_refit = biased
         return self.current
+
+    def _keep_recent(self) -> None:
+        """The window becomes the gate rings' samples: every recent finite measurement, those the
+        gate rejected included (after a change of regime the first of them looked like outliers)."""
+        features = [g.features[: min(g.count, len(g.times))] for g in self._gates]
+        times = [g.times[: min(g.count, len(g.times))] for g in self._gates]
+        features, times = np.concatenate(features), np.concatenate(times)
+        self._features[: len(times)] = features
+        self._times[: len(times)] = times
+        self._count = len(times)
 
     def recent_mape(self) -> float | None:
         n = self.samples
@@ -432,9 +654,14 @@ class OnlineCostModel:
             "model": self.current.to_dict(),
             "prior": self.prior.name,
             "samples": self.samples,
+            "observed": self.observed,
             "rejected": self.rejected,
+            "rejected_outliers": self.rejected_outliers,
             "refits": self.refits,
+            "regime_changes": self.regime_changes,
             "recent_mape": self.recent_mape(),
+            "prior_samples_used": self.prior_weight_used,
+            "prior_scale_used": self.prior_scale_used,
         }
 
 

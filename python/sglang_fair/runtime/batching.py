@@ -46,11 +46,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CPU_PRIOR_PRESET", "FairBatchingMixin", "RuntimeRequestState", "SloCounters", "build_policy"]
 
-#: Warm start for the online cost model on a CPU machine (the tiny model profiled by kernels/; the
-#: online refit takes over from measured iterations), and on a GPU when ``--cost-model`` is not given.
+#: Warm start for the online cost model when neither ``--cost-model`` nor the start-up calibration
+#: gives one (calibration off or impossible): the tiny model profiled by kernels/ on a CPU, a 7B
+#: preset on a GPU; the online refit takes over from measured iterations.
 CPU_PRIOR_PRESET = "cpu-tiny"
 GPU_PRIOR_PRESET = "a100-llama2-7b"
-CPU_REJECT_FACTOR = 1000.0
 #: Set (to "1") by the launcher for ``--load-balance-method pab``.
 DP_PAB_ENV = "SGLANG_FAIR_DP_PAB"
 
@@ -125,17 +125,25 @@ def _coerce_option(value):
         return value
 
 
-def build_policy(config: FairConfig, *, chunked_prefill_size: int | None = None, on_cpu: bool = True):
-    """Policy object for ``config`` with an online cost model, or raise ``ValueError``/``CostModelError``."""
+def build_policy(
+    config: FairConfig,
+    *,
+    chunked_prefill_size: int | None = None,
+    on_cpu: bool = True,
+    prior: CostModel | None = None,
+):
+    """Policy object for ``config`` with an online cost model, or raise ``ValueError``/``CostModelError``.
+
+    The online model's prior is ``--cost-model`` when given, else ``prior`` (the start-up
+    calibration, :mod:`sglang_fair.runtime.calibration`), else a shipped preset.  Its outlier gate
+    judges samples against recent samples, not against the prior, so any of them is left behind
+    once measurements disagree with it (``OnlineCostModel``).
+    """
     name = config.batch_policy
     if config.cost_model:
         prior = load_cost_model(config.cost_model)
-    else:
+    elif prior is None:
         prior = load_cost_model(CPU_PRIOR_PRESET if on_cpu else GPU_PRIOR_PRESET)
-    # The CPU preset profiles the model's kernels only; SGLang's host overhead per iteration on CPU
-    # is 10-100x that, so the default outlier gate (20x the prediction) would reject every
-    # measurement and the refit could never start.  Widen it for that prior only.
-    reject_factor = CPU_REJECT_FACTOR if (on_cpu and not config.cost_model) else 20.0
     settings = {
         "default_ttft_slo_s": config.ttft_slo_s,
         "token_budget": config.token_budget,
@@ -143,8 +151,7 @@ def build_policy(config: FairConfig, *, chunked_prefill_size: int | None = None,
         "chunked_prefill_size": chunked_prefill_size,
     }
     options = {key: _coerce_option(value) for key, value in (config.policy_options or {}).items()}
-    return policy_builder(name, prior, settings=settings, options=options,
-                          online={"reject_factor": reject_factor})
+    return policy_builder(name, prior, settings=settings, options=options)
 
 
 class _NoPenalties:
@@ -191,23 +198,12 @@ class FairBatchingMixin:
     def _fair_setup(self) -> None:
         config = self.fair_config
         self.fair_active = config.batch_policy != "sglang"
-        self.fair_states: dict[str, RuntimeRequestState] = {}
-        self.fair_slo = SloCounters()
-        self.fair_iterations = 0
-        self.fair_skipped_decodes_total = 0
-        self.fair_last_plan: Plan | None = None
-        self.fair_last_budget_s = math.inf
-        self.fair_last_min_slack_s: float | None = None
-        self.fair_last_pab = None
-        self.fair_last_measured_s: float | None = None
+        self._fair_reset_records()
         self._fair_adder_budget: tuple[int, int] | None = None
         self._fair_batch_start_s: float | None = None
         self._fair_iteration_plan: Plan | None = None
         self._fair_state_dump_s = 0.0
         on_cpu = str(getattr(self, "device", "cpu")).startswith("cpu")
-        self.fair_policy = build_policy(
-            config, chunked_prefill_size=self.chunked_prefill_size, on_cpu=on_cpu
-        )
         # Skipping needs a plain (non-overlap, non-speculative) loop: the overlap loop resolves a
         # batch's result one step late and speculative rows carry draft state a split would tear.
         self.fair_can_split = (
@@ -217,6 +213,21 @@ class FairBatchingMixin:
             # We mix decodes into prefill batches ourselves (with the R/K split), so SGLang's own
             # mixed-chunk path, which would take every decode, stays off.
             self.is_mixed_chunk = False
+        self.fair_calibration = None
+        self.fair_metrics = None  # created below; the calibration's iterations are not metrics
+        if self.fair_active:
+            # Times real iterations through this scheduler (runtime/calibration.py), then leaves
+            # it clean; its model is the online model's prior unless --cost-model is given.
+            from sglang_fair.runtime.calibration import startup_calibration
+
+            self.fair_calibration = startup_calibration(self)
+            self._fair_reset_records()
+            log = logger.warning if self.fair_calibration.status == "failed" else logger.info
+            log("%s", self.fair_calibration.log_line())
+        self.fair_policy = build_policy(
+            config, chunked_prefill_size=self.chunked_prefill_size, on_cpu=on_cpu,
+            prior=self.fair_calibration.model if self.fair_calibration is not None else None,
+        )
         if os.environ.get(DP_PAB_ENV) == "1":
             self._fair_publish_pab_as_load()
         from sglang_fair.runtime.metrics import FairMetrics
@@ -228,6 +239,18 @@ class FairBatchingMixin:
             self.fair_policy.cost_model.describe(),
             "on" if self.fair_can_split else "off",
         )
+
+    def _fair_reset_records(self) -> None:
+        """Per-request records and counters, empty (at start, and after the calibration's requests)."""
+        self.fair_states: dict[str, RuntimeRequestState] = {}
+        self.fair_slo = SloCounters()
+        self.fair_iterations = 0
+        self.fair_skipped_decodes_total = 0
+        self.fair_last_plan: Plan | None = None
+        self.fair_last_budget_s = math.inf
+        self.fair_last_min_slack_s: float | None = None
+        self.fair_last_pab = None
+        self.fair_last_measured_s: float | None = None
 
     # ------------------------------------------------------------------ request intake
     def _add_request_to_queue(self, req, is_retracted: bool = False):
@@ -662,6 +685,7 @@ class FairBatchingMixin:
                 "predicted_s": plan.predicted_s,
             },
             cost_model=policy.online.snapshot() if policy.online is not None else policy.cost_model.to_dict(),
+            calibration=self.fair_calibration.snapshot() if self.fair_calibration else None,
         )
         return strict_json.to_json_types(state, other=str)
 

@@ -36,6 +36,7 @@ class FairScheduler(FairBatchingMixin, Scheduler):
             "token_budget": config.token_budget,
             "admission_control": config.admission_control,
             "client_fairness": config.client_fairness,
+            "calibrate": config.calibrate,
             "policy_options": dict(config.policy_options),
         }
         state["runtime"] = self.fair_runtime_state()

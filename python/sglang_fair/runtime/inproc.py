@@ -1,24 +1,37 @@
-"""Build SGLang's real Scheduler (as ``FairScheduler``) in this process and step it by hand.
+"""SGLang's real Scheduler stepped by hand: build one in this process, make requests, run iterations.
 
-Used by the in-process runtime tests and ``benchmark/sched_overhead.py``.  The scheduler runs the
-tiny built-in Llama on SGLang's CPU engine (torch_native attention), no overlap, no CUDA graphs.
+One way of driving an in-process scheduler, used by three callers:
+
+* the start-up calibration (:mod:`sglang_fair.runtime.calibration`), which runs inside the server's
+  own scheduler process and uses :func:`make_req` and :func:`step`;
+* the in-process runtime tests (``test/runtime/``), which also build a scheduler here with
+  :func:`build_scheduler` (the tiny built-in Llama on SGLang's CPU engine: torch_native attention,
+  no overlap, no CUDA graphs);
+* ``benchmark/sched_overhead.py``.
+
+:func:`step` is one iteration of SGLang's ``event_loop_normal`` minus request intake.  Importing this
+module has no side effects; :func:`build_scheduler` prepares the platform (CPU engine) first.  It
+reaches a few private SGLang members (``_add_request_to_queue`` in the callers, the invariant
+checker's ``_check_all_pools``/``_check_req_pool``, the process-group teardown);
+``test/runtime/test_upstream_shapes.py`` fails loudly when they change.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from array import array
 
-from sglang_fair import platform
+__all__ = [
+    "TINY_VOCAB",
+    "build_scheduler",
+    "idle_check",
+    "make_req",
+    "run_until_idle",
+    "step",
+]
 
-platform.setup(announce_now=False)
-# SGLang's idle leak check raises instead of logging a warning.
-os.environ.setdefault("SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE", "1")
-
-from sglang_fair.config import FairConfig  # noqa: E402
-
-_VOCAB = 512
+#: Vocabulary of the tiny built-in model (``sglang_fair.models.tiny_llama.VOCAB``).
+TINY_VOCAB = 512
 
 
 def build_scheduler(
@@ -30,24 +43,34 @@ def build_scheduler(
     load_format: str = "dummy",
     enable_mixed_chunk: bool = False,
     stock: bool = False,
+    model_path: str | None = None,
+    dtype: str = "float32",
+    server_args: dict | None = None,
     **fair_fields,
 ):
-    """A ``FairScheduler`` for ``batch_policy`` (SGLang's own ``Scheduler`` with ``stock=True``);
-    ``fair_fields`` go into its :class:`FairConfig`."""
-    stock_class = stock
-    from sglang.srt.managers import scheduler as stock
+    """A ``FairScheduler`` for ``batch_policy`` (SGLang's own ``Scheduler`` with ``stock=True``) on
+    the tiny built-in model (or ``model_path``); ``server_args`` adds or overrides ``ServerArgs``
+    fields, ``fair_fields`` go into its :class:`FairConfig`."""
+    from sglang_fair import platform
+
+    platform.setup(announce_now=False)
+    # SGLang's idle leak check raises instead of logging a warning.
+    os.environ.setdefault("SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE", "1")
+
+    from sglang.srt.managers import scheduler as stock_scheduler
     from sglang.srt.server_args import PortArgs, ServerArgs
 
+    from sglang_fair.config import FairConfig
     from sglang_fair.models.tiny_llama import build_tiny_llama
     from sglang_fair.runtime.scheduler import FairScheduler
 
     FairConfig(batch_policy=batch_policy, **fair_fields).to_env()
-    server_args = ServerArgs(
-        model_path=str(build_tiny_llama()),
+    fields = dict(
+        model_path=model_path or str(build_tiny_llama()),
         load_format=load_format,
         skip_tokenizer_init=True,
         device="cpu",
-        dtype="float32",
+        dtype=dtype,
         max_total_tokens=max_total_tokens,
         chunked_prefill_size=chunked_prefill_size,
         max_running_requests=max_running_requests,
@@ -57,11 +80,14 @@ def build_scheduler(
         enable_mixed_chunk=enable_mixed_chunk,
         mem_fraction_static=0.5,
     )
+    server_args = ServerArgs(**{**fields, **(server_args or {})})
     _release_previous_scheduler()
     port_args = PortArgs.init_new(server_args)
-    stock.publish(server_args, role="scheduler", ranks=stock.SpawnRanks(world_rank=0, dp_rank=None, gpu_id=0))
-    stock.configure_scheduler_process(server_args, 0)
-    return (stock.Scheduler if stock_class else FairScheduler)(server_args, port_args)
+    stock_scheduler.publish(
+        server_args, role="scheduler", ranks=stock_scheduler.SpawnRanks(world_rank=0, dp_rank=None, gpu_id=0)
+    )
+    stock_scheduler.configure_scheduler_process(server_args, 0)
+    return (stock_scheduler.Scheduler if stock else FairScheduler)(server_args, port_args)
 
 
 def _release_previous_scheduler() -> None:
@@ -74,17 +100,28 @@ def _release_previous_scheduler() -> None:
         parallel_state.destroy_distributed_environment()
 
 
-def make_req(rid: str, prompt_tokens: int = 40, max_new_tokens: int = 8, **sampling):
-    """A ``Req`` as the scheduler receives it (``Req`` wants ``array('q', ids)``)."""
+def make_req(
+    rid: str,
+    prompt_tokens: int = 40,
+    max_new_tokens: int = 8,
+    *,
+    vocab_size: int = TINY_VOCAB,
+    token_ids=None,
+    **sampling,
+):
+    """A ``Req`` as the scheduler receives it, greedy and ignoring EOS (so it runs exactly
+    ``max_new_tokens``).  The prompt is ``token_ids`` when given, else ``prompt_tokens`` ids derived
+    from ``rid`` (``Req`` wants ``array('q', ids)``)."""
     from sglang.srt.managers.schedule_batch import Req
     from sglang.srt.sampling.sampling_params import SamplingParams
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True, **sampling)
     params.normalize(None)
-    params.verify(_VOCAB)
-    seed = sum(map(ord, rid))
-    ids = array("q", [3 + (seed * 31 + 7 * j) % (_VOCAB - 3) for j in range(prompt_tokens)])
-    req = Req(rid, "", ids, params, vocab_size=_VOCAB)
+    params.verify(vocab_size)
+    if token_ids is None:
+        seed = sum(map(ord, rid))
+        token_ids = [3 + (seed * 31 + 7 * j) % (vocab_size - 3) for j in range(prompt_tokens)]
+    req = Req(rid, "", array("q", token_ids), params, vocab_size=vocab_size)
     req.tokenizer = None
     return req
 

@@ -1,0 +1,82 @@
+"""Pure parts of benchmark/cpu_user_bench.py (no server): settings swept, collapse counting,
+bursty arrivals, the report."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_BENCH = Path(__file__).resolve().parents[2] / "benchmark"
+sys.path.insert(0, str(_BENCH))
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, _BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+user = _load("cpu_user_bench")
+import load_client  # noqa: E402
+
+
+def test_stock_is_swept_with_and_without_mixed_chunk():
+    servers = user.stock_settings([256, 1024], "both")
+    assert [s.name for s in servers] == ["sglang-c256", "sglang-c256-mixed", "sglang-c1024", "sglang-c1024-mixed"]
+    assert all(s.args[:2] == ["--batch-policy", "sglang"] for s in servers)
+    assert sum("--enable-mixed-chunk" in s.args for s in servers) == 2
+    assert [s.name for s in user.stock_settings([512], "off")] == ["sglang-c512"]
+
+
+def test_bursty_arrivals_have_the_asked_coefficient_of_variation():
+    prompts, outputs = np.array([100, 200]), np.array([10, 20])
+    specs = load_client.make_workload(prompts, outputs, num_requests=20000, rate_rps=5.0, seed=1,
+                                      length_scale=1.0, ttft_slo_s=1, tpot_slo_s=1, arrival_cv=3.0)
+    gaps = np.diff([s.arrival_offset_s for s in specs])
+    assert abs(gaps.mean() - 0.2) < 0.02 and abs(gaps.std() / gaps.mean() - 3.0) < 0.3
+    poisson = load_client.make_workload(prompts, outputs, num_requests=50, rate_rps=5.0, seed=1,
+                                        length_scale=1.0, ttft_slo_s=1, tpot_slo_s=1)
+    assert poisson == load_client.make_workload(prompts, outputs, num_requests=50, rate_rps=5.0, seed=1,
+                                                length_scale=1.0, ttft_slo_s=1, tpot_slo_s=1, arrival_cv=1.0)
+
+
+def _summary(attainment, goodput):
+    return {"slo_attainment": attainment, "goodput_rps": goodput, "ttft_p99_s": 1.0, "itl_p99_s": 0.1,
+            "tpot_p99_s": 0.05, "throughput_rps": goodput}
+
+
+def test_collapses_are_runs_under_half_where_stock_meets_90_percent():
+    runs = []
+    for stock, fair in ((0.95, 0.96), (0.92, 0.3), (0.4, 0.2), (0.9, 0.91)):
+        row = {"seed": len(runs), "stock": _summary(stock, stock * 10), "fairbatching": _summary(fair, fair * 10)}
+        row["goodput_ratio"] = user._ratio(fair * 10, stock * 10)
+        row["collapse"] = (fair < user.COLLAPSE_ATTAINMENT and stock >= user.STOCK_OK_ATTAINMENT)
+        runs.append(row)
+    summary = user.summarize_arrival(3.0, "sglang-c512", [], runs)
+    assert summary["collapses"] == 1  # seed 2: both under half, stock did not meet 90%
+    assert summary["runs_under_50pct"] == {"stock": 1, "fairbatching": 2}
+    assert math.isclose(summary["goodput_ratio_median"], np.median([r["goodput_ratio"] for r in runs]))
+    report = {"date_utc": "d", "load_start": {"uptime": "u0"}, "load_end": {"uptime": "u1"},
+              "models": [{"model": "tiny", "model_description": "tiny", "ttft_slo_s": 0.5, "tpot_slo_s": 0.06,
+                          "slo": {"rule": "r"}, "saturation_rps": 10.0, "saturation_server": "s",
+                          "calibration": {"status": "calibrated", "fit_mape": 0.05, "holdout_mape": 0.08,
+                                          "seconds": 4.0},
+                          "startup_s": {"sglang-c512": 20.0, "fairbatching": 25.0},
+                          "arrivals": {"poisson": summary}}]}
+    text = user.render_user(report)
+    assert "| poisson | 3.00 | sglang-c512 |" in text and "1 of 4" in text and "held-out MAPE 8.0%" in text
+
+
+def test_slo_rule_is_the_stated_arithmetic_on_what_stock_measured(monkeypatch):
+    monkeypatch.setattr(user, "measure_engine", lambda url, vocab, context: {
+        "decode_step_s": 0.020, "prefill_s_per_token": 0.0001})
+    model = user.ModelShape("tiny", [], 512, "tiny", 4096)
+    ttft_s, tpot_s, record = user.slo_rule("http://127.0.0.1:1", model)
+    assert tpot_s == pytest.approx(0.020 + 256 * 0.0001)
+    assert ttft_s == pytest.approx(8 * tpot_s, rel=1e-3)
+    assert "16 decodes" in record["rule"] and record["engine"]["decode_step_s"] == 0.020
