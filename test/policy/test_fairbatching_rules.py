@@ -3,7 +3,7 @@ chunking from the cost model and the deadline, checked on hand-made views."""
 
 import pytest
 
-from policy_helpers import A100, make_request
+from policy_helpers import A100, CPU_LIKE, make_request
 from sglang_fair.policy import CostModel, FairBatchingPolicy, IterationView
 from sglang_fair.policy.base import decode_utilisation
 
@@ -113,3 +113,24 @@ def test_chunk_options_are_validated():
         FairBatchingPolicy(A100, chunk_spread=2.0)
     with pytest.raises(ValueError, match="late_ttft_factor"):
         FairBatchingPolicy(A100, late_ttft_factor=0.5)
+
+
+def _cpu_overload_view(prompt_arrival_s):
+    """8 decodes due within 50 ms and three 2000-token prompts (TTFT 1 s) on a CPU-like model."""
+    decodes = [make_request(f"d{i}", NOW - 1.2, 40, 1.0, 0.05, prefilled=40, generated=5,
+                            first_token_s=NOW - 0.2) for i in range(8)]
+    prompts = [_waiting(f"p{i}", prompt_arrival_s + 0.001 * i, 2000) for i in range(3)]
+    return IterationView(NOW, decodes, prompts)
+
+
+def test_once_the_first_prompt_missed_its_ttft_the_extend_path_gets_an_efficient_chunk():
+    # An overload on a dear extend path: a sliver of prefill per iteration only slows the drain.
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
+    efficient = CPU_LIKE.efficient_chunk_tokens(0)
+    late = policy.plan(_cpu_overload_view(NOW - 5.0))  # every prompt 4 s past its TTFT
+    assert late.prefill_tokens >= efficient
+    # A prompt that can still make its TTFT if served now stretches the budget only as far as the
+    # prefill work that matches the extend overhead: the decodes' TPOT still counts.
+    urgent = policy.plan(_cpu_overload_view(NOW - 0.95))
+    assert 0 < urgent.prefill_tokens < efficient
+    assert urgent.time_budget_s < late.time_budget_s

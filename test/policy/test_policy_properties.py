@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from policy_helpers import A100, CPU_LIKE, make_request
 from sglang_fair.policy import POLICY_NAMES, FairBatchingPolicy, IterationView, make_policy
+from sglang_fair.policy.base import first_token_deadline
 
 NOW = 100.0
 
@@ -112,6 +113,12 @@ def test_fairbatching_budget_and_urgent_decodes(view, safety, model):
         assert model.mixing_cost_s(0) > 0 and plan.prefills
         mixing_s = model.mixing_cost_s(plan.urgent_decodes)
         worthwhile = model.max_chunk_tokens(mixing_s, 0) + 1
+        order = policy.order_and_budget(view)
+        if view.now_s > first_token_deadline(order.prefills[0]):
+            # ... or, once the first prompt in line missed its TTFT, the most efficient chunk
+            waiting = sum(r.remaining_prefill_tokens for r in order.prefills)
+            efficient = model.efficient_chunk_tokens(order.prefills[0].prefilled_tokens)
+            worthwhile = max(worthwhile, min(waiting, efficient if efficient is not None else waiting))
         assert plan.time_budget_s <= forced_s + model.fixed_s + mixing_s + model.prefill_cost_s(worthwhile, 0) + 1e-9
     assert plan.predicted_s - forced_s <= plan.time_budget_s + 1e-9
 

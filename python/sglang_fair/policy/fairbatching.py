@@ -35,6 +35,8 @@ Where measurement and the paper disagree, the measurement decides (``docs/design
   stop pinning the budget and keep a slower line of their own (``lost_tpot_factor``).
 * *The extend path's overhead* (CPU engines, no CUDA graph): an iteration's prefill must carry at
   least as much work as the overhead it brings; a sliver of prefill waits, or the budget stretches.
+  Once the first prompt in line has missed its TTFT (overload), it stretches to the most efficient
+  chunk: small chunks then only slow the drain, for nobody's sake.
 
 Prefill Admission Budget and admission control come from :func:`prefill_admission_budget`.
 """
@@ -383,10 +385,25 @@ class FairBatchingPolicy(BatchPolicy):
         if not builder.mixed and (builder.kv_left <= 0 or builder.seats_left <= 0 or builder.admission_blocked):
             return None  # memory or seats, not time, keep the prompts out
         head = order.prefills[0]
+        due_s = first_token_deadline(head)
         finish_s = next_end_s + model.prefill_cost_s(head.remaining_prefill_tokens, head.prefilled_tokens)
-        if finish_s <= first_token_deadline(head):
+        if finish_s <= due_s:
             return 0 if builder.mixed else None  # it can wait: decode-only now, slack banks
-        return model.max_chunk_tokens(mixing_s, 0) + 1
+        worthwhile = model.max_chunk_tokens(mixing_s, 0) + 1
+        if view.now_s > due_s:
+            return max(worthwhile, self._overload_chunk_tokens(model, order))
+        return worthwhile
+
+    @staticmethod
+    def _overload_chunk_tokens(model: CostModel, order: IterationOrder) -> int:
+        """Prefill work for an iteration whose first prompt already missed its TTFT: the most
+        efficient chunk alone (as much as waits, if less).  Nothing on time is left to protect at the
+        head of the queue, and every extend iteration's overhead spent on a sliver of prefill is
+        throughput an overload cannot spare: served in the smallest worthwhile slivers, a burst
+        drains several times slower than under a fixed token budget."""
+        waiting = sum(request.remaining_prefill_tokens for request in order.prefills)
+        efficient = model.efficient_chunk_tokens(order.prefills[0].prefilled_tokens)
+        return min(waiting, efficient if efficient is not None else waiting)
 
     def _refund(self, builder: BatchBuilder) -> None:
         """The VTC counters were charged for chunks of a plan that is being redone."""
