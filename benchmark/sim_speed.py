@@ -7,7 +7,9 @@ start, imports, trace, simulation), the way a user runs ``python -m sglang_fair.
 The target (the honest-capacity issue): >= 5,000 requests per second for 10,000 requests of
 FairBatching on one replica, a100-llama2-7b, Azure conversation, 4 rps, median of 5 runs, on a quiet
 2-core machine.  Each run is a fresh process; the report gives the median, the range and the
-machine's load average, because on a shared machine the spread is the measurement's.
+machine's load average, because on a shared machine the spread is the measurement's.  Each run's
+CPU time (user + system, from ``getrusage``) is given too: on a loaded machine it is what the
+process itself cost, where its wall time also counts the waits for a core.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import resource
 import statistics
 import subprocess
 import sys
@@ -66,7 +69,8 @@ def main() -> int:
     print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, {args.num_requests} requests at {args.rate} rps, "
           f"{args.cost_model}")
-    print(f"{'policy':<14}{'iterations':>11}{'process_s':>10}{'req/s':>8}{'min..max req/s':>16}{'sim loop s':>11}")
+    print(f"{'policy':<14}{'iterations':>11}{'process_s':>10}{'req/s':>8}{'min..max req/s':>16}{'sim loop s':>11}"
+          f"{'cpu_s':>7}{'req/cpu-s':>10}")
     for name in args.policies.split(","):
         runs = []
         for _ in range(max(1, args.repeats)):
@@ -74,14 +78,19 @@ def main() -> int:
                        "--num-requests", str(args.num_requests), "--rate", str(args.rate)]
             if args.trace:
                 command += ["--trace", args.trace]
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()
-            runs.append((time.perf_counter() - started, int(output[0]), float(output[1])))
+            wall_s = time.perf_counter() - started
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            runs.append((wall_s, int(output[0]), float(output[1]), cpu_s))
         runs.sort()
-        process_s, iterations, loop_s = runs[len(runs) // 2]
+        process_s, iterations, loop_s, _ = runs[len(runs) // 2]
+        cpu_s = statistics.median(r[3] for r in runs)
         rates = f"{args.num_requests / runs[-1][0]:.0f}..{args.num_requests / runs[0][0]:.0f}"
         print(f"{name:<14}{iterations:>11}{process_s:>10.2f}{args.num_requests / process_s:>8.0f}{rates:>16}"
-              f"{statistics.median(r[2] for r in runs):>11.2f}")
+              f"{statistics.median(r[2] for r in runs):>11.2f}{cpu_s:>7.2f}{args.num_requests / cpu_s:>10.0f}")
     return 0
 
 

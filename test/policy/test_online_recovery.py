@@ -143,3 +143,16 @@ def test_terms_with_no_sample_keep_the_rescaled_prior():
     assert online.refits > 0
     assert online.current.per_prefill_iteration_s == pytest.approx(CPU_LIKE.per_prefill_iteration_s, rel=0.05)
     assert online.current.per_mixed_seq_s == pytest.approx(CPU_LIKE.per_mixed_seq_s, rel=0.05)
+
+
+def test_a_model_that_already_predicts_the_engine_is_not_refitted():
+    """Refits cost milliseconds; a model within 2% of what is measured has nothing to learn (in the
+    simulator, whose engine times are the model's own, that was most of a run).  One step off it,
+    refitting resumes."""
+    shapes, _ = _server_like_stream(0, 400)
+    exact = _run(CPU_LIKE, shapes, [CPU_LIKE.predict_shape(s) for s in shapes])
+    assert exact.refits == 0 and exact.current is CPU_LIKE
+    slower = _scaled(CPU_LIKE, [1.3] * 8, "30% slower")
+    drifted = _run(CPU_LIKE, shapes, [slower.predict_shape(s) for s in shapes])
+    assert drifted.refits > 0
+    assert drifted.current.predict_shape(shapes[-1]) == pytest.approx(slower.predict_shape(shapes[-1]), rel=0.02)

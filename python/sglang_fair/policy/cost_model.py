@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 
@@ -422,14 +423,19 @@ class _RecentGate:
         self._update()
 
     def _update(self) -> None:
-        n = min(self.count, len(self.times))
-        logs = self.logs[:n]
-        self.center = float(np.median(logs))
-        if n < self.MIN_SAMPLES:
+        # statistics.median on a list of <= gate_window floats: several times cheaper than
+        # numpy's at this size, and it runs every few iterations.
+        logs = self.logs[: min(self.count, len(self.times))].tolist()
+        self.center = statistics.median(logs)
+        if len(logs) < self.MIN_SAMPLES:
             self.width = math.inf
             return
-        spread = 1.4826 * float(np.median(np.abs(logs - self.center)))
+        spread = 1.4826 * statistics.median([abs(x - self.center) for x in logs])
         self.width = max(self.mads * spread, self.min_log)
+
+
+#: A model within 2% (in log) of nine in ten recent samples is settled: no refit until it is not.
+SETTLED_LOG_ERROR = math.log(1.02)
 
 
 class OnlineCostModel:
@@ -590,6 +596,9 @@ class OnlineCostModel:
         if n < self.min_samples:
             return self.current
         features, times = self._features[:n], self._times[:n]
+        if self._settled(features, times):
+            self._since_refit = 0
+            return self.current
         # A term with no sample in the window (no prefill seen) cannot be fitted: keep the prior's.
         seen = np.abs(features).max(axis=0) > 0
         terms = tuple(term for term in self.terms if seen[FEATURE_NAMES.index(term)])
@@ -631,6 +640,17 @@ class OnlineCostModel:
                 return self.refit(_after_forgetting=True)
             self._biased_last_refit = biased
         return self.current
+
+    def _settled(self, features: np.ndarray, times: np.ndarray) -> bool:
+        """Whether the current model already predicts nine in ten of the window's samples within
+        ``SETTLED_ERROR``: a refit would then learn nothing (it costs milliseconds per call, a
+        simulator's whole run when the engine's times are the model's own)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            error = np.abs(np.log(times / (features @ self.current.coefficients())))
+        if not np.all(np.isfinite(error)):
+            return False
+        k = int(0.9 * (len(error) - 1))
+        return float(np.partition(error, k)[k]) <= SETTLED_LOG_ERROR
 
     def _keep_recent(self) -> None:
         """The window becomes the gate rings' samples: every recent finite measurement, those the
