@@ -115,22 +115,32 @@ def test_chunk_options_are_validated():
         FairBatchingPolicy(A100, late_ttft_factor=0.5)
 
 
-def _cpu_overload_view(prompt_arrival_s):
-    """8 decodes due within 50 ms and three 2000-token prompts (TTFT 1 s) on a CPU-like model."""
-    decodes = [make_request(f"d{i}", NOW - 1.2, 40, 1.0, 0.05, prefilled=40, generated=5,
-                            first_token_s=NOW - 0.2) for i in range(8)]
+def _cpu_overload_view(prompt_arrival_s, decode_slack_s=0.05):
+    """8 decodes (on time so far) due in ``decode_slack_s`` and three 2000-token prompts (TTFT 1 s)
+    on a CPU-like model."""
+    first_token_s = NOW + decode_slack_s - 5 * 0.05
+    decodes = [make_request(f"d{i}", first_token_s - 0.5, 40, 1.0, 0.05, prefilled=40, generated=5,
+                            first_token_s=first_token_s) for i in range(8)]
     prompts = [_waiting(f"p{i}", prompt_arrival_s + 0.001 * i, 2000) for i in range(3)]
     return IterationView(NOW, decodes, prompts)
 
 
-def test_once_the_first_prompt_missed_its_ttft_the_extend_path_gets_an_efficient_chunk():
-    # An overload on a dear extend path: a sliver of prefill per iteration only slows the drain.
+@pytest.mark.parametrize("decode_slack_s", [0.05, 0.07, 0.1])
+def test_once_the_first_prompt_missed_its_ttft_the_extend_path_gets_an_efficient_chunk(decode_slack_s):
+    # An overload on a dear extend path: slivers of prefill per iteration only slow the drain,
+    # whether the decodes' budget leaves less prefill than the overhead (0.05 s: stretched) or
+    # a little more (0.07, 0.1 s: the plan stood with 280-520-token chunks before this rule).
     policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
     efficient = CPU_LIKE.efficient_chunk_tokens(0)
-    late = policy.plan(_cpu_overload_view(NOW - 5.0))  # every prompt 4 s past its TTFT
+    late = policy.plan(_cpu_overload_view(NOW - 5.0, decode_slack_s))  # 4 s past their TTFT
     assert late.prefill_tokens >= efficient
-    # A prompt that can still make its TTFT if served now stretches the budget only as far as the
-    # prefill work that matches the extend overhead: the decodes' TPOT still counts.
+
+
+def test_a_prompt_that_can_still_make_its_ttft_stretches_only_to_the_extend_overhead():
+    # Served now it can make its TTFT; the budget grows only as far as the prefill work that
+    # matches the extend overhead: the decodes' TPOT still counts.
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
     urgent = policy.plan(_cpu_overload_view(NOW - 0.95))
-    assert 0 < urgent.prefill_tokens < efficient
+    late = policy.plan(_cpu_overload_view(NOW - 5.0))
+    assert 0 < urgent.prefill_tokens < CPU_LIKE.efficient_chunk_tokens(0)
     assert urgent.time_budget_s < late.time_budget_s

@@ -369,15 +369,15 @@ class FairBatchingPolicy(BatchPolicy):
         stretched to hold this many prompt tokens.
 
         Phase 2 stands when the extend path is free (a GPU preset), when nothing waits, or when
-        the planned prefill work is at least the extend overhead it brings.  Otherwise the head of
-        the prefill order decides: if it can still meet its TTFT after one more iteration, the
-        prefill waits; if not, the iteration gets the smallest prefill work that matches the
+        memory or seats keep the prompts out.  Otherwise the head of the prefill order decides.
+        Past its TTFT already (an overload), it gets at least the most efficient chunk
+        (:meth:`_overload_chunk_tokens`).  Else the plan stands if its prefill carries at least the
+        extend overhead it brings; if not, the prefill waits when the head can still meet its TTFT
+        after one more iteration, and otherwise gets the smallest prefill work that matches the
         overhead.
         """
         model = builder.model
         if not view.decodes or not order.prefills:
-            return None
-        if builder.mixed and builder.prefill_work_s >= builder.mixing_s:
             return None
         mixing_s = model.mixing_cost_s(builder.plan.urgent_decodes)
         if mixing_s <= 0:
@@ -386,12 +386,15 @@ class FairBatchingPolicy(BatchPolicy):
             return None  # memory or seats, not time, keep the prompts out
         head = order.prefills[0]
         due_s = first_token_deadline(head)
+        worthwhile = model.max_chunk_tokens(mixing_s, 0) + 1
+        if view.now_s > due_s:
+            target = max(worthwhile, self._overload_chunk_tokens(model, order))
+            return target if builder.plan.prefill_tokens < target else None
+        if builder.mixed and builder.prefill_work_s >= builder.mixing_s:
+            return None
         finish_s = next_end_s + model.prefill_cost_s(head.remaining_prefill_tokens, head.prefilled_tokens)
         if finish_s <= due_s:
             return 0 if builder.mixed else None  # it can wait: decode-only now, slack banks
-        worthwhile = model.max_chunk_tokens(mixing_s, 0) + 1
-        if view.now_s > due_s:
-            return max(worthwhile, self._overload_chunk_tokens(model, order))
         return worthwhile
 
     @staticmethod
