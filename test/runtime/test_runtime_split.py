@@ -1,4 +1,5 @@
-"""The plan decides which prefills run, whatever ``--schedule-policy`` SGLang was given.
+"""The split runtime in a real scheduler: the plan decides which prefills run, whatever
+``--schedule-policy`` SGLang was given; one iteration record; a view that only reads.
 
 SGLang re-sorts its waiting queue in ``SchedulePolicy.calc_priority`` (longest prefix match,
 DFS weight, ...) right before its prefill adder admits in queue order: after the runtime put the
@@ -89,3 +90,51 @@ def test_outside_a_plan_sglang_orders_the_queue(lpm):
     queue = [make_req("plain-fresh", 40, 1), make_req("plain-cached", token_ids=PREFIX + [11], max_new_tokens=1)]
     guard.calc_priority(queue, lpm.running_batch)
     assert [req.rid for req in queue] == ["plain-cached", "plain-fresh"]
+
+
+def _slots(state) -> dict:
+    names = [name for cls in type(state).__mro__ for name in getattr(cls, "__slots__", ())]
+    return {name: getattr(state, name) for name in names if name != "handle"}
+
+
+def test_one_iteration_record_from_plan_to_processed_result_and_a_view_that_only_reads(lpm):
+    from sglang_fair.runtime import records
+    from sglang_fair.runtime.plan import IterationRecord
+    from sglang_fair.runtime.view import build_view
+
+    running = make_req("rec-running", 24, 6)
+    lpm._add_request_to_queue(running)
+    for _ in range(10):
+        step(lpm)
+        if len(running.output_ids) >= 2:
+            break
+    queued = make_req("rec-queued", 40, 2)
+    lpm._add_request_to_queue(queued)
+    # The view: built from synced records, it changes nothing (records, queue, running batch).
+    decodes, prefills, has_chunked = records.sync_records(lpm, lpm.running_batch)
+    assert [s.rid for s in decodes] == ["rec-running"] and [s.rid for s in prefills] == ["rec-queued"]
+    before = [_slots(state) for state in decodes + prefills]
+    queue = list(lpm.waiting_queue)
+    view = build_view(lpm, decodes, prefills, has_chunked, 0.0)
+    build_view(lpm, decodes, prefills, has_chunked, 1e9)
+    assert [_slots(state) for state in decodes + prefills] == before
+    assert lpm.waiting_queue == queue and view.decodes == decodes
+    # The iteration record: made with the plan, read by the adder (its budget is set only while
+    # SGLang forms the batch), timed by run_batch, dropped once the result is processed.
+    step_plan = lpm.get_next_batch_to_run(running_batch=lpm.running_batch, last_batch=lpm.last_batch)
+    lpm.running_batch = step_plan.running_batch
+    record = lpm.fair_iteration
+    assert isinstance(record, IterationRecord) and record.plan is lpm.fair_last_plan
+    assert record.adder_budget is None and record.started_s is None
+    batch = step_plan.batch_to_run
+    assert "rec-queued" in [req.rid for req in batch.reqs]
+    result = lpm.run_batch(batch)
+    assert record.started_s is not None
+    lpm.process_batch_result(batch, result)
+    lpm.last_batch = batch
+    assert lpm.fair_iteration is None
+    for name in ("_fair_adder_budget", "_fair_iteration_plan", "_fair_batch_start_s"):
+        assert not hasattr(lpm, name)
+    run_until_idle(lpm, [running, queued])
+    assert not lpm.fair_states
+    idle_check(lpm)
