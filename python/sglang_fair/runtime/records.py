@@ -122,11 +122,14 @@ def sync_records(scheduler, running_batch) -> tuple[list, list, int]:
     its prompt and its outputs so far again.  Called right before a view is built
     (:func:`sglang_fair.runtime.view.build_view` only reads).
     """
+    states = scheduler.fair_states
     decodes = []
     for req in running_batch.reqs:
         if req.finished():
             continue
-        state = _record_of(scheduler, req)
+        state = states.get(req.rid)
+        if state is None or state.handle is not req:  # inlined fast path: once per request per step
+            state = _record_of(scheduler, req)
         state.prefilled_tokens = state.fill_tokens = state.prompt_tokens
         generated = len(req.output_ids)
         if generated > state.generated_tokens:
@@ -145,7 +148,9 @@ def sync_records(scheduler, running_batch) -> tuple[list, list, int]:
     for req in scheduler.waiting_queue:
         if req.finished():
             continue
-        state = _record_of(scheduler, req)
+        state = states.get(req.rid)
+        if state is None or state.handle is not req:
+            state = _record_of(scheduler, req)
         state.prefilled_tokens = 0  # queued (or retracted): nothing of it is in the KV cache
         # A retracted request prefills its prompt and the outputs so far again.
         state.fill_tokens = state.prompt_tokens + len(req.output_ids)
