@@ -97,3 +97,17 @@ def test_finish_with_abort_takes_a_status_code():
     from sglang.srt.managers.schedule_batch import Req
 
     assert _params(Req.set_finish_with_abort)[:2] == ["error_msg", "status_code"]
+
+
+def test_waiting_queue_sorted_through_the_scheduler_policy_before_the_adder():
+    """PlanOrderedSchedulePolicy re-applies the plan's order inside ``self.policy.calc_priority``:
+    SGLang must sort there, once, before its adder admits in queue order, and build the policy once."""
+    from sglang.srt.managers.schedule_policy import SchedulePolicy
+    from sglang.srt.managers.scheduler import Scheduler
+
+    source = inspect.getsource(Scheduler._get_new_batch_prefill_raw)
+    assert source.count("self.policy.calc_priority(") == 1
+    assert source.index("self.policy.calc_priority(") < source.index("self.get_prefill_adder_class()(")
+    assert "self.policy.shortest_prefill_chunk_limit(" in source
+    assert "self.policy = SchedulePolicy(" in inspect.getsource(Scheduler.init_schedule_policy)
+    assert _params(SchedulePolicy.calc_priority)[:1] == ["waiting_queue"]

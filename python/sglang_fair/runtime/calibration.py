@@ -8,7 +8,7 @@ scheduler is stepped by hand (:func:`sglang_fair.runtime.inproc.step`) with synt
 requests, the runtime's own view / plan / R-K split apply a scripted plan (:class:`_ScriptedPolicy`,
 which stands in for the batch policy meanwhile), SGLang forms and runs each batch, and the
 runtime's own timing (``run_batch`` .. ``process_batch_result``) and executed-shape accounting
-(``_fair_after_batch``) produce each sample, exactly as the online refit will see them.
+(:func:`sglang_fair.runtime.plan.finish_iteration`) produce each sample, exactly as the online refit will see them.
 
 The grid (:func:`sglang_fair.policy.calibration.calibration_grid`): decode-only batches at a few
 batch sizes and context lengths, the same decodes with a prefill chunk mixed in, and prefill

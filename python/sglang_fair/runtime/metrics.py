@@ -100,7 +100,7 @@ class FairMetrics:
             self.met_tpot.inc()
         if ok_ttft and ok_tpot:
             self.met_both.inc()
-        if state.late_tokens == 0:
+        if state.met_envelope:
             self.met_envelope.inc()
 
 

@@ -1,0 +1,233 @@
+"""Per-request records kept beside SGLang's ``Req`` objects, and the SLO counters they feed.
+
+A :class:`RuntimeRequestState` is created when a request enters the queue (the scheduler's intake),
+kept in ``scheduler.fair_states`` (keyed by rid) while SGLang holds the request, updated where its
+events happen (:func:`note_executed_batch` after each iteration: prefill progress and every emitted
+token, judged against the envelope line; :func:`sync_records` before a view is built: progress that
+SGLang changed without an iteration of ours, such as a retraction) and released when the request
+finishes or disappears (:func:`release`, :func:`sweep`).  The verdicts are the policy's own
+(:mod:`sglang_fair.policy.request`), so the simulator and the runtime judge a request alike.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sglang_fair.policy.cost_model import BatchShape
+from sglang_fair.policy.request import RequestState, meets_envelope
+from sglang_fair.runtime.slo import can_sit_out
+
+__all__ = [
+    "RuntimeRequestState",
+    "SloCounters",
+    "is_abort",
+    "note_executed_batch",
+    "release",
+    "sweep",
+    "sync_records",
+]
+
+
+class RuntimeRequestState(RequestState):
+    """RequestState plus the runtime's envelope bookkeeping (late tokens, SLO verdict)."""
+
+    __slots__ = ("late_tokens",)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.late_tokens = 0  # tokens that came out after their judged envelope line
+
+    def note_tokens(self, generated_tokens: int, end_s: float) -> None:
+        """Sync ``generated_tokens`` from SGLang and stamp the new tokens with ``end_s``."""
+        while self.generated_tokens < generated_tokens:
+            if not meets_envelope(self.envelope_slack_s(self.generated_tokens, end_s)):
+                self.late_tokens += 1
+            self.record_token(end_s)
+
+    @property
+    def met_envelope(self) -> bool:
+        """The envelope verdict: every token by its judged line (``meets_envelope`` per token)."""
+        return self.late_tokens == 0
+
+
+class SloCounters:
+    """Finished-request SLO attainment (mean-TPOT definition and envelope definition)."""
+
+    def __init__(self) -> None:
+        self.finished = 0
+        self.aborted = 0
+        self.rejected_bad_slo = 0
+        self.rejected_admission = 0
+        self.met_ttft = 0
+        self.met_tpot = 0
+        self.met_both = 0
+        self.met_envelope = 0
+
+    def record(self, state: RuntimeRequestState) -> None:
+        if state.first_token_s is None:
+            return
+        self.finished += 1
+        ok_ttft, ok_tpot = state.slo_met()
+        self.met_ttft += ok_ttft
+        self.met_tpot += ok_tpot
+        self.met_both += ok_ttft and ok_tpot
+        self.met_envelope += state.met_envelope
+
+    def snapshot(self) -> dict:
+        done = self.finished
+        return {
+            "finished": done,
+            "aborted": self.aborted,
+            "rejected_bad_slo": self.rejected_bad_slo,
+            "rejected_admission": self.rejected_admission,
+            "met_ttft": self.met_ttft,
+            "met_tpot": self.met_tpot,
+            "met_both": self.met_both,
+            "met_envelope": self.met_envelope,
+            "attainment": (self.met_both / done) if done else None,
+            "envelope_attainment": (self.met_envelope / done) if done else None,
+        }
+
+
+def is_abort(req) -> bool:
+    reason = req.finished_reason
+    return reason is not None and type(reason).__name__ == "FINISH_ABORT"
+
+
+def _record_of(scheduler, req) -> RuntimeRequestState:
+    """The record of ``req``; one is made for a request the intake never saw (a retraction re-queue
+    of one we did not track, a session continuation, the calibration's requests): tracked from now
+    with the default SLOs.  With stock batching records are transient (only a view for the PAB)."""
+    states = scheduler.fair_states
+    state = states.get(req.rid)
+    if state is not None and state.handle is req:
+        return state
+    config = scheduler.fair_config
+    arrival_s = req.time_stats.scheduler_recv_time or time.perf_counter()
+    if not scheduler.fair_active:
+        return RuntimeRequestState(req.rid, arrival_s, len(req.origin_input_ids), config.ttft_slo_s,
+                                   config.tpot_slo_s, generated_tokens=len(req.output_ids))
+    state = RuntimeRequestState(req.rid, arrival_s, len(req.origin_input_ids), config.ttft_slo_s,
+                                config.tpot_slo_s, can_skip=can_sit_out(req), handle=req)
+    states[req.rid] = state
+    return state
+
+
+def sync_records(scheduler, running_batch) -> tuple[list, list, int]:
+    """Bring the records of every request SGLang holds up to date; return ``(decodes, prefills,
+    has_chunked)`` in view order (the chunked request first among the prefills).
+
+    The one place where progress SGLang changed outside our iterations is written back: a running
+    request is fully prefilled; a queued one has nothing in KV, and after a retraction must prefill
+    its prompt and its outputs so far again.  Called right before a view is built
+    (:func:`sglang_fair.runtime.view.build_view` only reads).
+    """
+    states = scheduler.fair_states
+    decodes = []
+    for req in running_batch.reqs:
+        if req.finished():
+            continue
+        state = states.get(req.rid)
+        if state is None or state.handle is not req:  # inlined fast path: once per request per step
+            state = _record_of(scheduler, req)
+        state.prefilled_tokens = state.fill_tokens = state.prompt_tokens
+        generated = len(req.output_ids)
+        if generated > state.generated_tokens:
+            state.generated_tokens = generated
+        decodes.append(state)
+    prefills = []
+    chunked = scheduler.chunked_req
+    has_chunked = 0
+    if chunked is not None and not chunked.finished():
+        has_chunked = 1
+        state = _record_of(scheduler, chunked)
+        # Progress (cached prefix included) was recorded after the last chunk ran; the first
+        # chunk may have been cut by KV, so it may still read 0: make it count as partial.
+        state.prefilled_tokens = min(max(state.prefilled_tokens, 1), state.prompt_tokens - 1)
+        prefills.append(state)
+    for req in scheduler.waiting_queue:
+        if req.finished():
+            continue
+        state = states.get(req.rid)
+        if state is None or state.handle is not req:
+            state = _record_of(scheduler, req)
+        state.prefilled_tokens = 0  # queued (or retracted): nothing of it is in the KV cache
+        # A retracted request prefills its prompt and the outputs so far again.
+        state.fill_tokens = state.prompt_tokens + len(req.output_ids)
+        prefills.append(state)
+    return decodes, prefills, has_chunked
+
+
+def note_executed_batch(states: dict, batch, end_s: float) -> tuple[BatchShape, list]:
+    """After ``batch`` ran: its executed shape, and the records' progress (prefill chunks, tokens
+    stamped with ``end_s``); returns ``(shape, [(state, req) finished])``.
+
+    Runs every iteration over every request in the batch: kept lean (plain attribute work, a method
+    call only for a token) so it stays a small share of SGLang's own per-iteration CPU time
+    (``benchmark/sched_overhead.py``).
+    """
+    shape = BatchShape()
+    reqs = batch.reqs
+    decoding = batch.decoding_reqs or []
+    num_prefill_rows = len(reqs) - len(decoding) if batch.forward_mode.is_extend() else 0
+    prefix_lens = batch.prefix_lens or []
+    extend_lens = batch.extend_lens or []
+    finished = []
+    sum_context = 0
+    for index, req in enumerate(reqs):
+        state = states.get(req.rid)
+        generated = len(req.output_ids)
+        if index < num_prefill_rows and index < len(extend_lens):
+            prefix = prefix_lens[index] if index < len(prefix_lens) else 0
+            shape.add_prefill(extend_lens[index], prefix)
+            if state is not None:
+                state.prefilled_tokens = min(prefix + extend_lens[index], state.prompt_tokens)
+        else:
+            sum_context += len(req.origin_input_ids) + generated
+        if state is None:
+            continue
+        if generated != state.generated_tokens:
+            if generated == state.generated_tokens + 1 and state.first_token_s is not None:
+                # one more decode token (the common case: no loop, no first-token line fixing)
+                if not meets_envelope(state.envelope_slack_s(generated - 1, end_s)):
+                    state.late_tokens += 1
+                state.generated_tokens = generated
+                state.last_token_s = end_s
+            else:
+                state.note_tokens(generated, end_s)
+        if req.finished_reason is not None:
+            finished.append((state, req))
+    decode_rows = len(reqs) - num_prefill_rows
+    shape.new_tokens += decode_rows
+    shape.num_seqs += decode_rows
+    shape.sum_context += sum_context
+    return shape, finished
+
+
+def release(scheduler, state: RuntimeRequestState, *, aborted: bool) -> None:
+    """A request is done (finished, aborted or gone): count it and forget it."""
+    if scheduler.fair_states.pop(state.rid, None) is None:
+        return
+    if aborted:
+        scheduler.fair_slo.aborted += 1
+    else:
+        scheduler.fair_slo.record(state)
+        if scheduler.fair_metrics is not None:
+            scheduler.fair_metrics.observe_finished(state)
+    scheduler.fair_policy.release(state)
+    state.handle = None
+
+
+def sweep(scheduler) -> None:
+    """Drop records of requests SGLang no longer holds (aborted while queued, etc.)."""
+    live = {id(req) for req in scheduler.waiting_queue}
+    live.update(id(req) for req in scheduler.running_batch.reqs)
+    for batch in (scheduler.last_batch, scheduler.cur_batch_for_debug):
+        if batch is not None:
+            live.update(id(req) for req in batch.reqs)
+    if scheduler.chunked_req is not None:
+        live.add(id(scheduler.chunked_req))
+    for state in list(scheduler.fair_states.values()):
+        req = state.handle
+        if req is None or id(req) not in live:
+            release(scheduler, state, aborted=not (req is not None and req.finished() and not is_abort(req)))
