@@ -40,6 +40,7 @@ from sglang_fair.policy import build_policy as policy_builder
 from sglang_fair.policy.cost_model import BatchShape, CostModel, CostModelError
 from sglang_fair.policy.limits import UNLIMITED
 from sglang_fair.runtime.load import horizon_tokens, load_tokens
+from sglang_fair.runtime.rejection import ADMISSION_ERR_TYPE, ADMISSION_STATUS, admission_rejection_message
 from sglang_fair.runtime.slo import can_sit_out, parse_request_slos
 
 logger = logging.getLogger(__name__)
@@ -291,10 +292,7 @@ class FairBatchingMixin:
             if not self.fair_policy.admit(state, view):
                 self.fair_slo.rejected_admission += 1
                 req.set_finish_with_abort(
-                    "Service unavailable: this replica cannot meet the request's TTFT SLO of "
-                    f"{ttft_s:g} s (prefill admission budget exhausted); retry later or elsewhere",
-                    status_code=503,
-                    err_type="ServiceUnavailableError",
+                    admission_rejection_message(ttft_s), status_code=ADMISSION_STATUS, err_type=ADMISSION_ERR_TYPE
                 )
                 return
         self.fair_states[req.rid] = state

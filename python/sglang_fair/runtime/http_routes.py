@@ -12,15 +12,36 @@ request type SGLang already routes to every DP rank and answers between iteratio
 new IPC, no file to go stale and nothing to change in the tokenizer process; the cost is one
 scheduler round trip per poll, fine at sglang-router 0.3.2's interval of about 30 s
 (``test/runtime/test_http_router.py``).
+
+:class:`RequestGuard` (an ASGI middleware in front of SGLang's app) on ``/generate``,
+``/v1/completions`` and ``/v1/chat/completions``:
+
+* tags every answer with ``x-sglang-fair-replica: host:port`` so a client behind a router sees
+  which replica served it;
+* with a batch policy other than ``sglang``, answers a body whose ``custom_params`` or SLO fields
+  are bad with HTTP 400 naming the field (:func:`sglang_fair.runtime.slo.check_custom_params`)
+  before the request reaches the tokenizer or the scheduler, streaming or not;
+* with ``--fair-admission-control``, gives an admission rejection (:mod:`.rejection`) its
+  ``Retry-After`` header, and for a streamed request holds the response head until the first
+  event: if that event is the rejection, the client gets a plain 429 instead of a 200 stream that
+  carries an error, so that a router can retry it on another replica.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 from sglang_fair.runtime.load import load_entry
+from sglang_fair.runtime.rejection import (
+    ADMISSION_ERR_TYPE,
+    ADMISSION_RETRY_AFTER_S,
+    ADMISSION_STATUS,
+    is_admission_rejection,
+)
+from sglang_fair.runtime.slo import check_custom_params
 
-__all__ = ["fair_states", "install_routes"]
+__all__ = ["GUARDED_PATHS", "RequestGuard", "fair_states", "find_body_problem", "install_routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +56,15 @@ async def fair_states() -> list[dict]:
     return [(state or {}).get(FAIR_STATE_KEY) or {} for state in internal]
 
 
-def install_routes(app) -> None:
-    """Add the routes to ``app`` (SGLang's ``http_server.app``); idempotent."""
+def install_routes(app, *, replica: str | None = None, validate: bool = False, admission: bool = False) -> None:
+    """Add the routes and the :class:`RequestGuard` to ``app`` (SGLang's ``http_server.app``), before
+    it starts; idempotent."""
     from fastapi.responses import JSONResponse
 
     existing = {getattr(route, "path", None) for route in app.router.routes}
+    if not getattr(app.state, "sglang_fair_guard", False):
+        app.add_middleware(RequestGuard, replica=replica, validate=validate, admission=admission)
+        app.state.sglang_fair_guard = True
 
     if "/get_load" not in existing:
 
@@ -61,3 +86,187 @@ def install_routes(app) -> None:
             except Exception as exc:
                 return JSONResponse({"error": f"state unavailable: {exc}"}, status_code=503)
             return {"dp_ranks": states}
+
+
+# ---------------------------------------------------------------------------------- request guard
+#: Where ``custom_params`` sits in each guarded route's body.
+GUARDED_PATHS = {
+    "/generate": "sampling_params",
+    "/v1/completions": "",
+    "/v1/chat/completions": "",
+}
+REPLICA_HEADER = b"x-sglang-fair-replica"
+
+
+def find_body_problem(path: str, body: bytes) -> tuple[str, str] | None:
+    """``(field, message)`` of the first bad ``custom_params`` in a guarded route's body, else None.
+
+    A body that is not a JSON object is left to SGLang, which answers it with its own 400.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    holders: list[tuple[str, object]] = []
+    if GUARDED_PATHS.get(path) == "sampling_params":
+        params = data.get("sampling_params")
+        if isinstance(params, list):  # a batch: one dict per prompt
+            holders = [(f"sampling_params[{i}].", item) for i, item in enumerate(params)]
+        else:
+            holders = [("sampling_params.", params)]
+    else:
+        holders = [("", data)]
+    for prefix, holder in holders:
+        if not isinstance(holder, dict) or "custom_params" not in holder:
+            continue
+        field = f"{prefix}custom_params"
+        try:
+            check_custom_params(holder["custom_params"], field)
+        except ValueError as exc:
+            message = str(exc)
+            named = message.split(" ", 1)[0]
+            return (named if named.startswith(field) else field), message
+    return None
+
+
+def _error_body(message: str, err_type: str, code: int, param: str | None = None) -> bytes:
+    # The shape of OpenAI's errors, which SGLang's /generate answers share ({"error": {"message"}}).
+    error = {"message": message, "type": err_type, "param": param, "code": int(code)}
+    return json.dumps({"error": error}).encode()
+
+
+async def _send_json(send, status: int, body: bytes, headers: list) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": int(status),
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _stream_rejection(chunk: bytes) -> str | None:
+    """The reason, when the first event of a stream is an admission rejection."""
+    for line in chunk.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        try:
+            event = json.loads(line[5:])
+        except ValueError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        error = event.get("error") if isinstance(event.get("error"), dict) else event
+        if is_admission_rejection(error.get("message"), error.get("code")):
+            return error["message"]  # /generate and the OpenAI routes' error events
+        finish = (event.get("meta_info") or {}).get("finish_reason") if isinstance(event.get("meta_info"), dict) else None
+        if isinstance(finish, dict) and is_admission_rejection(finish.get("message"), finish.get("status_code")):
+            return finish["message"]
+    return None
+
+
+class RequestGuard:
+    """Pure ASGI middleware (see the module docstring); every other path passes straight through."""
+
+    def __init__(self, app, *, replica: str | None = None, validate: bool = False, admission: bool = False):
+        self.app = app
+        self.replica_header = [(REPLICA_HEADER, replica.encode())] if replica else []
+        self.validate = validate
+        self.admission = admission
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http" or scope.get("method") not in ("POST", "PUT") or scope.get("path") not in GUARDED_PATHS:
+            return await self.app(scope, receive, send)
+        if self.validate:
+            chunks, more = [], True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":  # the client went away while sending
+                    return
+                chunks.append(message.get("body", b""))
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+            problem = find_body_problem(scope["path"], body)
+            if problem is not None:
+                field, text = problem
+                return await _send_json(send, 400, _error_body(text, "BadRequestError", 400, field), self.replica_header)
+            receive = _replay(body, receive)
+        send = _tagged(send, self.replica_header)
+        if self.admission:
+            send = _RejectionTranslator(send)
+        await self.app(scope, receive, send)
+
+
+def _replay(body: bytes, receive):
+    """``receive`` that hands the app the body already read, then the client's later messages
+    (SGLang watches for ``http.disconnect`` to abort a request whose client left)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _tagged(send, headers: list):
+    if not headers:
+        return send
+
+    async def tagged(message):
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *headers]}
+        await send(message)
+
+    return tagged
+
+
+class _RejectionTranslator:
+    """Holds the response head until the first body bytes; see the module docstring."""
+
+    def __init__(self, send) -> None:
+        self.send = send
+        self.start: dict | None = None
+        self.decided = False
+        self.swallow = False
+
+    async def __call__(self, message):
+        if self.swallow:
+            return
+        if self.decided:
+            return await self.send(message)
+        if message["type"] == "http.response.start":
+            self.start = message
+            return
+        if message["type"] != "http.response.body" or self.start is None:
+            self.decided = True
+            return await self.send(message)
+        body = message.get("body", b"")
+        if not body and message.get("more_body", False):
+            return  # an empty first piece says nothing yet
+        self.decided = True
+        start = self.start
+        headers = list(start.get("headers", []))
+        retry_after = (b"retry-after", str(ADMISSION_RETRY_AFTER_S).encode())
+        if start["status"] == ADMISSION_STATUS:
+            start = {**start, "headers": [*headers, retry_after]}
+        elif start["status"] == 200 and any(
+            k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers
+        ):
+            reason = _stream_rejection(body)
+            if reason is not None:
+                self.swallow = True  # the rest of the stream is the rejection's "[DONE]"
+                return await _send_json(
+                    self.send,
+                    ADMISSION_STATUS,
+                    _error_body(reason, ADMISSION_ERR_TYPE, ADMISSION_STATUS),
+                    [retry_after],
+                )
+        await self.send(start)
+        await self.send(message)
