@@ -11,8 +11,10 @@ Fake workers (stdlib HTTP servers in this process) answer the few routes the rou
 * ``retry``: for each status code, whether a request that one worker answers with it is retried on
   the other worker (the client sees 200) or handed back to the client;
 * ``breaker``: for each code, whether a run of such answers opens the router's circuit breaker on
-  that worker (it then gets no request at all until the breaker's timeout), with
-  ``--cb-failure-threshold 3`` so a handful of requests show it.
+  that worker (its log says ``closed -> open``; the worker then gets no request until the breaker's
+  timeout), with ``--cb-failure-threshold 3`` so a handful of requests show it; whether a success
+  between failures resets the count (pattern 429, 429, 200); and what a worker that is gone
+  (connection refused) does.
 
 Traffic stays on 127.0.0.1.  The result is written with :mod:`sglang_fair.strict_json`.
 """
@@ -55,6 +57,7 @@ class FakeWorker:
     def __init__(self, name: str) -> None:
         self.name = name
         self.status = 200
+        self.pattern: list[int] | None = None  # answers in turn, instead of ``status``
         self.load_polls: list[float] = []
         self.generate_hits: list[tuple[float, int]] = []
         self.lock = threading.Lock()
@@ -97,8 +100,11 @@ class FakeWorker:
                 length = int(self.headers.get("content-length") or 0)
                 if length:
                     self.rfile.read(length)
-                status = worker.status
                 with worker.lock:
+                    if worker.pattern:
+                        status = worker.pattern[len(worker.generate_hits) % len(worker.pattern)]
+                    else:
+                        status = worker.status
                     worker.generate_hits.append((time.monotonic(), status))
                 if status == 200:
                     self._json(200, {"text": "ok", "meta_info": {"id": "x", "finish_reason": {"type": "length"}}})
@@ -116,9 +122,10 @@ class FakeWorker:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def reset(self, status: int = 200) -> None:
+    def reset(self, status: int = 200, pattern: list[int] | None = None) -> None:
         with self.lock:
             self.status = status
+            self.pattern = pattern
             self.load_polls.clear()
             self.generate_hits.clear()
 
@@ -139,15 +146,18 @@ class Router:
         )
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
+    def wait_ready(self, workers: int = 2, timeout_s: float = 60.0) -> None:
+        """Until ``GET /workers`` lists ``workers`` healthy workers: the router answers ``/health``
+        before its background registration is done, and a request sent then gets 503."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"router exited: {self.log_path.read_text()[-2000:]}")
             try:
-                if requests.get(f"{self.url}/health", timeout=2).ok:
+                listed = requests.get(f"{self.url}/workers", timeout=2).json().get("workers", [])
+                if sum(1 for w in listed if w.get("is_healthy")) >= workers:
                     return
-            except requests.RequestException:
+            except (requests.RequestException, ValueError):
                 pass
             time.sleep(0.3)
         raise RuntimeError("router not ready")
@@ -187,56 +197,62 @@ def measure_poll(workers, log_dir: Path, extra: list[str], watch_s: float) -> di
     }
 
 
-def measure_codes(workers, log_dir: Path, requests_per_code: int, threshold: int) -> dict:
-    """Worker 0 answers ``code``, worker 1 answers 200; round robin; what the client gets."""
+def _run_case(workers, log_dir: Path, name: str, count: int, threshold: int, *, status: int = 200,
+              pattern: list[int] | None = None, close_bad: bool = False) -> dict:
+    """Worker 0 misbehaves (``status``, ``pattern`` or shut down), worker 1 answers 200; round
+    robin; what the client gets and how many attempts reach each worker."""
     bad, good = workers
-    results = {}
-    for code in CODES:
-        bad.reset(code)
-        good.reset(200)
-        router = Router(
-            [bad.url, good.url],
-            ["--policy", "round_robin", "--cb-failure-threshold", str(threshold),
-             "--cb-timeout-duration-secs", "60", "--retry-initial-backoff-ms", "10",
-             "--retry-max-backoff-ms", "100"],
-            log_dir / f"codes-{code}.log",
-        )
-        client_codes: list[int] = []
-        try:
-            router.wait_ready()
-            for _ in range(requests_per_code):
-                try:
-                    response = requests.post(f"{router.url}/generate", json={"text": "x"}, timeout=30)
-                    client_codes.append(response.status_code)
-                except requests.RequestException:
-                    client_codes.append(-1)
-        finally:
-            router.stop()
-        hits_bad = len(bad.generate_hits)
-        # Round robin would send half the first attempts to the bad worker; with a breaker open it
-        # gets none after the first `threshold` failures.
-        first_half = [s for s in client_codes[: requests_per_code // 2]]
-        second_half = [s for s in client_codes[requests_per_code // 2:]]
-        results[str(code)] = {
-            "client_codes": {str(c): client_codes.count(c) for c in sorted(set(client_codes))},
-            "retried_elsewhere": client_codes.count(200) == len(client_codes) and hits_bad > 0,
-            "bad_worker_hits": hits_bad,
-            "good_worker_hits": len(good.generate_hits),
-            "bad_worker_hits_expected_without_breaker": None,
-            "first_half_client_codes": first_half,
-            "second_half_client_codes": second_half,
-        }
-        # Breaker: count the bad worker's hits in the second half of the run.  With the breaker
-        # open it stops getting requests (0); without, round robin keeps sending it some.
-        if bad.generate_hits and good.generate_hits:
-            cut = sorted(t for t, _ in bad.generate_hits + good.generate_hits)
-            mid = cut[len(cut) // 2]
-            late_bad = sum(1 for t, _ in bad.generate_hits if t > mid)
-            results[str(code)]["bad_worker_hits_late"] = late_bad
-            results[str(code)]["breaker_opened"] = late_bad == 0 and hits_bad >= threshold
-        else:
-            results[str(code)]["bad_worker_hits_late"] = None
-            results[str(code)]["breaker_opened"] = hits_bad > 0 and not bad.generate_hits[-1:]
+    bad.reset(status, pattern)
+    good.reset(200)
+    router = Router(
+        [bad.url, good.url],
+        ["--policy", "round_robin", "--cb-failure-threshold", str(threshold),
+         "--cb-timeout-duration-secs", "60", "--retry-initial-backoff-ms", "10",
+         "--retry-max-backoff-ms", "100", "--health-check-interval-secs", "600"],
+        log_dir / f"{name}.log",
+    )
+    client_codes: list[int] = []
+    try:
+        router.wait_ready()
+        if close_bad:
+            bad.close()
+        for _ in range(count):
+            try:
+                response = requests.post(f"{router.url}/generate", json={"text": "x"}, timeout=30)
+                client_codes.append(response.status_code)
+            except requests.RequestException:
+                client_codes.append(-1)
+    finally:
+        router.stop()
+        if close_bad:
+            workers[0] = FakeWorker("a")  # a fresh one for the next case
+    log = _plain(router.log_path.read_text(errors="replace"))
+    hits_bad = len(bad.generate_hits)
+    late_bad = sum(1 for _, code in bad.generate_hits[count // 2:])
+    return {
+        "bad_worker": "closed after registration" if close_bad else (pattern or status),
+        "client_codes": {str(c): client_codes.count(c) for c in sorted(set(client_codes))},
+        "retried_elsewhere": client_codes.count(200) == len(client_codes) and (hits_bad > 0 or close_bad),
+        "bad_worker_hits": hits_bad,
+        "good_worker_hits": len(good.generate_hits),
+        "breaker_opened": "closed -> open" in log,
+    }
+
+
+def _plain(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def measure_codes(workers, log_dir: Path, count: int, threshold: int) -> dict:
+    results = {str(code): _run_case(workers, log_dir, f"code-{code}", count, threshold, status=code) for code in CODES}
+    # A success between failures: does it reset the breaker's count (consecutive failures)?
+    pattern = [429] * (threshold - 1) + [200]
+    results["pattern_" + "_".join(map(str, pattern))] = _run_case(
+        workers, log_dir, "pattern", count * 2, threshold, pattern=pattern
+    )
+    results["connection_refused"] = _run_case(workers, log_dir, "refused", count, threshold, close_bad=True)
     return results
 
 
@@ -273,8 +289,8 @@ def main(argv=None) -> int:
         "poll_default": poll_default,
         "poll_startup_check_interval_1": poll_fast,
         "codes": codes,
-        "retried_codes": [int(c) for c, r in codes.items() if r["retried_elsewhere"]],
-        "breaker_codes": [int(c) for c, r in codes.items() if r.get("breaker_opened")],
+        "retried_codes": [int(c) for c, r in codes.items() if c.isdigit() and r["retried_elsewhere"]],
+        "breaker_codes": [int(c) for c, r in codes.items() if c.isdigit() and r["breaker_opened"]],
         "wall_s": round(time.time() - started, 1),
         "log_dir": str(log_dir),
     }

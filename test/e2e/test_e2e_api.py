@@ -169,3 +169,19 @@ def test_bad_custom_params_get_400_naming_the_field(server, route, stream):
         assert response.headers["x-sglang-fair-replica"].endswith(server.base_url.rsplit(":", 1)[1])
     good = _post(server, route, {"ttft_slo": 5.0, "tpot_slo": 1.0}, stream)
     assert good.status_code == 200, good.text
+
+
+@pytest.mark.parametrize("input_ids", [[999999999], [5, -1]])
+def test_token_ids_outside_the_vocabulary_get_400_and_the_server_lives(server, input_ids):
+    """SGLang 0.5.23 alone lets its scheduler die on these (IndexError in the embedding)."""
+    response = requests.post(
+        f"{server.base_url}/generate", json={"input_ids": input_ids, "sampling_params": {"max_new_tokens": 2}},
+        timeout=120,
+    )
+    assert response.status_code == 400 and "input_ids[" in response.text, response.text
+    completion = requests.post(
+        f"{server.base_url}/v1/completions", json={"model": "default", "prompt": input_ids, "max_tokens": 2},
+        timeout=120,
+    )
+    assert completion.status_code == 400, completion.text
+    assert _post(server, "/generate", None).status_code == 200

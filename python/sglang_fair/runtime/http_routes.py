@@ -25,6 +25,11 @@ scheduler round trip per poll, fine at sglang-router 0.3.2's interval of about 3
   ``Retry-After`` header, and for a streamed request holds the response head until the first
   event: if that event is the rejection, the client gets a plain 429 instead of a 200 stream that
   carries an error, so that a router can retry it on another replica.
+
+:func:`install_token_id_check` (every policy): a prompt given as token ids outside the model's
+vocabulary is a 400 in the tokenizer process; SGLang 0.5.23 passes it on and its scheduler process
+dies on the embedding lookup (IndexError), taking the server down (found by test/reliability's
+fuzzing).
 """
 
 from __future__ import annotations
@@ -41,7 +46,15 @@ from sglang_fair.runtime.rejection import (
 )
 from sglang_fair.runtime.slo import check_custom_params
 
-__all__ = ["GUARDED_PATHS", "RequestGuard", "fair_states", "find_body_problem", "install_routes"]
+__all__ = [
+    "GUARDED_PATHS",
+    "RequestGuard",
+    "bad_token_id",
+    "fair_states",
+    "find_body_problem",
+    "install_routes",
+    "install_token_id_check",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +75,7 @@ def install_routes(app, *, replica: str | None = None, validate: bool = False, a
     from fastapi.responses import JSONResponse
 
     existing = {getattr(route, "path", None) for route in app.router.routes}
+    install_token_id_check()
     if not getattr(app.state, "sglang_fair_guard", False):
         app.add_middleware(RequestGuard, replica=replica, validate=validate, admission=admission)
         app.state.sglang_fair_guard = True
@@ -86,6 +100,36 @@ def install_routes(app, *, replica: str | None = None, validate: bool = False, a
             except Exception as exc:
                 return JSONResponse({"error": f"state unavailable: {exc}"}, status_code=503)
             return {"dp_ranks": states}
+
+
+def bad_token_id(input_ids, vocab_size: int) -> str | None:
+    """Why ``input_ids`` cannot be embedded by a model of ``vocab_size`` tokens, or None."""
+    if not input_ids or not vocab_size:
+        return None
+    low, high = min(input_ids), max(input_ids)
+    if low >= 0 and high < vocab_size:
+        return None
+    index, value = next((i, t) for i, t in enumerate(input_ids) if not 0 <= t < vocab_size)
+    return f"input_ids[{index}] = {value} is not a token id of this model (valid: 0 to {vocab_size - 1})"
+
+
+def install_token_id_check() -> None:
+    """Wrap ``TokenizerManager._validate_one_request`` (SGLang's per-request check, called with the
+    prompt's token ids however they were given) with :func:`bad_token_id`; idempotent."""
+    from sglang.srt.managers.tokenizer_manager import TokenizerManager
+
+    original = TokenizerManager._validate_one_request
+    if getattr(original, "_sglang_fair_checked", False):
+        return
+
+    def validate_one_request(self, obj, input_ids):
+        problem = bad_token_id(input_ids, getattr(self.model_config, "vocab_size", 0))
+        if problem is not None:
+            raise ValueError(problem)  # SGLang answers it with HTTP 400
+        return original(self, obj, input_ids)
+
+    validate_one_request._sglang_fair_checked = True
+    TokenizerManager._validate_one_request = validate_one_request
 
 
 # ---------------------------------------------------------------------------------- request guard
