@@ -132,3 +132,17 @@ def test_bad_token_id_names_the_first_one():
     assert bad_token_id([1, 999999999], 512).startswith("input_ids[1] = 999999999")
     assert bad_token_id([-1], 512).startswith("input_ids[0] = -1")
 
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/completions", {"prompt": "x", "n": 2147483648}, "n"),
+        ("/v1/chat/completions", {"messages": [], "n": 0}, "n"),
+        ("/generate", {"text": "x", "sampling_params": {"n": 10**9}}, "sampling_params.n"),
+        ("/generate", {"text": "x", "sampling_params": {"n": "2"}}, "sampling_params.n"),
+    ],
+)
+def test_absurd_n_is_refused_under_every_policy(path, body, field):
+    found = find_body_problem(path, json.dumps(body).encode(), check_slos=False)
+    assert found is not None and found[0] == field

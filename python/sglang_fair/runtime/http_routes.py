@@ -18,9 +18,11 @@ scheduler round trip per poll, fine at sglang-router 0.3.2's interval of about 3
 
 * tags every answer with ``x-sglang-fair-replica: host:port`` so a client behind a router sees
   which replica served it;
-* with a batch policy other than ``sglang``, answers a body whose ``custom_params`` or SLO fields
-  are bad with HTTP 400 naming the field (:func:`sglang_fair.runtime.slo.check_custom_params`)
-  before the request reaches the tokenizer or the scheduler, streaming or not;
+* answers a body that asks for an absurd number of completions (``n``, which SGLang 0.5.23 expands
+  before any check, until the server runs out of memory) with HTTP 400 naming the field, and with
+  a batch policy other than ``sglang`` one whose ``custom_params`` or SLO fields are bad
+  (:func:`sglang_fair.runtime.slo.check_custom_params`), before the request reaches the tokenizer
+  or the scheduler, streaming or not;
 * with ``--fair-admission-control``, gives an admission rejection (:mod:`.rejection`) its
   ``Retry-After`` header, and for a streamed request holds the response head until the first
   event: if that event is the rejection, the client gets a plain 429 instead of a 200 stream that
@@ -142,8 +144,23 @@ GUARDED_PATHS = {
 REPLICA_HEADER = b"x-sglang-fair-replica"
 
 
-def find_body_problem(path: str, body: bytes) -> tuple[str, str] | None:
-    """``(field, message)`` of the first bad ``custom_params`` in a guarded route's body, else None.
+#: Most completions one request may ask for (``n``).  SGLang expands ``n`` into that many requests
+#: in the tokenizer process before anything checks it: ``"n": 2147483648`` exhausts the server's
+#: memory and it dies (found by test/reliability's fuzzing).
+MAX_PARALLEL_SAMPLES = 1024
+
+
+def _bad_n(value: object, field: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PARALLEL_SAMPLES:
+        return f"{field} must be an integer from 1 to {MAX_PARALLEL_SAMPLES}, got {value!r}"[:300]
+    return None
+
+
+def find_body_problem(path: str, body: bytes, *, check_slos: bool = True) -> tuple[str, str] | None:
+    """``(field, message)`` of the first bad field in a guarded route's body, else None: ``n`` out of
+    range (always), ``custom_params`` or its SLOs (with ``check_slos``).
 
     A body that is not a JSON object is left to SGLang, which answers it with its own 400.
     """
@@ -163,7 +180,12 @@ def find_body_problem(path: str, body: bytes) -> tuple[str, str] | None:
     else:
         holders = [("", data)]
     for prefix, holder in holders:
-        if not isinstance(holder, dict) or "custom_params" not in holder:
+        if not isinstance(holder, dict):
+            continue
+        problem = _bad_n(holder.get("n"), f"{prefix}n")
+        if problem is not None:
+            return f"{prefix}n", problem
+        if not check_slos or "custom_params" not in holder:
             continue
         field = f"{prefix}custom_params"
         try:
@@ -224,20 +246,20 @@ class RequestGuard:
     async def __call__(self, scope, receive, send):
         if scope.get("type") != "http" or scope.get("method") not in ("POST", "PUT") or scope.get("path") not in GUARDED_PATHS:
             return await self.app(scope, receive, send)
-        if self.validate:
-            chunks, more = [], True
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":  # the client went away while sending
-                    return
-                chunks.append(message.get("body", b""))
-                more = message.get("more_body", False)
-            body = b"".join(chunks)
-            problem = find_body_problem(scope["path"], body)
-            if problem is not None:
-                field, text = problem
-                return await _send_json(send, 400, _error_body(text, "BadRequestError", 400, field), self.replica_header)
-            receive = _replay(body, receive)
+        # Every policy reads the body: the ``n`` check keeps the server alive.
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away while sending
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        problem = find_body_problem(scope["path"], body, check_slos=self.validate)
+        if problem is not None:
+            field, text = problem
+            return await _send_json(send, 400, _error_body(text, "BadRequestError", 400, field), self.replica_header)
+        receive = _replay(body, receive)
         send = _tagged(send, self.replica_header)
         if self.admission:
             send = _RejectionTranslator(send)
