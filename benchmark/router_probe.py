@@ -57,6 +57,7 @@ class FakeWorker:
     def __init__(self, name: str) -> None:
         self.name = name
         self.status = 200
+        self.dead = False  # hang up on every request without an answer (a crashed process)
         self.pattern: list[int] | None = None  # answers in turn, instead of ``status``
         self.load_polls: list[float] = []
         self.generate_hits: list[tuple[float, int]] = []
@@ -97,6 +98,10 @@ class FakeWorker:
                     self._json(404, {"error": "not found"})
 
             def do_POST(self):
+                if worker.dead:  # keep-alive connections outlive the closed socket: drop them too
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 length = int(self.headers.get("content-length") or 0)
                 if length:
                     self.rfile.read(length)
@@ -130,6 +135,7 @@ class FakeWorker:
             self.generate_hits.clear()
 
     def close(self) -> None:
+        self.dead = True
         self.server.shutdown()
         self.server.server_close()
 
@@ -225,12 +231,12 @@ def _run_case(workers, log_dir: Path, name: str, count: int, threshold: int, *, 
     finally:
         router.stop()
         if close_bad:
-            workers[0] = FakeWorker("a")  # a fresh one for the next case
+            workers[0] = FakeWorker("a")  # a fresh one for any later case
     log = _plain(router.log_path.read_text(errors="replace"))
     hits_bad = len(bad.generate_hits)
     late_bad = sum(1 for _, code in bad.generate_hits[count // 2:])
     return {
-        "bad_worker": "closed after registration" if close_bad else (pattern or status),
+        "bad_worker": "gone after registration (refuses, drops open connections)" if close_bad else (pattern or status),
         "client_codes": {str(c): client_codes.count(c) for c in sorted(set(client_codes))},
         "retried_elsewhere": client_codes.count(200) == len(client_codes) and (hits_bad > 0 or close_bad),
         "bad_worker_hits": hits_bad,

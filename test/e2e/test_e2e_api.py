@@ -185,3 +185,10 @@ def test_token_ids_outside_the_vocabulary_get_400_and_the_server_lives(server, i
     )
     assert completion.status_code == 400, completion.text
     assert _post(server, "/generate", None).status_code == 200
+
+
+def test_empty_prompt_gets_400_instead_of_hanging(server):
+    response = requests.post(f"{server.base_url}/generate", json={"text": "", "sampling_params": {"max_new_tokens": 2}},
+                             timeout=60)
+    assert response.status_code == 400 and "empty" in response.text, response.text
+    assert _post(server, "/generate", None).status_code == 200

@@ -128,7 +128,8 @@ def test_validation_replays_the_body_to_the_app():
 def test_bad_token_id_names_the_first_one():
     from sglang_fair.runtime.http_routes import bad_token_id
 
-    assert bad_token_id([1, 2, 3], 512) is None and bad_token_id([], 512) is None
+    assert bad_token_id([1, 2, 3], 512) is None and bad_token_id(None, 512) is None
+    assert bad_token_id([], 512).startswith("the prompt is empty")
     assert bad_token_id([1, 999999999], 512).startswith("input_ids[1] = 999999999")
     assert bad_token_id([-1], 512).startswith("input_ids[0] = -1")
 

@@ -30,8 +30,8 @@ scheduler round trip per poll, fine at sglang-router 0.3.2's interval of about 3
 
 :func:`install_token_id_check` (every policy): a prompt given as token ids outside the model's
 vocabulary is a 400 in the tokenizer process; SGLang 0.5.23 passes it on and its scheduler process
-dies on the embedding lookup (IndexError), taking the server down (found by test/reliability's
-fuzzing).
+dies on the embedding lookup (IndexError), taking the server down; an empty prompt (0 tokens) is
+a 400 too, since such a request is never answered (both found by test/reliability's fuzzing).
 """
 
 from __future__ import annotations
@@ -106,6 +106,9 @@ def install_routes(app, *, replica: str | None = None, validate: bool = False, a
 
 def bad_token_id(input_ids, vocab_size: int) -> str | None:
     """Why ``input_ids`` cannot be embedded by a model of ``vocab_size`` tokens, or None."""
+    if input_ids is not None and len(input_ids) == 0:
+        # An empty prompt (``"text": ""`` with a tokenizer that adds no BOS) is never answered.
+        return "the prompt is empty (0 tokens): give at least one token"
     if not input_ids or not vocab_size:
         return None
     low, high = min(input_ids), max(input_ids)

@@ -2,12 +2,19 @@
 
 With ``--fair-admission-control`` a request whose TTFT SLO this replica can no longer meet is
 finished at intake (:mod:`sglang_fair.runtime.batching`) instead of queueing.  The client, or the
-router in front of it, should try another replica at once.  ``sglang-router`` 0.3.2 retries a
-request on another worker when the worker answers 408 or 429 (and gives the client 400, 404, 500,
-503 ... as they are), and a 429 does not open its circuit breaker on the worker that sent it
-(``benchmark/router_probe.py``, ``benchmark/results/router_probe.json``), so the code is 429 with a
-``Retry-After`` header.  The HTTP guard (:mod:`sglang_fair.runtime.http_routes`) adds that header
-and turns a streamed rejection into a plain 429 before any byte of the stream is sent.
+router in front of it, should try another replica at once.  What ``sglang-router`` 0.3.2 does
+(measured by ``benchmark/router_probe.py``, ``benchmark/results/router_probe.json``): it retries a
+request on another worker when the worker answers 408, 429, 500, 502, 503 or 504 (400 and 404 go
+back to the client); and every non-2xx answer, 429 included, counts against the worker's circuit
+breaker, which opens after ``--cb-failure-threshold`` (default 10) *consecutive* failures, a success
+resetting the count.  Of the retried codes 429 is the one that says "busy, not broken" (503 reads
+as an outage to clients and proxies), so the code is 429 with a ``Retry-After`` header.  A replica
+that rejects ten in a row is still taken out by the breaker for ``--cb-timeout-duration-secs``:
+keep rejections rare with ``--policy power_of_two`` and a 1 s ``/get_load`` poll
+(``--worker-startup-check-interval 1``), or set ``--disable-circuit-breaker`` and let the health
+checks find dead replicas (docs/reliability.md).  The HTTP guard
+(:mod:`sglang_fair.runtime.http_routes`) adds the header and turns a streamed rejection into a
+plain 429 before any byte of the stream is sent.
 
 Plain Python (no sglang import).
 """
@@ -25,7 +32,7 @@ __all__ = [
     "is_admission_rejection",
 ]
 
-#: What ``sglang-router`` retries on another worker without counting it against this one.
+#: Retried on another worker by ``sglang-router``; "too many requests", not "broken".
 ADMISSION_STATUS = HTTPStatus.TOO_MANY_REQUESTS
 ADMISSION_ERR_TYPE = "TooManyRequestsError"
 #: The words every admission rejection carries (clients and the HTTP guard recognise it by them).
