@@ -19,14 +19,9 @@ import platform
 
 import pytest
 
-DEFAULT_POLICIES = "sglang,fairbatching"
+from reliability_helpers import reliability_policies
 #: The tiny model's KV pool, small enough that an overload reaches it (see docs/reliability.md).
 SERVER_FLAGS = ["--max-total-tokens", "16384"]
-
-
-def reliability_policies() -> list[str]:
-    text = os.environ.get("SGLANG_FAIR_RELIABILITY_POLICIES") or DEFAULT_POLICIES
-    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 @pytest.fixture(scope="session", params=reliability_policies())

@@ -8,6 +8,7 @@ loopback only.  Results are plain dicts so tests can put them in the JSON summar
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import statistics
 import time
@@ -16,6 +17,15 @@ from dataclasses import dataclass, field
 import aiohttp
 import psutil
 import requests
+
+DEFAULT_POLICIES = "sglang,fairbatching"
+
+
+def reliability_policies() -> list[str]:
+    """``SGLANG_FAIR_RELIABILITY_POLICIES`` (comma-separated), default both: stock and ours."""
+    text = os.environ.get("SGLANG_FAIR_RELIABILITY_POLICIES") or DEFAULT_POLICIES
+    return [name.strip() for name in text.split(",") if name.strip()]
+
 
 #: Every request must be answered within this (the issue's overload rule).
 CLIENT_TIMEOUT_S = 120.0

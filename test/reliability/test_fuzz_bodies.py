@@ -56,15 +56,28 @@ texts = (
     | anything
 )
 token_ids = st.lists(st.integers(min_value=-5, max_value=2**40), max_size=6) | st.just(list(range(3, 3 + CONTEXT_TOKENS + 100)))
-sampling = st.fixed_dictionaries(
-    {},
-    optional={
-        "max_new_tokens": lengths, "temperature": numbers, "top_p": numbers, "top_k": numbers,
-        "min_p": numbers, "frequency_penalty": numbers, "repetition_penalty": numbers, "n": lengths,
-        "stop": anything, "ignore_eos": st.booleans() | anything, "custom_params": custom_params,
-        "regex": st.sampled_from(["(", "[a-z]{1,3}", "a" * 300]) | anything,
-    },
-) | anything
+
+
+def mostly(valid, wild):
+    """Usually ``valid``, sometimes ``wild``: most bodies then get past the first check, so the
+    fuzzing reaches the tokenizer, the scheduler and the stream, not only the JSON parser."""
+    return st.one_of(valid, valid, valid, wild)
+
+
+small_lengths = st.sampled_from([1, 2, 4, 8])
+sampling = mostly(
+    st.fixed_dictionaries(
+        {"max_new_tokens": mostly(small_lengths, lengths)},
+        optional={
+            "temperature": numbers, "top_p": numbers, "top_k": numbers, "min_p": numbers,
+            "frequency_penalty": numbers, "repetition_penalty": numbers, "n": mostly(st.sampled_from([1, 2]), lengths),
+            "stop": anything, "ignore_eos": st.booleans() | anything, "custom_params": custom_params,
+            "regex": st.sampled_from(["(", "[a-z]{1,3}", "a" * 300]) | anything,
+        },
+    ),
+    anything,
+)
+plain_text = st.sampled_from(["Hello there", "The capital of France is", "1 2 3"])
 
 
 def _with_depth(body: dict, depth: int) -> str:
@@ -75,24 +88,25 @@ def _with_depth(body: dict, depth: int) -> str:
 
 
 generate_bodies = st.fixed_dictionaries(
-    {},
-    optional={"text": texts, "input_ids": token_ids, "sampling_params": sampling, "stream": st.booleans() | anything,
-              "rid": anything, "return_logprob": st.booleans() | anything, "logprob_start_len": numbers},
+    {"text": mostly(plain_text, texts), "sampling_params": sampling},
+    optional={"input_ids": token_ids, "stream": st.booleans() | anything, "rid": anything,
+              "return_logprob": st.booleans() | anything, "logprob_start_len": numbers},
 )
 completion_bodies = st.fixed_dictionaries(
-    {"model": st.just("default") | anything},
-    optional={"prompt": texts | token_ids, "max_tokens": lengths, "temperature": numbers, "n": lengths,
+    {"model": mostly(st.just("default"), anything), "prompt": mostly(plain_text, texts | token_ids),
+     "max_tokens": mostly(small_lengths, lengths)},
+    optional={"temperature": numbers, "n": mostly(st.sampled_from([1, 2]), lengths),
               "stream": st.booleans() | anything, "stop": anything, "logprobs": lengths, "echo": st.booleans(),
               "custom_params": custom_params, "top_p": numbers, "seed": numbers},
 )
-messages = st.lists(
-    st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "tool", "nobody"]) | anything,
-                           "content": texts}),
-    max_size=3,
-) | anything
+message = st.fixed_dictionaries({"role": mostly(st.just("user"), st.sampled_from(["system", "assistant", "tool", "x"])
+                                                | anything),
+                                 "content": mostly(plain_text, texts)})
+messages = mostly(st.lists(message, min_size=1, max_size=3), anything)
 chat_bodies = st.fixed_dictionaries(
-    {"model": st.just("default") | anything, "messages": messages},
-    optional={"max_tokens": lengths, "max_completion_tokens": lengths, "temperature": numbers, "n": lengths,
+    {"model": mostly(st.just("default"), anything), "messages": messages,
+     "max_tokens": mostly(small_lengths, lengths)},
+    optional={"max_completion_tokens": lengths, "temperature": numbers, "n": mostly(st.sampled_from([1, 2]), lengths),
               "stream": st.booleans() | anything, "custom_params": custom_params, "tools": anything,
               "response_format": anything, "logprobs": st.booleans() | anything, "top_logprobs": lengths},
 )
@@ -124,7 +138,7 @@ def fuzz_route(handle, route: str, examples: int, summary: dict, key: str) -> No
 
     @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(body=BODIES[route], depth=st.sampled_from([0, 0, 0, 3, 200, 5000]))
+    @given(body=BODIES[route], depth=st.sampled_from([0, 0, 0, 0, 0, 3, 200, 5000]))
     def one(body, depth):
         raw = _with_depth(body, depth) if depth else json.dumps(body, allow_nan=True)
         status = _send(handle.base_url, route, raw)

@@ -142,6 +142,8 @@ def test_bad_token_id_names_the_first_one():
         ("/v1/chat/completions", {"messages": [], "n": 0}, "n"),
         ("/generate", {"text": "x", "sampling_params": {"n": 10**9}}, "sampling_params.n"),
         ("/generate", {"text": "x", "sampling_params": {"n": "2"}}, "sampling_params.n"),
+        ("/v1/chat/completions", {"messages": [], "response_format": 1.5}, "response_format"),
+        ("/v1/completions", {"prompt": "x", "response_format": [1]}, "response_format"),
     ],
 )
 def test_absurd_n_is_refused_under_every_policy(path, body, field):

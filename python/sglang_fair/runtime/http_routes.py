@@ -19,7 +19,8 @@ scheduler round trip per poll, fine at sglang-router 0.3.2's interval of about 3
 * tags every answer with ``x-sglang-fair-replica: host:port`` so a client behind a router sees
   which replica served it;
 * answers a body that asks for an absurd number of completions (``n``, which SGLang 0.5.23 expands
-  before any check, until the server runs out of memory) with HTTP 400 naming the field, and with
+  before any check, until the server runs out of memory) or a ``response_format`` that is not an
+  object (a 500 in SGLang's request model) with HTTP 400 naming the field, and with
   a batch policy other than ``sglang`` one whose ``custom_params`` or SLO fields are bad
   (:func:`sglang_fair.runtime.slo.check_custom_params`), before the request reaches the tokenizer
   or the scheduler, streaming or not;
@@ -188,6 +189,10 @@ def find_body_problem(path: str, body: bytes, *, check_slos: bool = True) -> tup
         problem = _bad_n(holder.get("n"), f"{prefix}n")
         if problem is not None:
             return f"{prefix}n", problem
+        response_format = holder.get("response_format")
+        if response_format is not None and not isinstance(response_format, dict):
+            # SGLang's request model calls .get() on it: a 500 and a traceback per request.
+            return f"{prefix}response_format", f"{prefix}response_format must be a JSON object"
         if not check_slos or "custom_params" not in holder:
             continue
         field = f"{prefix}custom_params"
