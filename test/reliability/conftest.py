@@ -20,8 +20,9 @@ import platform
 import pytest
 
 from reliability_helpers import reliability_policies
-#: The tiny model's KV pool, small enough that an overload reaches it (see docs/reliability.md).
-SERVER_FLAGS = ["--max-total-tokens", "16384"]
+#: The default flags (a user's first launch); they also share the start-up calibration cache with
+#: the other test folders' fairbatching servers.
+SERVER_FLAGS: list[str] = []
 
 
 @pytest.fixture(scope="session", params=reliability_policies())
