@@ -43,7 +43,7 @@ anything = st.recursive(
 )
 #: Token counts: tiny, zero, negative, huge, or not numbers; never a valid *long* generation.
 lengths = st.sampled_from([-1, 0, 1, 2, 8, 2**31, 2**63, 10**30, -(10**9), 1.5, math.nan, math.inf, "8", None, [4]])
-numbers = st.sampled_from([-1, 0, 0.5, 1, 2, 1e308, -1e308, math.nan, math.inf, -math.inf, "1", None, True, [1]])
+wild_numbers = st.sampled_from([-1, 2, 1e308, -1e308, math.nan, math.inf, -math.inf, "1", None, True, [1]])
 slo_values = st.sampled_from([0.5, 5.0, 0, -1, 1e12, math.nan, math.inf, "1.0", None, True, [1], {"x": 1}])
 custom_params = (
     st.fixed_dictionaries({}, optional={"ttft_slo": slo_values, "tpot_slo": slo_values, "client": anything})
@@ -65,13 +65,15 @@ def mostly(valid, wild):
 
 
 small_lengths = st.sampled_from([1, 2, 4, 8])
+numbers = mostly(st.sampled_from([0, 0.5, 1]), wild_numbers)
 sampling = mostly(
     st.fixed_dictionaries(
         {"max_new_tokens": mostly(small_lengths, lengths)},
         optional={
             "temperature": numbers, "top_p": numbers, "top_k": numbers, "min_p": numbers,
             "frequency_penalty": numbers, "repetition_penalty": numbers, "n": mostly(st.sampled_from([1, 2]), lengths),
-            "stop": anything, "ignore_eos": st.booleans() | anything, "custom_params": custom_params,
+            "stop": anything, "ignore_eos": st.booleans() | anything,
+            "custom_params": mostly(st.just({"ttft_slo": 5.0, "tpot_slo": 1.0}), custom_params),
             "regex": st.sampled_from(["(", "[a-z]{1,3}", "a" * 300]) | anything,
         },
     ),

@@ -44,8 +44,9 @@ def _body(rng, index):
 def run_overload(handle, duration_s: float, summary: dict, key: str, admission: bool) -> dict:
     url = f"{handle.base_url}/generate"
     scheduler = scheduler_process(handle)
-    idle_latency = plain_latency_s(handle.base_url)
     ramp = capacity_rps(url, _body)  # also the warm-up
+    wait_idle(handle.base_url)
+    idle_latency = plain_latency_s(handle.base_url)  # warm, idle: the reference for after the drain
     rss_before = rss_mb(scheduler)
     rate = OVERLOAD_FACTOR * ramp["capacity_rps"]
     started = time.monotonic()
