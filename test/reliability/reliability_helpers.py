@@ -18,6 +18,8 @@ import aiohttp
 import psutil
 import requests
 
+from sglang_fair.runtime.rejection import ADMISSION_REASON
+
 DEFAULT_POLICIES = "sglang,fairbatching"
 
 
@@ -60,8 +62,10 @@ class Tally:
         for outcome in self.outcomes:
             codes[str(outcome.status)] = codes.get(str(outcome.status), 0) + 1
         answered = [o for o in self.outcomes if o.status == 200]
-        rejected = [o for o in self.outcomes if o.status in (429, 503)]
-        lost = [o for o in self.outcomes if o.status not in (200, 429, 503)]
+        # A rejection is an answer only with our reason; a router's own 503 ("no available
+        # workers") or a timeout is a request lost.
+        rejected = [o for o in self.outcomes if o.status in (429, 503) and ADMISSION_REASON in o.reason]
+        lost = [o for o in self.outcomes if o.status != 200 and o not in rejected]
         latencies = sorted(o.latency_s for o in answered)
         return {
             "sent": len(self.outcomes),
@@ -69,7 +73,8 @@ class Tally:
             "rejected": len(rejected),
             "lost": len(lost),
             "codes": codes,
-            "rejections_without_reason": sum(1 for o in rejected if not o.reason),
+            "rejections_without_reason": 0,  # by definition above; kept for the figures' shape
+            "lost_reasons": sorted({f"{o.status}: {o.reason[:160]}" for o in lost})[:5],
             "latency_p50_s": latencies[len(latencies) // 2] if latencies else None,
             "latency_max_s": latencies[-1] if latencies else None,
         }

@@ -4,7 +4,7 @@ a replica whose PAB is exhausted being steered around.  Slow only (two server st
 Router flags, as a user would set them (see docs/reliability.md for why):
 
 * replica killed: ``--policy round_robin --health-check-interval-secs 1
-  --health-failure-threshold 2 --health-check-timeout-secs 2`` (the default is one check a minute);
+  --health-failure-threshold 2`` (the default is one check a minute; the check's timeout stays 5 s);
 * PAB steering: ``--policy power_of_two --worker-startup-check-interval 1`` (``/get_load`` polled
   every second instead of every 30 s); retries and the circuit breaker at their defaults.
 """
@@ -32,11 +32,13 @@ _spec = importlib.util.spec_from_file_location("router_probe", REPO / "benchmark
 router_probe = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(router_probe)
 
+#: Health checks every second, two failures to mark a worker down; the check's timeout stays at the
+#: router's default 5 s: with 2 s a busy fairbatching replica on a saturated 2-core box missed
+#: its /health answers and was taken out beside the killed one (docs/reliability.md).
 KILL_ROUTER_FLAGS = ["--policy", "round_robin", "--health-check-interval-secs", "1",
-                     "--health-failure-threshold", "2", "--health-check-timeout-secs", "2",
-                     "--worker-startup-check-interval", "1"]
+                     "--health-failure-threshold", "2", "--worker-startup-check-interval", "1"]
 PAB_ROUTER_FLAGS = ["--policy", "power_of_two", "--worker-startup-check-interval", "1"]
-HEALTH_WINDOW_S = 1 * 2 + 2 + 2  # interval x failures + timeout, plus a poll's worth of slack
+HEALTH_WINDOW_S = 1 * 2 + 5 + 2  # interval x failures + timeout, plus a poll's worth of slack
 
 
 def _start_two(server_launcher, tmp_path, extra):
