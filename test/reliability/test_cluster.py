@@ -6,7 +6,8 @@ Router flags, as a user would set them (see docs/reliability.md for why):
 * replica killed: ``--policy round_robin --health-check-interval-secs 1
   --health-failure-threshold 2`` (the default is one check a minute; the check's timeout stays 5 s);
 * PAB steering: ``--policy power_of_two --worker-startup-check-interval 1`` (``/get_load`` polled
-  every second instead of every 30 s); retries and the circuit breaker at their defaults.
+  every second instead of every 30 s), ``--disable-circuit-breaker`` with health checks every
+  second; retries at their defaults.
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ _spec.loader.exec_module(router_probe)
 #: its /health answers and was taken out beside the killed one (docs/reliability.md).
 KILL_ROUTER_FLAGS = ["--policy", "round_robin", "--health-check-interval-secs", "1",
                      "--health-failure-threshold", "2", "--worker-startup-check-interval", "1"]
-PAB_ROUTER_FLAGS = ["--policy", "power_of_two", "--worker-startup-check-interval", "1"]
+#: Loads polled every second; the circuit breaker off, because sglang-router counts every 429 as a
+#: failure and with its default (10 in a row) took both saturated replicas out in a run on a busy
+#: box (docs/reliability.md); dead replicas are left to the health checks.
+PAB_ROUTER_FLAGS = ["--policy", "power_of_two", "--worker-startup-check-interval", "1",
+                    "--disable-circuit-breaker", "--health-check-interval-secs", "1",
+                    "--health-failure-threshold", "2"]
 HEALTH_WINDOW_S = 1 * 2 + 5 + 2  # interval x failures + timeout, plus a poll's worth of slack
 
 
