@@ -9,7 +9,8 @@ that path and the log's tail.
 Fixtures: ``server`` (module scope, one server per batch policy listed in the environment variable
 ``SGLANG_FAIR_E2E_POLICIES``, default ``sglang,fairbatching``, so every test that uses it runs
 against each; a test module may set ``SERVER_ARGS = [...]`` for extra flags), and
-``server_launcher`` (a function scope ``start_server`` that stops what it started).
+``server_launcher`` (a function scope ``start_server`` that stops what it started) and
+``session_server_launcher`` (the same for servers shared by a whole session, e.g. test/reliability's).
 
 Test folders are not packages, so do not ``import conftest`` (pytest imports several files of that
 name); use the fixtures.
@@ -189,6 +190,22 @@ def server_launcher(tmp_path):
 
     def launch(extra_args=(), log_dir=None) -> ServerHandle:
         handle = start_server(extra_args, log_dir or tmp_path)
+        started.append(handle)
+        return handle
+
+    yield launch
+    for handle in started:
+        handle.stop()
+
+
+@pytest.fixture(scope="session")
+def session_server_launcher(tmp_path_factory):
+    """``start_server(extra_args, name)`` for servers shared across modules; a server may be stopped
+    earlier by its user (``handle.stop()``), the rest are stopped when the session ends."""
+    started: list[ServerHandle] = []
+
+    def launch(extra_args=(), name: str = "server") -> ServerHandle:
+        handle = start_server(extra_args, tmp_path_factory.mktemp(name))
         started.append(handle)
         return handle
 

@@ -226,7 +226,14 @@ def _serve(server_args) -> None:
             f"{PROG}: error: only the HTTP server is supported"
             " (not --encoder-only, --grpc-mode, --smg-grpc-mode or --use-ray)"
         )
-    install_routes(app)  # /get_load (PAB for sglang-router) and /fair/state
+    config = FairConfig.from_env()
+    fair_active = config.batch_policy != "sglang"
+    install_routes(  # /get_load (PAB for sglang-router), /fair/state and the request guard
+        app,
+        replica=f"{server_args.host}:{server_args.port}",
+        validate=fair_active,  # stock batching ignores SLOs: its custom_params are not ours to judge
+        admission=fair_active and config.admission_control,
+    )
     launch_server(server_args, run_scheduler_process_func=run_scheduler_process)
 
 

@@ -93,3 +93,10 @@ def test_idle_replica_reports_zero_and_nan_budget_saturates():
 def test_load_entry_shape():
     entry = load_entry(0, {"runtime": {"running_requests": 2, "waiting_requests": 1, "load_tokens": 7}})
     assert entry["dp_rank"] == 0 and entry["num_tokens"] == 7 and entry["num_reqs"] == 3
+
+
+@pytest.mark.parametrize("params", [[1, 2], "fast", 3, True])
+def test_custom_params_that_is_not_an_object_is_refused(params):
+    with pytest.raises(ValueError) as err:
+        parse_request_slos(params, 1.0, 0.1)
+    assert str(err.value).startswith("custom_params must be a JSON object")

@@ -38,6 +38,7 @@ from sglang_fair.runtime import records, state as state_report
 from sglang_fair.runtime.plan import MIN_CONTINUE_CHUNK_TOKENS, IterationRecord, PlanOrderedSchedulePolicy
 from sglang_fair.runtime.policy_setup import CPU_PRIOR_PRESET, GPU_PRIOR_PRESET, build_policy
 from sglang_fair.runtime.records import RuntimeRequestState, SloCounters
+from sglang_fair.runtime.rejection import ADMISSION_ERR_TYPE, ADMISSION_STATUS, admission_rejection_message
 from sglang_fair.runtime.slo import can_sit_out, parse_request_slos
 from sglang_fair.runtime.view import build_view
 
@@ -164,10 +165,7 @@ class FairBatchingMixin:
             if not self.fair_policy.admit(state, view):
                 self.fair_slo.rejected_admission += 1
                 req.set_finish_with_abort(
-                    "Service unavailable: this replica cannot meet the request's TTFT SLO of "
-                    f"{ttft_s:g} s (prefill admission budget exhausted); retry later or elsewhere",
-                    status_code=503,
-                    err_type="ServiceUnavailableError",
+                    admission_rejection_message(ttft_s), status_code=ADMISSION_STATUS, err_type=ADMISSION_ERR_TYPE
                 )
                 return
         self.fair_states[req.rid] = state

@@ -12,15 +12,52 @@ request type SGLang already routes to every DP rank and answers between iteratio
 new IPC, no file to go stale and nothing to change in the tokenizer process; the cost is one
 scheduler round trip per poll, fine at sglang-router 0.3.2's interval of about 30 s
 (``test/runtime/test_http_router.py``).
+
+:class:`RequestGuard` (an ASGI middleware in front of SGLang's app) on ``/generate``,
+``/v1/completions`` and ``/v1/chat/completions``:
+
+* tags every answer with ``x-sglang-fair-replica: host:port`` so a client behind a router sees
+  which replica served it;
+* answers a body that asks for an absurd number of completions (``n``, which SGLang 0.5.23 expands
+  before any check, until the server runs out of memory) or a ``response_format`` that is not an
+  object (a 500 in SGLang's request model) with HTTP 400 naming the field, and with
+  a batch policy other than ``sglang`` one whose ``custom_params`` or SLO fields are bad
+  (:func:`sglang_fair.runtime.slo.check_custom_params`), before the request reaches the tokenizer
+  or the scheduler, streaming or not;
+* with ``--fair-admission-control``, gives an admission rejection (:mod:`.rejection`) its
+  ``Retry-After`` header, and for a streamed request holds the response head until the first
+  event: if that event is the rejection, the client gets a plain 429 instead of a 200 stream that
+  carries an error, so that a router can retry it on another replica.
+
+:func:`install_token_id_check` (every policy): a prompt given as token ids outside the model's
+vocabulary is a 400 in the tokenizer process; SGLang 0.5.23 passes it on and its scheduler process
+dies on the embedding lookup (IndexError), taking the server down; an empty prompt (0 tokens) is
+a 400 too, since such a request is never answered (both found by test/reliability's fuzzing).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 from sglang_fair.runtime.load import load_entry
+from sglang_fair.runtime.rejection import (
+    ADMISSION_ERR_TYPE,
+    ADMISSION_RETRY_AFTER_S,
+    ADMISSION_STATUS,
+    is_admission_rejection,
+)
+from sglang_fair.runtime.slo import check_custom_params
 
-__all__ = ["fair_states", "install_routes"]
+__all__ = [
+    "GUARDED_PATHS",
+    "RequestGuard",
+    "bad_token_id",
+    "fair_states",
+    "find_body_problem",
+    "install_routes",
+    "install_token_id_check",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +72,16 @@ async def fair_states() -> list[dict]:
     return [(state or {}).get(FAIR_STATE_KEY) or {} for state in internal]
 
 
-def install_routes(app) -> None:
-    """Add the routes to ``app`` (SGLang's ``http_server.app``); idempotent."""
+def install_routes(app, *, replica: str | None = None, validate: bool = False, admission: bool = False) -> None:
+    """Add the routes and the :class:`RequestGuard` to ``app`` (SGLang's ``http_server.app``), before
+    it starts; idempotent."""
     from fastapi.responses import JSONResponse
 
     existing = {getattr(route, "path", None) for route in app.router.routes}
+    install_token_id_check()
+    if not getattr(app.state, "sglang_fair_guard", False):
+        app.add_middleware(RequestGuard, replica=replica, validate=validate, admission=admission)
+        app.state.sglang_fair_guard = True
 
     if "/get_load" not in existing:
 
@@ -61,3 +103,244 @@ def install_routes(app) -> None:
             except Exception as exc:
                 return JSONResponse({"error": f"state unavailable: {exc}"}, status_code=503)
             return {"dp_ranks": states}
+
+
+def bad_token_id(input_ids, vocab_size: int) -> str | None:
+    """Why ``input_ids`` cannot be embedded by a model of ``vocab_size`` tokens, or None."""
+    if input_ids is not None and len(input_ids) == 0:
+        # An empty prompt (``"text": ""`` with a tokenizer that adds no BOS) is never answered.
+        return "the prompt is empty (0 tokens): give at least one token"
+    if not input_ids or not vocab_size:
+        return None
+    low, high = min(input_ids), max(input_ids)
+    if low >= 0 and high < vocab_size:
+        return None
+    index, value = next((i, t) for i, t in enumerate(input_ids) if not 0 <= t < vocab_size)
+    return f"input_ids[{index}] = {value} is not a token id of this model (valid: 0 to {vocab_size - 1})"
+
+
+def install_token_id_check() -> None:
+    """Wrap ``TokenizerManager._validate_one_request`` (SGLang's per-request check, called with the
+    prompt's token ids however they were given) with :func:`bad_token_id`; idempotent."""
+    from sglang.srt.managers.tokenizer_manager import TokenizerManager
+
+    original = TokenizerManager._validate_one_request
+    if getattr(original, "_sglang_fair_checked", False):
+        return
+
+    def validate_one_request(self, obj, input_ids):
+        problem = bad_token_id(input_ids, getattr(self.model_config, "vocab_size", 0))
+        if problem is not None:
+            raise ValueError(problem)  # SGLang answers it with HTTP 400
+        return original(self, obj, input_ids)
+
+    validate_one_request._sglang_fair_checked = True
+    TokenizerManager._validate_one_request = validate_one_request
+
+
+# ---------------------------------------------------------------------------------- request guard
+#: Where ``custom_params`` sits in each guarded route's body.
+GUARDED_PATHS = {
+    "/generate": "sampling_params",
+    "/v1/completions": "",
+    "/v1/chat/completions": "",
+}
+REPLICA_HEADER = b"x-sglang-fair-replica"
+
+
+#: Most completions one request may ask for (``n``).  SGLang expands ``n`` into that many requests
+#: in the tokenizer process before anything checks it: ``"n": 2147483648`` exhausts the server's
+#: memory and it dies (found by test/reliability's fuzzing).
+MAX_PARALLEL_SAMPLES = 1024
+
+
+def _bad_n(value: object, field: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PARALLEL_SAMPLES:
+        return f"{field} must be an integer from 1 to {MAX_PARALLEL_SAMPLES}, got {value!r}"[:300]
+    return None
+
+
+def find_body_problem(path: str, body: bytes, *, check_slos: bool = True) -> tuple[str, str] | None:
+    """``(field, message)`` of the first bad field in a guarded route's body, else None: ``n`` out of
+    range (always), ``custom_params`` or its SLOs (with ``check_slos``).
+
+    A body that is not a JSON object is left to SGLang, which answers it with its own 400.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    holders: list[tuple[str, object]] = []
+    if GUARDED_PATHS.get(path) == "sampling_params":
+        params = data.get("sampling_params")
+        if isinstance(params, list):  # a batch: one dict per prompt
+            holders = [(f"sampling_params[{i}].", item) for i, item in enumerate(params)]
+        else:
+            holders = [("sampling_params.", params)]
+    else:
+        holders = [("", data)]
+    for prefix, holder in holders:
+        if not isinstance(holder, dict):
+            continue
+        problem = _bad_n(holder.get("n"), f"{prefix}n")
+        if problem is not None:
+            return f"{prefix}n", problem
+        response_format = holder.get("response_format")
+        if response_format is not None and not isinstance(response_format, dict):
+            # SGLang's request model calls .get() on it: a 500 and a traceback per request.
+            return f"{prefix}response_format", f"{prefix}response_format must be a JSON object"
+        if not check_slos or "custom_params" not in holder:
+            continue
+        field = f"{prefix}custom_params"
+        try:
+            check_custom_params(holder["custom_params"], field)
+        except ValueError as exc:
+            message = str(exc)
+            named = message.split(" ", 1)[0]
+            return (named if named.startswith(field) else field), message
+    return None
+
+
+def _error_body(message: str, err_type: str, code: int, param: str | None = None) -> bytes:
+    # The shape of OpenAI's errors, which SGLang's /generate answers share ({"error": {"message"}}).
+    error = {"message": message, "type": err_type, "param": param, "code": int(code)}
+    return json.dumps({"error": error}).encode()
+
+
+async def _send_json(send, status: int, body: bytes, headers: list) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": int(status),
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _stream_rejection(chunk: bytes) -> str | None:
+    """The reason, when the first event of a stream is an admission rejection."""
+    for line in chunk.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        try:
+            event = json.loads(line[5:])
+        except ValueError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        error = event.get("error") if isinstance(event.get("error"), dict) else event
+        if is_admission_rejection(error.get("message"), error.get("code")):
+            return error["message"]  # /generate and the OpenAI routes' error events
+        finish = (event.get("meta_info") or {}).get("finish_reason") if isinstance(event.get("meta_info"), dict) else None
+        if isinstance(finish, dict) and is_admission_rejection(finish.get("message"), finish.get("status_code")):
+            return finish["message"]
+    return None
+
+
+class RequestGuard:
+    """Pure ASGI middleware (see the module docstring); every other path passes straight through."""
+
+    def __init__(self, app, *, replica: str | None = None, validate: bool = False, admission: bool = False):
+        self.app = app
+        self.replica_header = [(REPLICA_HEADER, replica.encode())] if replica else []
+        self.validate = validate
+        self.admission = admission
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http" or scope.get("method") not in ("POST", "PUT") or scope.get("path") not in GUARDED_PATHS:
+            return await self.app(scope, receive, send)
+        # Every policy reads the body: the ``n`` check keeps the server alive.
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away while sending
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        problem = find_body_problem(scope["path"], body, check_slos=self.validate)
+        if problem is not None:
+            field, text = problem
+            return await _send_json(send, 400, _error_body(text, "BadRequestError", 400, field), self.replica_header)
+        receive = _replay(body, receive)
+        send = _tagged(send, self.replica_header)
+        if self.admission:
+            send = _RejectionTranslator(send)
+        await self.app(scope, receive, send)
+
+
+def _replay(body: bytes, receive):
+    """``receive`` that hands the app the body already read, then the client's later messages
+    (SGLang watches for ``http.disconnect`` to abort a request whose client left)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _tagged(send, headers: list):
+    if not headers:
+        return send
+
+    async def tagged(message):
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *headers]}
+        await send(message)
+
+    return tagged
+
+
+class _RejectionTranslator:
+    """Holds the response head until the first body bytes; see the module docstring."""
+
+    def __init__(self, send) -> None:
+        self.send = send
+        self.start: dict | None = None
+        self.decided = False
+        self.swallow = False
+
+    async def __call__(self, message):
+        if self.swallow:
+            return
+        if self.decided:
+            return await self.send(message)
+        if message["type"] == "http.response.start":
+            self.start = message
+            return
+        if message["type"] != "http.response.body" or self.start is None:
+            self.decided = True
+            return await self.send(message)
+        body = message.get("body", b"")
+        if not body and message.get("more_body", False):
+            return  # an empty first piece says nothing yet
+        self.decided = True
+        start = self.start
+        headers = list(start.get("headers", []))
+        retry_after = (b"retry-after", str(ADMISSION_RETRY_AFTER_S).encode())
+        if start["status"] == ADMISSION_STATUS:
+            start = {**start, "headers": [*headers, retry_after]}
+        elif start["status"] == 200 and any(
+            k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers
+        ):
+            reason = _stream_rejection(body)
+            if reason is not None:
+                self.swallow = True  # the rest of the stream is the rejection's "[DONE]"
+                return await _send_json(
+                    self.send,
+                    ADMISSION_STATUS,
+                    _error_body(reason, ADMISSION_ERR_TYPE, ADMISSION_STATUS),
+                    [retry_after],
+                )
+        await self.send(start)
+        await self.send(message)

@@ -7,29 +7,43 @@ from __future__ import annotations
 
 from sglang_fair.policy.request import validate_slo
 
-__all__ = ["SLO_FIELDS", "can_sit_out", "parse_request_slos"]
+__all__ = ["SLO_FIELDS", "can_sit_out", "check_custom_params", "parse_request_slos"]
 
 #: ``custom_params`` keys -> what they set.  Values are seconds.
 SLO_FIELDS = ("ttft_slo", "tpot_slo")
+
+
+def check_custom_params(custom_params: object, field: str = "custom_params") -> dict:
+    """Return our SLO keys of ``custom_params`` as seconds, or raise ``ValueError`` naming the field.
+
+    The one rule for what a request may carry, used by the HTTP guard (400 before the request
+    reaches the scheduler, :mod:`sglang_fair.runtime.http_routes`) and by the scheduler itself (a
+    request that arrives another way).  ``None`` means none given; anything but an object is
+    refused, since SGLang would otherwise carry it along and quietly ignore our keys in it.  Keys
+    other than ours are left to whoever else reads them.
+    """
+    if custom_params is None:
+        return {}
+    if not isinstance(custom_params, dict):
+        raise ValueError(f"{field} must be a JSON object, got {_json_type(custom_params)}")
+    return {
+        key: validate_slo(f"{field}.{key}", custom_params[key]) for key in SLO_FIELDS if key in custom_params
+    }
 
 
 def parse_request_slos(custom_params: object, default_ttft_s: float, default_tpot_s: float) -> tuple[float, float]:
     """Return ``(ttft_slo_s, tpot_slo_s)`` for one request or raise ``ValueError`` naming the field.
 
     ``custom_params`` is SGLang's free-form per-request dict (``sampling_params.custom_params`` on
-    ``/generate``, top-level ``custom_params`` on the OpenAI API); keys other than ours are left to
-    whoever else reads them.
+    ``/generate``, top-level ``custom_params`` on the OpenAI API).
     """
-    ttft_s, tpot_s = default_ttft_s, default_tpot_s
-    if custom_params is None:
-        return ttft_s, tpot_s
-    if not isinstance(custom_params, dict):
-        return ttft_s, tpot_s  # not ours to judge: SGLang validates its own custom_params shape
-    if "ttft_slo" in custom_params:
-        ttft_s = validate_slo("custom_params.ttft_slo", custom_params["ttft_slo"])
-    if "tpot_slo" in custom_params:
-        tpot_s = validate_slo("custom_params.tpot_slo", custom_params["tpot_slo"])
-    return ttft_s, tpot_s
+    given = check_custom_params(custom_params)
+    return given.get("ttft_slo", default_ttft_s), given.get("tpot_slo", default_tpot_s)
+
+
+def _json_type(value: object) -> str:
+    names = {list: "array", tuple: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return names.get(type(value), type(value).__name__)
 
 
 def can_sit_out(req) -> bool:
