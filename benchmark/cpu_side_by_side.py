@@ -179,7 +179,7 @@ async def _probe(url: str, prompt_tokens: int, output_tokens: int, count: int, s
         # Together they stay well inside the KV pool (SGLang reserves room for their outputs).
         keepalive_tokens = min(4096, max_context_tokens - KEEPALIVE_PROMPT_TOKENS - 8)
         keepalives = [load_client.RequestSpec(10**6 + k, 0.0, KEEPALIVE_PROMPT_TOKENS,
-                                              keepalive_tokens // keepalive_count, 1e9, 1e9)
+                                              keepalive_tokens // keepalive_count, load_client.NO_SLO_S, load_client.NO_SLO_S)
                       for k in range(keepalive_count)]
         background = asyncio.gather(*[
             load_client.send_one(session, url, spec,
@@ -188,7 +188,7 @@ async def _probe(url: str, prompt_tokens: int, output_tokens: int, count: int, s
             for k, spec in enumerate(keepalives)])
         try:
             await asyncio.wait_for(started.wait(), timeout=60)
-            specs = [load_client.RequestSpec(i, 0.0, prompt_tokens, output_tokens, 1e9, 1e9)
+            specs = [load_client.RequestSpec(i, 0.0, prompt_tokens, output_tokens, load_client.NO_SLO_S, load_client.NO_SLO_S)
                      for i in range(count)]
             return await asyncio.gather(*[
                 load_client.send_one(session, url, spec,
@@ -313,7 +313,7 @@ def measure_saturation_rps(url: str, specs: list[load_client.RequestSpec], seed:
                            vocab_size: int = cpu_model.VOCAB_SIZE) -> float:
     """Completed requests per second when ``specs`` all arrive at once (the engine's upper bound
     at this workload's lengths, ignoring SLOs)."""
-    burst = [load_client.RequestSpec(s.index, 0.0, s.prompt_tokens, s.output_tokens, 1e9, 1e9) for s in specs]
+    burst = [load_client.RequestSpec(s.index, 0.0, s.prompt_tokens, s.output_tokens, load_client.NO_SLO_S, load_client.NO_SLO_S) for s in specs]
     results, duration_s = asyncio.run(load_client.run_workload(
         url, burst, seed=seed, vocab_size=vocab_size, drain_timeout_s=300,
         description="saturation burst"))

@@ -173,7 +173,7 @@ def measure_engine(url: str, vocab_size: int, max_context_tokens: int, passes: i
     prompt = min(1024, max_context_tokens // 2)
     decode_steps, prefill_per_token = [], []
     for attempt in range(passes):
-        specs = [load_client.RequestSpec(i, 0.0, 128, 40, 1e9, 1e9) for i in range(SLO_DECODES)]
+        specs = [load_client.RequestSpec(i, 0.0, 128, 40, load_client.NO_SLO_S, load_client.NO_SLO_S) for i in range(SLO_DECODES)]
         results, _ = asyncio.run(load_client.run_workload(url, specs, seed=500 + attempt, vocab_size=vocab_size,
                                                           drain_timeout_s=300, progress=False))
         done = [r for r in results if r.ok and r.output_tokens > 2]
@@ -183,7 +183,7 @@ def measure_engine(url: str, vocab_size: int, max_context_tokens: int, passes: i
             if gaps:
                 decode_steps.append(float(np.median(gaps)))
         (one,), _ = asyncio.run(load_client.run_workload(
-            url, [load_client.RequestSpec(0, 0.0, prompt, 1, 1e9, 1e9)], seed=600 + attempt,
+            url, [load_client.RequestSpec(0, 0.0, prompt, 1, load_client.NO_SLO_S, load_client.NO_SLO_S)], seed=600 + attempt,
             vocab_size=vocab_size, drain_timeout_s=300, progress=False))
         if one.ok:
             prefill_per_token.append(one.ttft_s / prompt)
@@ -447,7 +447,7 @@ def drain_once(server: Server, specs, seed: int, vocab_size: int, timeout_s: flo
     answered_s = max((r.spec.arrival_offset_s + (r.latency_s if r.ok else 0.0) for r in served), default=0.0)
     # A plain request once the burst has drained.
     side.wait_idle(server.peer, timeout_s=timeout_s)
-    plain = load_client.RequestSpec(10**6, 0.0, 16, 8, 1e9, 1e9)
+    plain = load_client.RequestSpec(10**6, 0.0, 16, 8, load_client.NO_SLO_S, load_client.NO_SLO_S)
     plain_results, _ = asyncio.run(load_client.run_workload(
         server.url, [plain], seed=seed + 1, vocab_size=vocab_size, request_timeout_s=60,
         drain_timeout_s=60, progress=False))

@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from sglang_fair import strict_json
+from sglang_fair.policy.request import MAX_SLO_S
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Token ids for random prompts avoid the tokenizer's special tokens (ids 0..2).
@@ -44,6 +45,10 @@ def shared_dir() -> Path:
 
 def default_trace_path() -> Path:
     return shared_dir() / "traces" / "azure_conv_2023.csv"
+
+
+#: An SLO that never binds: the largest the server accepts (larger ones get HTTP 400).
+NO_SLO_S = MAX_SLO_S
 
 
 # --- workload -----------------------------------------------------------------------------------

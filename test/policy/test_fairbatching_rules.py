@@ -144,3 +144,28 @@ def test_a_prompt_that_can_still_make_its_ttft_stretches_only_to_the_extend_over
     late = policy.plan(_cpu_overload_view(NOW - 5.0))
     assert 0 < urgent.prefill_tokens < CPU_LIKE.efficient_chunk_tokens(0)
     assert urgent.time_budget_s < late.time_budget_s
+
+
+def _lost(rid, tpot_s):
+    request = make_request(rid, NOW - 10.0, 400, 1.0, tpot_s, prefilled=400, generated=3, first_token_s=NOW - 5.0)
+    request.last_token_s = NOW - 0.01  # each just streamed a token on its slower line
+    return request
+
+
+def test_when_every_decode_is_lost_and_nothing_waits_none_sits_out():
+    # Deep overload, no prompt waiting: 10 lost decodes of a 50 ms class set the budget, 200 of a
+    # 200 ms class are not yet due on their slower line. Sitting out would serve nobody (no prefill,
+    # no decode still on time): all of them run, however long that takes.
+    hurried = [_lost(f"h{i}", 0.05) for i in range(10)]
+    relaxed = [_lost(f"r{i}", 0.2) for i in range(200)]
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
+    view = IterationView(NOW, [*hurried, *relaxed], [])
+    assert all(policy.is_lost(r, NOW) for r in view.decodes)
+    plan = policy.plan(view)
+    assert plan.urgent_decodes < len(view.decodes)  # the relaxed ones were not forced as due...
+    assert len(plan.decodes) == 210 and plan.skipped_decodes == 0  # ...they run: nobody gains
+    assert plan.predicted_s > policy.time_budget_s(view)[0]
+    # One decode still on time changes that: the others may sit out for its next deadline.
+    on_time = make_request("ok", NOW - 0.5, 400, 1.0, 0.05, prefilled=400, generated=3, first_token_s=NOW - 0.45)
+    plan = policy.plan(IterationView(NOW, [*hurried, *relaxed, on_time], []))
+    assert plan.skipped_decodes > 0 and on_time in plan.decodes

@@ -440,8 +440,11 @@ class FairBatchingPolicy(BatchPolicy):
         fit, the rest sit out, but a decode that cannot be skipped still runs."""
         relaxed = order.lost + order.protected if order.lost else order.protected
         added = builder.add_decodes(relaxed)
+        # Sitting out serves a prefill of this iteration or a protected decode's next deadline;
+        # with neither (every decode lost, no prefill planned) it only slows the drain.
+        nobody_gains = not builder.plan.prefills and not order.deadlines
         for request in relaxed[added:]:
-            if not request.can_skip:
+            if not request.can_skip or nobody_gains:
                 builder.add_decode(request, force=True)
 
     # ================================================================== feedback and state
