@@ -15,6 +15,7 @@
    efficient size), so the chunk size falls out of the budget instead of a fixed token count.
 3. **Relaxed decodes** (:meth:`~FairBatchingPolicy.relaxed_decodes`): the rest, most hurried first,
    while they fit.  Those left out banked enough slack to sit out: that compute went to the prefills.
+   With no prefill planned and no decode still on time, none sits out (it would serve nobody).
 
 Where measurement and the paper disagree, the measurement decides (``docs/design.md``):
 
