@@ -11,6 +11,7 @@ import time
 import pytest
 
 from sglang_fair.runtime.inproc import build_scheduler, idle_check, make_req, run_until_idle, step
+from sglang_fair.runtime.rejection import ADMISSION_STATUS
 
 
 #: A fixed cost model for these tests: 5 ms per sequence makes a decode that does not fit visible.
@@ -149,7 +150,7 @@ def test_custom_params_slos_reach_the_request_state(fair):
     run_until_idle(fair, [req])
 
 
-def test_admission_control_rejects_hopeless_ttft_with_503(fair):
+def test_admission_control_rejects_hopeless_ttft_with_429(fair):
     fair.fair_config.admission_control = True
     try:
         hopeless = make_req("hopeless", 400, 4)
@@ -160,7 +161,7 @@ def test_admission_control_rejects_hopeless_ttft_with_503(fair):
         fair._add_request_to_queue(fine)
     finally:
         fair.fair_config.admission_control = False
-    assert hopeless.to_finish is not None and hopeless.to_finish.status_code == 503
+    assert hopeless.to_finish is not None and hopeless.to_finish.status_code == ADMISSION_STATUS == 429  # retried elsewhere by the router
     assert "TTFT" in hopeless.to_finish.message
     assert fine.to_finish is None
     run_until_idle(fair, [hopeless, fine])
