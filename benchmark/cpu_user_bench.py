@@ -193,6 +193,14 @@ def measure_engine(url: str, vocab_size: int, max_context_tokens: int, passes: i
             "decodes": SLO_DECODES, "prefill_prompt_tokens": prompt, "passes": passes}
 
 
+def chosen_slos(args, stock_url: str, model) -> tuple[float, float, dict]:
+    """The SLOs of a run: ``--ttft-slo``/``--tpot-slo`` when both are given, else the SLO rule
+    measured on the stock server at ``stock_url``."""
+    if args.ttft_slo and args.tpot_slo:
+        return args.ttft_slo, args.tpot_slo, {"rule": "given on the command line"}
+    return slo_rule(stock_url, model)
+
+
 def slo_rule(url: str, model: ModelShape) -> tuple[float, float, dict]:
     """SLOs from what a stock server measures: (ttft_s, tpot_s, record).
 
@@ -308,10 +316,7 @@ def user_mode_for_model(model: ModelShape, args, out_dir: Path, prompts, outputs
                       key=lambda s: int(s.args[s.args.index("--chunked-prefill-size") + 1]))
         probe_args = dict(prompts=prompts, outputs=outputs, num_requests=2000, rate_rps=1.0, seed=0,
                           length_scale=args.length_scale, ttft_slo_s=1.0, tpot_slo_s=1.0)
-        if args.ttft_slo and args.tpot_slo:
-            ttft_slo_s, tpot_slo_s, slo = args.ttft_slo, args.tpot_slo, {"rule": "given on the command line"}
-        else:
-            ttft_slo_s, tpot_slo_s, slo = slo_rule(largest.url, model)
+        ttft_slo_s, tpot_slo_s, slo = chosen_slos(args, largest.url, model)
         print(f"[user] {model.name}: SLOs TTFT {ttft_slo_s} s, TPOT {tpot_slo_s} s ({slo['rule']})", flush=True)
         # The README's command, nothing else.
         fair = Server("fairbatching", ["--batch-policy", "fairbatching", "--fair-ttft-slo", str(ttft_slo_s),
@@ -479,10 +484,7 @@ def drain_mode(args, out_dir: Path) -> dict:
         wait_ready(stock, args.start_timeout)
         probe_args = dict(prompts=prompts, outputs=outputs, num_requests=2000, rate_rps=1.0, seed=0,
                           length_scale=args.length_scale, ttft_slo_s=1.0, tpot_slo_s=1.0)
-        if args.ttft_slo and args.tpot_slo:
-            ttft_slo_s, tpot_slo_s, slo = args.ttft_slo, args.tpot_slo, {"rule": "given on the command line"}
-        else:
-            ttft_slo_s, tpot_slo_s, slo = slo_rule(stock.url, model)
+        ttft_slo_s, tpot_slo_s, slo = chosen_slos(args, stock.url, model)
         fair_args = ["--batch-policy", "fairbatching", "--fair-ttft-slo", str(ttft_slo_s),
                      "--fair-tpot-slo", str(tpot_slo_s)]
         fair = Server("fairbatching", fair_args)
