@@ -1,0 +1,146 @@
+"""Where a simulated run's machine time goes, term by term of the cost model, per scheduler.
+
+At saturation every scheduler computes the same tokens; what separates them is the work a schedule
+adds on top: the fixed cost of each iteration (``a`` x iterations) and the attention of chunked
+prompts (``e`` x sum of squared chunks, ``h`` x chunk x prefix).  This runs each scheduler at a
+given arrival rate (default: its tail-bounded capacity from the comparison's store) and splits the
+busy time into those terms and the per-token rest, with iterations per second and how many of them
+carried a prefill, so a capacity gap can be read off the terms (docs/results-sim.md).
+
+    .venv/bin/python benchmark/sim_cost_terms.py --scenario llama3-poisson --seeds 0,1,2
+    .venv/bin/python benchmark/sim_cost_terms.py --scenario llama3-poisson --seeds 1 \\
+        --schedulers fairbatching@6.99,sarathi:token_budget=1024@6.99
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(REPO / "benchmark"))
+
+import sim_compare  # noqa: E402
+from sglang_fair import strict_json  # noqa: E402
+from sglang_fair.policy.registry import build_policy  # noqa: E402
+from sglang_fair.sim.engine import simulate  # noqa: E402
+from sglang_fair.sim.metrics import summarize  # noqa: E402
+from sglang_fair.sim.workload import make_workload  # noqa: E402
+
+
+class _PlanTotals:
+    """Sums the shapes of every plan a policy makes (decode runs the engine plays in one go carry
+    no chunk, so chunk terms are complete; the fixed cost is counted from the iteration total)."""
+
+    def __init__(self) -> None:
+        self.plans = 0
+        self.prefill_plans = 0
+        self.prefill_plan_seqs = 0
+        self.sum_chunk_sq = 0
+        self.sum_chunk_prefix = 0
+
+    def wrap(self, policy):
+        plan = policy.plan
+
+        def counted(view):
+            out = plan(view)
+            shape = out.shape
+            self.plans += 1
+            if shape.num_prefills:
+                self.prefill_plans += 1
+                self.prefill_plan_seqs += shape.num_seqs
+            self.sum_chunk_sq += shape.sum_chunk_sq
+            self.sum_chunk_prefix += shape.sum_chunk_prefix
+            return out
+
+        policy.plan = counted
+        return policy
+
+
+def cost_terms(scenario: sim_compare.Scenario, seed: int, policy: str, options: dict, rate_rps: float) -> dict:
+    """One run of ``policy`` at ``rate_rps`` on ``scenario``: its metrics and its busy time by term."""
+    model, config, trace = sim_compare._engine(scenario)
+    workload = make_workload(trace, num_requests=scenario.num_requests, rate_rps=rate_rps, seed=seed,
+                             ttft_slo_s=scenario.ttft_slo_s, tpot_slo_s=scenario.tpot_slo_s,
+                             **scenario.workload_options())
+    totals = _PlanTotals()
+    settings = {"default_ttft_slo_s": scenario.ttft_slo_s}
+    result = simulate(workload, lambda: totals.wrap(build_policy(policy, model, settings=settings, options=options)),
+                      config=config, seed=seed)
+    summary = summarize(result, max_ttft_p99_factor=5.0)
+    fixed_s = model.fixed_s * result.iterations
+    attention_s = model.per_chunk_sq_s * totals.sum_chunk_sq + model.per_chunk_prefix_s * totals.sum_chunk_prefix
+    extend_s = model.per_prefill_iteration_s * totals.prefill_plans + model.per_mixed_seq_s * totals.prefill_plan_seqs
+    busy_s = result.busy_s
+    return {
+        "policy": policy, "options": options, "rate_rps": rate_rps, "seed": seed,
+        "attainment": summary["attainment"], "ttft_p99_s": summary["ttft_p99_s"], "tbt_p99_s": summary["tbt_p99_s"],
+        "iterations": result.iterations, "iterations_per_s": result.iterations / result.end_s,
+        "plans_with_prefill": totals.prefill_plans,
+        "busy_s": busy_s, "fixed_s": fixed_s, "chunk_attention_s": attention_s, "extend_path_s": extend_s,
+        "per_token_s": busy_s - fixed_s - attention_s - extend_s,
+    }
+
+
+def _capacities(store: Path, name: str, seed: int) -> dict[str, tuple[dict, float]]:
+    """The best setting and capacity of each policy in the comparison's store for ``name``/``seed``."""
+    best: dict[str, tuple[dict, float]] = {}
+    for line in store.read_text().splitlines():
+        result = json.loads(line)["result"]
+        if result.get("scenario") != name or result.get("seed") != seed or result.get("replicas", 1) != 1:
+            continue
+        policy = result["policy"]
+        if policy not in best or result["capacity_rps"] > best[policy][1]:
+            best[policy] = (result["options"], result["capacity_rps"])
+    return best
+
+
+def _parse_scheduler(text: str) -> tuple[str, dict, float]:
+    """``policy[:key=value,...]@rate``."""
+    spec, _, rate = text.partition("@")
+    policy, _, opts = spec.partition(":")
+    options = {}
+    for item in filter(None, opts.split(",")):
+        key, _, value = item.partition("=")
+        options[key] = json.loads(value) if value not in ("",) else value
+    return policy, options, float(rate)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", default="llama3-poisson", help="a scenario of benchmark/sim_compare.py")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--schedulers", default="fairbatching,sarathi",
+                        help="policies at their stored capacity, or policy[:key=value,...]@rate each")
+    parser.add_argument("--store", default=str(REPO / "benchmark" / "results" / "sim_compare_searches.jsonl"))
+    parser.add_argument("--out", default=None, help="write the rows here (strict JSON)")
+    args = parser.parse_args(argv)
+    scenario = sim_compare.SCENARIOS[args.scenario]
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        stored = _capacities(Path(args.store), args.scenario, seed)
+        for item in args.schedulers.split(","):
+            if "@" in item:
+                policy, options, rate = _parse_scheduler(item)
+            elif item in stored:
+                (options, rate), policy = stored[item], item
+            else:
+                parser.error(f"no stored capacity for {item!r} on {args.scenario} seed {seed}: give policy@rate")
+            row = cost_terms(scenario, seed, policy, options, rate)
+            rows.append(row)
+            busy = row["busy_s"]
+            print(f"seed {seed} {policy} {options or ''} at {rate:.3f} rps: attainment {row['attainment']:.3f}, "
+                  f"{row['iterations_per_s']:.1f} iterations/s; busy {busy:.0f} s = fixed {row['fixed_s']:.0f} "
+                  f"({row['fixed_s'] / busy:.1%}) + chunk attention {row['chunk_attention_s']:.0f} "
+                  f"({row['chunk_attention_s'] / busy:.1%}) + extend path {row['extend_path_s']:.0f} + per token "
+                  f"{row['per_token_s']:.0f} ({row['per_token_s'] / busy:.1%})", flush=True)
+    if args.out:
+        strict_json.write(args.out, {"scenario": args.scenario, "rows": rows}, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
