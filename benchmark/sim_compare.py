@@ -57,6 +57,8 @@ ALL_POLICIES = ("sglang", "sarathi", "slai", "vtc", "fairbatching")
 _CLUSTER_MEMBERS = (("fairbatching", "pab", True), ("fairbatching", "least_load", False),
                     ("sarathi", "round_robin", False), ("sglang", "round_robin", False))
 
+_RR_MEMBERS = (("fairbatching", "round_robin", False), ("fairbatching", "round_robin", True))
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -114,6 +116,12 @@ SCENARIOS = {
                                  note="4 replicas, loads 30 s stale"),
     "cluster4-gamma3": Scenario("a100-llama3-8b", arrival="gamma", replicas=4, load_poll_s=30.0,
                                 members=_CLUSTER_MEMBERS, note="4 replicas, bursty, loads 30 s stale"),
+    # FairBatching behind the router users already run (round robin: no load to be stale), with
+    # and without admission control; the peers' round-robin rows are the scenarios above.
+    "cluster4-gamma3-rr": Scenario("a100-llama3-8b", arrival="gamma", replicas=4, members=_RR_MEMBERS,
+                                   note="4 replicas, bursty, FairBatching round robin"),
+    "cluster4-poisson-rr": Scenario("a100-llama3-8b", replicas=4, members=_RR_MEMBERS,
+                                    note="4 replicas, FairBatching round robin"),
     "cluster4-gamma3-poll1s": Scenario("a100-llama3-8b", arrival="gamma", replicas=4, load_poll_s=1.0,
                                        members=_CLUSTER_MEMBERS,
                                        note="4 replicas, bursty, loads 1 s stale (--worker-startup-check-interval 1)"),
