@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(name="free_port")
+def free_port_fixture():
+    """A function returning a free loopback port (for routers and other helpers a test starts)."""
+    return free_port
+
+
 def wait_until_ready(handle: ServerHandle, timeout: float = START_TIMEOUT_S) -> None:
     """Until the server reports its model and has generated a token (``/health_generate``)."""
     deadline = time.monotonic() + timeout
@@ -183,9 +190,32 @@ def server(request, tmp_path_factory):
     handle.stop()
 
 
+def start_in_parallel(launch, configs) -> list[ServerHandle]:
+    """``[launch(*config) for config in configs]``, the start-ups at once (each is mostly waiting for
+    its model and calibration); the first failure is raised once all have ended."""
+    handles: list = [None] * len(configs)
+    errors: list = []
+
+    def one(index):
+        try:
+            handles[index] = launch(*configs[index])
+        except BaseException as exc:  # re-raised below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(configs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return handles
+
+
 @pytest.fixture
 def server_launcher(tmp_path):
-    """``start_server`` whose servers are stopped when the test ends."""
+    """``start_server`` whose servers are stopped when the test ends; ``server_launcher.many(
+    [(extra_args, log_dir), ...])`` starts several at once."""
     started: list[ServerHandle] = []
 
     def launch(extra_args=(), log_dir=None) -> ServerHandle:
@@ -193,6 +223,7 @@ def server_launcher(tmp_path):
         started.append(handle)
         return handle
 
+    launch.many = lambda configs: start_in_parallel(launch, configs)
     yield launch
     for handle in started:
         handle.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -70,16 +69,10 @@ def test_bench_serving_local_sharegpt_file(server, tmp_path):
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def router(server, tmp_path):
+def router(server, tmp_path, free_port):
     """``sglang_router.launch_router`` in front of the server; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "router.log"
     cmd = [
         sys.executable, "-m", "sglang_router.launch_router",
@@ -88,7 +81,7 @@ def router(server, tmp_path):
         "--port", str(port),
         "--policy", "round_robin",
         "--prometheus-host", "127.0.0.1",
-        "--prometheus-port", str(_free_port()),  # its default, 29000, may be taken
+        "--prometheus-port", str(free_port()),  # its default, 29000, may be taken
     ]  # fmt: skip
     with open(log_path, "w") as log:
         process = subprocess.Popen(

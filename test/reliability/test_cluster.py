@@ -48,22 +48,7 @@ HEALTH_WINDOW_S = 1 * 2 + 5 + 2  # interval x failures + timeout, plus a poll's 
 
 
 def _start_two(server_launcher, tmp_path, extra):
-    handles, errors = [None, None], []
-
-    def launch(i):
-        try:
-            handles[i] = server_launcher(extra, tmp_path / f"s{i}")
-        except BaseException as exc:  # re-raised below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=launch, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return handles
+    return server_launcher.many([(extra, tmp_path / f"s{i}") for i in range(2)])
 
 
 def _replica(handle) -> str:

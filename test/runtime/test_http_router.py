@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -27,38 +26,14 @@ def _plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)  # the router colours its log
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def two_servers(server_launcher, tmp_path):
     pytest.importorskip("sglang_router")
-    handles: list = [None, None]
-    errors: list = []
-
-    def launch(index):
-        try:
-            handles[index] = server_launcher(["--batch-policy", POLICY], tmp_path / f"s{index}")
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=launch, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return handles
+    return server_launcher.many([(["--batch-policy", POLICY], tmp_path / f"s{i}") for i in range(2)])
 
 
-def test_power_of_two_router_reads_get_load(two_servers, tmp_path):
-    port = _free_port()
+def test_power_of_two_router_reads_get_load(two_servers, tmp_path, free_port):
+    port = free_port()
     log_path = tmp_path / "router.log"
     urls = [handle.base_url for handle in two_servers]
     with open(log_path, "w") as log:
