@@ -34,14 +34,11 @@ import asyncio
 import json
 import math
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,9 +49,17 @@ from sglang_fair import strict_json
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu_model  # noqa: E402
 import load_client  # noqa: E402
+from cpu_servers import (  # noqa: E402
+    PYTHON,
+    REPO_ROOT,
+    Peer,
+    free_port,
+    measure_saturation_rps,
+    stop_server,
+    wait_idle,
+    wait_ready,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PYTHON = sys.executable
 #: KV pool per server: room for every request of a run at once at the scaled lengths.
 MAX_TOTAL_TOKENS = 32768
 #: The fair server's cap on one prefill chunk; below it the cost model and time budget decide.
@@ -66,25 +71,6 @@ COST_TERMS = ("fixed", "new_tokens", "sum_context", "prefill_iteration", "mixed_
 
 
 # --- servers ------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Peer:
-    name: str
-    args: list[str]
-    port: int = 0
-    process: subprocess.Popen | None = None
-    log_path: Path | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
 def start_server(peer: Peer, model_dir: Path, log_dir: Path) -> None:
     peer.port = free_port()
     peer.log_path = log_dir / f"server-{peer.name}.log"
@@ -102,55 +88,6 @@ def start_server(peer: Peer, model_dir: Path, log_dir: Path) -> None:
     peer.process = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True
     )
-
-
-def wait_ready(peer: Peer, timeout_s: float) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if peer.process.poll() is not None:
-            raise RuntimeError(f"server {peer.name} exited ({peer.process.returncode}); see {peer.log_path}")
-        try:
-            response = requests.post(
-                f"{peer.url}/generate",
-                json={"input_ids": [5, 6, 7], "sampling_params": {"max_new_tokens": 2, "ignore_eos": True}},
-                timeout=30,
-            )
-            if response.status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(2.0)
-    raise RuntimeError(f"server {peer.name} not ready after {timeout_s:.0f} s; see {peer.log_path}")
-
-
-def wait_idle(peer: Peer, timeout_s: float = 60.0) -> None:
-    """Until the server reports no running or waiting request (cancelled streams abort theirs)."""
-    import requests
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            loads = requests.get(f"{peer.url}/v1/loads", timeout=5).json()["loads"]
-            if all(load["num_running_reqs"] + load["num_waiting_reqs"] == 0 for load in loads):
-                return
-        except (requests.RequestException, KeyError, ValueError):
-            return  # no load endpoint: nothing to wait for
-        time.sleep(1.0)
-
-
-def stop_server(peer: Peer) -> None:
-    if peer.process is None or peer.process.poll() is not None:
-        return
-    try:
-        os.killpg(peer.process.pid, signal.SIGTERM)
-        peer.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(peer.process.pid, signal.SIGKILL)
-        peer.process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
 
 
 # --- calibration: measured iteration times -> cost model ----------------------------------------
@@ -307,17 +244,6 @@ def estimate_capacity_rps(model, specs: list[load_client.RequestSpec], decode_ba
     step_s = model.predict(decode_batch, decode_batch * context, decode_batch)
     per_request_s = model.prefill_cost_s(int(mean_prompt), 0) + mean_output * step_s / decode_batch
     return 1.0 / per_request_s
-
-
-def measure_saturation_rps(url: str, specs: list[load_client.RequestSpec], seed: int,
-                           vocab_size: int = cpu_model.VOCAB_SIZE) -> float:
-    """Completed requests per second when ``specs`` all arrive at once (the engine's upper bound
-    at this workload's lengths, ignoring SLOs)."""
-    burst = [load_client.RequestSpec(s.index, 0.0, s.prompt_tokens, s.output_tokens, load_client.NO_SLO_S, load_client.NO_SLO_S) for s in specs]
-    results, duration_s = asyncio.run(load_client.run_workload(
-        url, burst, seed=seed, vocab_size=vocab_size, drain_timeout_s=300,
-        description="saturation burst"))
-    return load_client.summarize(results, duration_s)["throughput_rps"]
 
 
 # --- report -------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -56,7 +56,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu_model  # noqa: E402
-import cpu_side_by_side as side  # noqa: E402
+import cpu_servers as servers  # noqa: E402
 import load_client  # noqa: E402
 from sglang_fair import strict_json
 
@@ -109,12 +109,12 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def peer(self) -> side.Peer:  # for cpu_side_by_side's helpers
-        return side.Peer(self.name, self.args, self.port, self.process, self.log_path)
+    def peer(self) -> servers.Peer:  # for cpu_servers' helpers
+        return servers.Peer(self.name, self.args, self.port, self.process, self.log_path)
 
 
 def launch(server: Server, model: ModelShape, log_dir: Path, env: dict) -> None:
-    server.port = side.free_port()
+    server.port = servers.free_port()
     server.log_path = log_dir / f"server-{model.name}-{server.name}.log"
     cmd = [PYTHON, "-m", "sglang_fair.launch_server", *model.args,
            "--host", "127.0.0.1", "--port", str(server.port), *server.args]
@@ -122,17 +122,17 @@ def launch(server: Server, model: ModelShape, log_dir: Path, env: dict) -> None:
     log.write(" ".join(cmd) + "\n")
     log.flush()
     server.started_at = time.monotonic()
-    server.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=side.REPO_ROOT,
+    server.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=servers.REPO_ROOT,
                                       start_new_session=True, env=env)
 
 
 def wait_ready(server: Server, timeout_s: float) -> None:
-    side.wait_ready(server.peer, timeout_s)
+    servers.wait_ready(server.peer, timeout_s)
     server.startup_s = time.monotonic() - server.started_at
 
 
 def stop(server: Server) -> None:
-    side.stop_server(server.peer)
+    servers.stop_server(server.peer)
 
 
 def fair_state(server: Server) -> dict:
@@ -217,13 +217,13 @@ def slo_rule(url: str, model: ModelShape) -> tuple[float, float, dict]:
 
 # --- one run --------------------------------------------------------------------------------------
 def run_once(server: Server, specs, seed: int, vocab_size: int, drain_timeout_s: float, label: str) -> dict:
-    side.wait_idle(server.peer)
+    servers.wait_idle(server.peer)
     results, duration_s = asyncio.run(load_client.run_workload(
         server.url, specs, seed=seed, vocab_size=vocab_size, drain_timeout_s=drain_timeout_s,
         description=label, progress=False))
     summary = load_client.summarize(results, duration_s)
     summary["errors"] = sorted({r.error for r in results if r.error})[:5]
-    side.wait_idle(server.peer)
+    servers.wait_idle(server.peer)
     return summary
 
 
@@ -331,7 +331,7 @@ def user_mode_for_model(model: ModelShape, args, out_dir: Path, prompts, outputs
         workload_args = dict(prompts=prompts, outputs=outputs, length_scale=args.length_scale,
                              ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s)
         warm_up(stock + [fair], {**workload_args, "rate_rps": 1.0}, model.vocab_size)
-        saturation_rps = side.measure_saturation_rps(
+        saturation_rps = servers.measure_saturation_rps(
             largest.url, load_client.make_workload(**probe_args)[:16], seed=777, vocab_size=model.vocab_size)
         print(f"[user] {model.name}: saturation {saturation_rps:.3f} req/s ({largest.name})", flush=True)
         arrivals = {}
@@ -440,7 +440,7 @@ def user_mode(args, out_dir: Path) -> dict:
 
 # --- drain mode -----------------------------------------------------------------------------------
 def drain_once(server: Server, specs, seed: int, vocab_size: int, timeout_s: float) -> dict:
-    side.wait_idle(server.peer, timeout_s=120)
+    servers.wait_idle(server.peer, timeout_s=120)
     started = time.perf_counter()
     results, _ = asyncio.run(load_client.run_workload(
         server.url, specs, seed=seed, vocab_size=vocab_size, request_timeout_s=timeout_s,
@@ -451,7 +451,7 @@ def drain_once(server: Server, specs, seed: int, vocab_size: int, timeout_s: flo
     hung = [r for r in results if not r.ok and not r.error.startswith("HTTP ")]
     answered_s = max((r.spec.arrival_offset_s + (r.latency_s if r.ok else 0.0) for r in served), default=0.0)
     # A plain request once the burst has drained.
-    side.wait_idle(server.peer, timeout_s=timeout_s)
+    servers.wait_idle(server.peer, timeout_s=timeout_s)
     plain = load_client.RequestSpec(10**6, 0.0, 16, 8, load_client.NO_SLO_S, load_client.NO_SLO_S)
     plain_results, _ = asyncio.run(load_client.run_workload(
         server.url, [plain], seed=seed + 1, vocab_size=vocab_size, request_timeout_s=60,

@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from sglang_fair import strict_json
-from sglang_fair.policy.request import MAX_SLO_S
+from sglang_fair.policy.request import MAX_SLO_S, RequestState, meets_envelope
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Token ids for random prompts avoid the tokenizer's special tokens (ids 0..2).
@@ -150,23 +150,29 @@ class RequestResult:
         times = self.token_times_s
         return [b - a for a, b in zip(times, times[1:])]
 
+    def _judged(self) -> RequestState | None:
+        """This outcome as the policy's request record (times from the send), so the verdicts are
+        the ones the simulator and the runtime use (policy/request.py); None if it did not complete."""
+        if not self.ok or not self.token_times_s:
+            return None
+        state = RequestState(str(self.spec.index), 0.0, self.spec.prompt_tokens, self.spec.ttft_slo_s,
+                             self.spec.tpot_slo_s)
+        state.first_token_s = self.ttft_s
+        # bench_serving's TPOT, (latency - TTFT) / (tokens - 1); a one-token output has none.
+        state.last_token_s = self.latency_s if self.output_tokens > 1 else self.ttft_s
+        state.generated_tokens = self.output_tokens
+        return state
+
     def meets_slo(self) -> bool:
         """Completed, TTFT within its SLO and mean TPOT within its SLO (bench_serving --goodput)."""
-        if not self.ok or not self.token_times_s:
-            return False
-        if self.ttft_s > self.spec.ttft_slo_s:
-            return False
-        tpot = self.tpot_s
-        return math.isnan(tpot) or tpot <= self.spec.tpot_slo_s
+        state = self._judged()
+        return state is not None and all(state.slo_met())
 
     def meets_envelope(self) -> bool:
         """Completed and every token j by ``ttft_slo + j * tpot_slo`` after the send."""
-        if not self.ok or not self.token_times_s:
-            return False
-        return all(
-            t <= self.spec.ttft_slo_s + j * self.spec.tpot_slo_s + 1e-9
-            for j, t in enumerate(self.token_times_s)
-        )
+        state = self._judged()
+        return state is not None and bool(meets_envelope(min(
+            state.envelope_slack_s(j, t) for j, t in enumerate(self.token_times_s))))
 
 
 def _percentile(values: list[float], q: float) -> float:

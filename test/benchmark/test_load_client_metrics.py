@@ -36,6 +36,7 @@ def test_slo_needs_both_ttft_and_mean_tpot():
     assert not _result([1.2, 1.3]).meets_slo()  # TTFT late
     assert not _result([0.1, 0.5]).meets_slo()  # TPOT 0.4 > 0.1
     assert _result([0.1]).meets_slo()  # one token: no TPOT to miss
+    assert _result([0.1], latency_s=0.9).meets_slo()  # ... even when the request closes later
     assert not _result([0.1, 0.2], ok=False).meets_slo()
     # Mean TPOT may hide a long gap; the envelope definition does not.
     assert _result([0.1, 0.15, 0.2, 0.25, 0.45]).meets_envelope()  # every token early

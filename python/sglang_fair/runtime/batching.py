@@ -132,6 +132,12 @@ class FairBatchingMixin:
             self._fair_admit(req)
         return super()._add_request_to_queue(req, is_retracted)
 
+    def fair_enqueue_untracked(self, req) -> None:
+        """SGLang's own intake, past the runtime's: no SLO parsing or admission control (the start-up
+        calibration's requests; the runtime tracks them with default SLOs, as any request it did not
+        see arrive)."""
+        super()._add_request_to_queue(req)
+
     def _fair_admit(self, req) -> None:
         """Attach a RequestState; bad SLOs and (optionally) hopeless TTFTs finish the request now."""
         config = self.fair_config

@@ -4,7 +4,7 @@ them, and hand it to the online model as its prior.
 Runs in the scheduler process once the model is loaded, before the server reports ready
 (``FairBatchingMixin._fair_setup`` calls :func:`startup_calibration`), for every batch policy but
 ``sglang`` (stock batching starts exactly as before).  What is timed is the server's own path: the
-scheduler is stepped by hand (:func:`sglang_fair.runtime.inproc.step`) with synthetic greedy
+scheduler is stepped by hand (:func:`sglang_fair.runtime.stepping.step`) with synthetic greedy
 requests, the runtime's own view / plan / R-K split apply a scripted plan (:class:`_ScriptedPolicy`,
 which stands in for the batch policy meanwhile), SGLang forms and runs each batch, and the
 runtime's own timing (``run_batch`` .. ``process_batch_result``) and executed-shape accounting
@@ -52,6 +52,7 @@ from sglang_fair.policy.calibration import (
     save_cached,
 )
 from sglang_fair.policy.cost_model import CostModel, load_cost_model
+from sglang_fair.runtime import stepping
 
 logger = logging.getLogger(__name__)
 
@@ -359,25 +360,17 @@ class _Driver:
     def request(self, prompt_tokens: int, max_new_tokens: int):
         """A greedy request whose first token no other request since the last flush has, so the
         radix cache never matches a prefix of it."""
-        from sglang_fair.runtime.inproc import make_req
-
         first = 3 + self.count % (self.vocab - 3)
         ids = [first] + [self.rng.randrange(3, self.vocab) for _ in range(prompt_tokens - 1)]
-        req = make_req(f"{RID_PREFIX}{self.count}", max_new_tokens=max_new_tokens,
+        req = stepping.make_req(f"{RID_PREFIX}{self.count}", max_new_tokens=max_new_tokens,
                        vocab_size=self.vocab, token_ids=ids)
         self.count += 1
-        # SGLang's own intake, past the runtime's: no SLO parsing or admission control for these
-        # (the runtime tracks them with default SLOs, as any request it did not see arrive).
-        from sglang_fair.runtime.batching import FairBatchingMixin
-
-        super(FairBatchingMixin, self.scheduler)._add_request_to_queue(req)
+        self.scheduler.fair_enqueue_untracked(req)
         return req
 
     def step(self, shape: CalibrationShape | None = None):
-        from sglang_fair.runtime.inproc import step
-
         self.policy.shape = shape
-        batch = step(self.scheduler)
+        batch = stepping.step(self.scheduler)
         self.policy.shape = None
         self.steps += 1
         return batch

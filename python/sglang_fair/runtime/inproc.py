@@ -1,25 +1,20 @@
-"""SGLang's real Scheduler stepped by hand: build one in this process, make requests, run iterations.
+"""SGLang's real Scheduler built in this process, to be stepped by hand.
 
-One way of driving an in-process scheduler, used by three callers:
-
-* the start-up calibration (:mod:`sglang_fair.runtime.calibration`), which runs inside the server's
-  own scheduler process and uses :func:`make_req` and :func:`step`;
-* the in-process runtime tests (``test/runtime/``), which also build a scheduler here with
-  :func:`build_scheduler` (the tiny built-in Llama on SGLang's CPU engine: torch_native attention,
-  no overlap, no CUDA graphs);
-* ``benchmark/sched_overhead.py``.
-
-:func:`step` is one iteration of SGLang's ``event_loop_normal`` minus request intake.  Importing this
-module has no side effects; :func:`build_scheduler` prepares the platform (CPU engine) first.  It
-reaches a few private SGLang members (``_add_request_to_queue`` in the callers, the invariant
-checker's ``_check_all_pools``/``_check_req_pool``, the process-group teardown);
-``test/runtime/test_upstream_shapes.py`` fails loudly when they change.
+:func:`build_scheduler` builds a ``FairScheduler`` (or SGLang's own ``Scheduler``) on the tiny
+built-in model with SGLang's CPU engine (torch_native attention, no overlap, no CUDA graphs),
+preparing the platform first; the stepping itself (:func:`make_req`, :func:`step`,
+:func:`run_until_idle`, :func:`idle_check`) is :mod:`sglang_fair.runtime.stepping`, re-exported here
+for the callers that build a scheduler too: the in-process runtime tests (``test/runtime/``) and
+``benchmark/sched_overhead.py``.  Importing this module has no side effects.  The teardown between
+schedulers reaches SGLang's process groups; ``test/runtime/test_upstream_shapes.py`` fails loudly
+when the private members used here and in ``stepping`` change.
 """
 
 from __future__ import annotations
 
 import os
-from array import array
+
+from sglang_fair.runtime.stepping import TINY_VOCAB, idle_check, make_req, run_until_idle, step
 
 __all__ = [
     "TINY_VOCAB",
@@ -29,9 +24,6 @@ __all__ = [
     "run_until_idle",
     "step",
 ]
-
-#: Vocabulary of the tiny built-in model (``sglang_fair.models.tiny_llama.VOCAB``).
-TINY_VOCAB = 512
 
 
 def build_scheduler(
@@ -98,62 +90,3 @@ def _release_previous_scheduler() -> None:
     if bootstrap._PARALLEL_INITIALISED:
         parallel_state.destroy_model_parallel()
         parallel_state.destroy_distributed_environment()
-
-
-def make_req(
-    rid: str,
-    prompt_tokens: int = 40,
-    max_new_tokens: int = 8,
-    *,
-    vocab_size: int = TINY_VOCAB,
-    token_ids=None,
-    **sampling,
-):
-    """A ``Req`` as the scheduler receives it, greedy and ignoring EOS (so it runs exactly
-    ``max_new_tokens``).  The prompt is ``token_ids`` when given, else ``prompt_tokens`` ids derived
-    from ``rid`` (``Req`` wants ``array('q', ids)``)."""
-    from sglang.srt.managers.schedule_batch import Req
-    from sglang.srt.sampling.sampling_params import SamplingParams
-
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True, **sampling)
-    params.normalize(None)
-    params.verify(vocab_size)
-    if token_ids is None:
-        seed = sum(map(ord, rid))
-        token_ids = [3 + (seed * 31 + 7 * j) % (vocab_size - 3) for j in range(prompt_tokens)]
-    req = Req(rid, "", array("q", token_ids), params, vocab_size=vocab_size)
-    req.tokenizer = None
-    return req
-
-
-def step(scheduler):
-    """One iteration of ``event_loop_normal`` (minus request intake); returns the batch run."""
-    plan = scheduler.get_next_batch_to_run(running_batch=scheduler.running_batch, last_batch=scheduler.last_batch)
-    scheduler.running_batch = plan.running_batch
-    batch = plan.batch_to_run
-    scheduler.cur_batch_for_debug = batch
-    if batch:
-        result = scheduler.run_batch(batch)
-        scheduler.process_batch_result(batch, result)
-    else:
-        scheduler.on_idle()
-    scheduler.last_batch = batch
-    return batch
-
-
-def run_until_idle(scheduler, reqs, max_steps: int = 500):
-    for _ in range(max_steps):
-        batch = step(scheduler)
-        if batch is None and all(r.finished() for r in reqs):
-            return
-    raise AssertionError(f"not idle after {max_steps} steps: {[r.rid for r in reqs if not r.finished()]}")
-
-
-def idle_check(scheduler) -> None:
-    """SGLang's own idle leak checks (the ones ``on_idle`` runs), made to raise instead of warn."""
-    checker = scheduler.invariant_checker
-    has_leak, messages = checker._check_all_pools(scheduler.pool_stats_observer.get_pool_stats())
-    assert not has_leak, "\n".join(messages)
-    checker._check_req_pool()  # raises on a leaked request slot
-    warnings = getattr(checker, "count_memory_leak_warnings", 0)
-    assert not warnings, f"SGLang counted {warnings} memory-leak warning(s)"
