@@ -452,11 +452,11 @@ class _RecentGate:
         # statistics.median on a list of <= gate_window floats: several times cheaper than
         # numpy's at this size, and it runs every few iterations.
         logs = self.logs[: min(self.count, len(self.times))]
-        self.center = statistics.median(logs)
+        center = self.center = statistics.median(logs)
         if len(logs) < self.MIN_SAMPLES:
             self.width = math.inf
             return
-        spread = 1.4826 * statistics.median([abs(x - self.center) for x in logs])
+        spread = 1.4826 * statistics.median([abs(x - center) for x in logs])
         self.width = max(self.mads * spread, self.min_log)
 
 

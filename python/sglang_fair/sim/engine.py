@@ -173,11 +173,10 @@ class Replica:
 
     def _view(self, now_s: float, prefills: list[SimRequest]) -> IterationView:
         config = self.config
-        return IterationView(
+        return IterationView(  # every field by position (the cheapest call; once per iteration)
             now_s, self.running, prefills, self.free_kv_tokens, config.kv_capacity_tokens,
-            config.max_running_requests, config.max_prefill_tokens,
-            admission_kv_tokens=self._admission_kv_tokens(),
-            admission_seats=config.max_running_requests - len(self.running) - len(self.partial),
+            config.max_running_requests, config.max_prefill_tokens, self._admission_kv_tokens(),
+            config.max_running_requests - len(self.running) - len(self.partial),
         )
 
     def _admission_kv_tokens(self) -> float:
