@@ -78,3 +78,32 @@ def test_judged_envelope_and_slo_verdict():
     late = RequestState("late", 0.0, 100, 1.0, 0.1)
     late.record_token(1.5)
     assert late.slo_met() == (False, True)
+
+
+def test_the_many_request_forms_match_the_methods_bit_for_bit():
+    """next_deadlines_s, envelope_slacks_s, any_lost and the scalar mean_tpot_s are the hot-path forms
+    of the methods: the same floats, not just close ones."""
+    import random
+
+    import numpy as np
+
+    from sglang_fair.policy.request import any_lost, envelope_slacks_s, mean_tpot_s, next_deadlines_s
+
+    rng = random.Random(5)
+    requests = []
+    for i in range(200):
+        r = RequestState(str(i), rng.uniform(0, 100), rng.randint(1, 4000), rng.choice([0.5, 1.0, 2.0, 5.0]),
+                         rng.choice([0.03, 0.05, 0.1, 0.2]), max_new_tokens=rng.choice([None, 50, 900]))
+        r.generated_tokens = rng.randint(0, 800)
+        if r.generated_tokens:
+            r.first_token_s = r.arrival_s + rng.uniform(0, 3 * r.ttft_slo_s)
+        requests.append(r)
+    now_s = 110.0
+    assert next_deadlines_s(requests) == [r.next_deadline_s for r in requests]
+    assert envelope_slacks_s(requests, now_s) == [r.envelope_slack_s(r.generated_tokens, now_s) for r in requests]
+    assert any_lost(requests, now_s) == any(r.is_lost(now_s) for r in requests)
+    assert any_lost(requests, now_s)
+    assert not any_lost([r for r in requests if not r.is_lost(now_s)], now_s)
+    assert not any_lost([], now_s)
+    for generated in (0, 1, 2, 37, 1000):
+        assert mean_tpot_s(1.25, 9.5, generated) == float(mean_tpot_s(1.25, 9.5, np.int64(generated)))

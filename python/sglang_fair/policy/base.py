@@ -236,7 +236,8 @@ class BatchBuilder:
         """
         if self.seats_left < 1:
             return 0
-        admitting = request.prefilled_tokens == 0
+        prefix = request.prefilled_tokens
+        admitting = prefix == 0
         if admitting:
             if self.admission_blocked:
                 return 0
@@ -244,12 +245,15 @@ class BatchBuilder:
             if self.admission_seats_left < 1 or not reservation < self.admission_left:
                 self.admission_blocked = True
                 return 0
-        remaining = request.remaining_prefill_tokens
+        # (remaining_prefill_tokens, mixed and time_left_s written out: this runs for every prompt
+        # offered to every plan.)
+        remaining = request.fill_tokens - prefix
         limit = min(remaining, self.kv_left, self.tokens_left, self.prefill_tokens_left, max_chunk)
-        mixing_s = 0.0 if self.mixed else self.model.mixing_cost_s(self.plan.shape.num_seqs)
+        plan = self.plan
+        model = self.model
+        mixing_s = 0.0 if plan.prefills else model.mixing_cost_s(plan.shape.num_seqs)
         if not force and self.time_budget_s < math.inf:
-            limit = min(limit, self.model.max_chunk_tokens(self.time_left_s - mixing_s,
-                                                           request.prefilled_tokens))
+            limit = min(limit, model.max_chunk_tokens(self.time_budget_s - self.predicted_s - mixing_s, prefix))
         if limit <= 0 or (limit < min_chunk and limit < remaining):
             return 0
         if admitting:
@@ -261,11 +265,11 @@ class BatchBuilder:
         self.seats_left -= 1
         self.tokens_left -= limit
         self.prefill_tokens_left -= limit
-        work_s = self.model.prefill_cost_s(limit, request.prefilled_tokens)
+        work_s = model.prefill_cost_s(limit, prefix)
         self.prefill_work_s += work_s
         self.predicted_s += work_s
-        self.plan.prefills.append(PrefillChunk(request, limit))
-        self.plan.shape.add_prefill(limit, request.prefilled_tokens)
+        plan.prefills.append(PrefillChunk(request, limit))
+        plan.shape.add_prefill(limit, prefix)
         return limit
 
     def finish(self, view: IterationView) -> Plan:

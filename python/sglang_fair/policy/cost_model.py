@@ -373,6 +373,23 @@ def fit_physical_cost_model(
     return fitted
 
 
+def _write_rows(ring: np.ndarray, pending: list, count: int) -> None:
+    """Write ``pending``, the feature rows of samples ``count - len(pending)`` .. ``count - 1``, into
+    ``ring`` (row ``sample % len(ring)``) and empty it.
+
+    Rows are buffered and written in blocks because one numpy row assignment from a tuple costs
+    about a microsecond, as much as the rest of ``observe``; the ring reads the same either way."""
+    if not pending:
+        return
+    size = len(ring)
+    start = (count - len(pending)) % size
+    first = min(len(pending), size - start)
+    ring[start:start + first] = pending[:first]
+    if first < len(pending):
+        ring[:len(pending) - first] = pending[first:]
+    pending.clear()
+
+
 class _RecentGate:
     """Outlier gate over the last ``size`` finite samples of one class of batches.
 
@@ -382,16 +399,19 @@ class _RecentGate:
     real change of regime moves the median and stops being rejected.
     """
 
-    __slots__ = ("features", "times", "logs", "count", "center", "width", "min_log", "mads")
+    __slots__ = ("_features", "_rows", "times", "logs", "count", "center", "width", "min_log", "mads")
 
     #: Fewer samples than this call nothing an outlier.
     MIN_SAMPLES = 16
     UPDATE_EVERY = 8
 
     def __init__(self, size: int, min_log: float, mads: float) -> None:
-        self.features = np.zeros((size, len(FEATURE_NAMES)))
+        self._features = np.zeros((size, len(FEATURE_NAMES)))
+        # The rows as given: they are read only after a refit, so they are converted then (a numpy
+        # row assignment per sample would cost as much as the rest of observe).
+        self._rows: list[tuple] = [(0.0,) * len(FEATURE_NAMES)] * size
         self.times = np.ones(size)
-        self.logs = np.zeros(size)
+        self.logs = [0.0] * size  # a list: _update reads it as one every few samples
         self.count = 0
         self.center = 0.0
         self.width = math.inf
@@ -401,7 +421,7 @@ class _RecentGate:
     def is_outlier(self, features, measured_s: float, log_ratio: float) -> bool:
         outlier = abs(log_ratio - self.center) > self.width  # judged before it moves the ring
         slot = self.count % len(self.times)
-        self.features[slot] = features
+        self._rows[slot] = features
         self.times[slot] = measured_s
         self.logs[slot] = log_ratio
         self.count += 1
@@ -411,6 +431,12 @@ class _RecentGate:
             self._update()
         return outlier
 
+    @property
+    def features(self) -> np.ndarray:
+        """The ring's feature rows (row ``sample % size``)."""
+        self._features[:] = self._rows
+        return self._features
+
     def rejudge(self, coefficients: np.ndarray) -> None:
         """The model changed: recompute the ring's log ratios under ``coefficients``."""
         n = min(self.count, len(self.times))
@@ -419,18 +445,18 @@ class _RecentGate:
         predicted = self.features[:n] @ coefficients
         with np.errstate(divide="ignore", invalid="ignore"):
             logs = np.log(self.times[:n] / predicted)
-        self.logs[:n] = np.where(np.isfinite(logs), logs, 0.0)
+        self.logs[:n] = np.where(np.isfinite(logs), logs, 0.0).tolist()
         self._update()
 
     def _update(self) -> None:
         # statistics.median on a list of <= gate_window floats: several times cheaper than
         # numpy's at this size, and it runs every few iterations.
-        logs = self.logs[: min(self.count, len(self.times))].tolist()
-        self.center = statistics.median(logs)
+        logs = self.logs[: min(self.count, len(self.times))]
+        center = self.center = statistics.median(logs)
         if len(logs) < self.MIN_SAMPLES:
             self.width = math.inf
             return
-        spread = 1.4826 * statistics.median([abs(x - self.center) for x in logs])
+        spread = 1.4826 * statistics.median([abs(x - center) for x in logs])
         self.width = max(self.mads * spread, self.min_log)
 
 
@@ -504,7 +530,8 @@ class OnlineCostModel:
         self.min_prior_samples = min_prior_samples
         self.max_iteration_s = max_iteration_s
         self.terms = terms
-        self._features = np.zeros((window, len(FEATURE_NAMES)))
+        self._window_features = np.zeros((window, len(FEATURE_NAMES)))
+        self._pending: list[tuple] = []  # feature rows not yet in the window (see _write_rows)
         self._times = np.zeros(window)
         self._count = 0  # total accepted samples (ring index = count % window)
         self._since_refit = 0
@@ -546,18 +573,30 @@ class OnlineCostModel:
             self.rejected += 1
             self.rejected_outliers += 1
             return False
-        slot = self._count % self.window
-        self._features[slot] = features
-        self._times[slot] = measured_s
+        pending = self._pending
+        pending.append(features)
+        self._times[self._count % self.window] = measured_s
         self._count += 1
         self._since_refit += 1
+        if len(pending) >= self.window:
+            _write_rows(self._window_features, pending, self._count)
         if self._count >= self.min_samples and (
             self._since_refit >= self.refit_every
-            or (self._since_refit >= self.fast_refit_every
-                and any(abs(g.center) > self.bias_log for g in self._gates))
+            or (self._since_refit >= self.fast_refit_every and self._biased())
         ):
             self.refit()
         return True
+
+    def _biased(self) -> bool:
+        """Whether the recent samples of a class say the current model is off by ``bias_factor``."""
+        decode, extend = self._gates  # two names, no generator: it runs on most observations
+        return abs(decode.center) > self.bias_log or abs(extend.center) > self.bias_log
+
+    @property
+    def _features(self) -> np.ndarray:
+        """The window's feature rows (row ``sample % window``)."""
+        _write_rows(self._window_features, self._pending, self._count)
+        return self._window_features
 
     def _anchored_prior(self, n: int) -> tuple[CostModel, float, float]:
         """The prior rescaled to the window's level, how far off it still is (the 90th percentile of
@@ -658,7 +697,7 @@ class OnlineCostModel:
         features = [g.features[: min(g.count, len(g.times))] for g in self._gates]
         times = [g.times[: min(g.count, len(g.times))] for g in self._gates]
         features, times = np.concatenate(features), np.concatenate(times)
-        self._features[: len(times)] = features
+        self._features[: len(times)] = features  # (empties the pending rows first)
         self._times[: len(times)] = times
         self._count = len(times)
 

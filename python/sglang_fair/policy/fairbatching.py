@@ -48,7 +48,6 @@ import bisect
 import heapq
 import itertools
 import math
-import operator
 from dataclasses import dataclass, field
 
 from .base import (
@@ -62,11 +61,9 @@ from .base import (
 )
 from .cost_model import CostModel, OnlineCostModel
 from .fairness import ClientCounters
-from .request import RequestState
+from .request import RequestState, any_lost, next_deadlines_s
 
 __all__ = ["FairBatchingPolicy", "IterationOrder"]
-
-_next_deadline = operator.attrgetter("next_deadline_s")
 
 #: Adaptive budget safety: the margin before enough iterations were measured, the floor, and the
 #: window / refresh period of the measured-over-predicted ratios it is derived from.
@@ -182,7 +179,7 @@ class FairBatchingPolicy(BatchPolicy):
         order = IterationOrder(self.max_time_budget_s, 0.0)
         if view.decodes:
             self._order_decodes(view.decodes, now_s, order)
-            min_tpot_s = min(request.tpot_slo_s for request in view.decodes)
+            min_tpot_s = min([request.tpot_slo_s for request in view.decodes])
             order.budget_s, order.floor_s = self._budget(self._min_slack_s(order, now_s), min_tpot_s)
         order.prefills = self.prefill_order(view, order)
         return order
@@ -206,13 +203,15 @@ class FairBatchingPolicy(BatchPolicy):
         return order.lost_deadlines[0] - now_s
 
     def _order_decodes(self, decodes, now_s: float, order: IterationOrder) -> None:
-        if self.demote_lost_requests:
+        if self.demote_lost_requests and any_lost(decodes, now_s):
             protected = [request for request in decodes if not request.is_lost(now_s)]
         else:
-            protected = list(decodes)
-        protected.sort(key=_next_deadline)
-        order.protected = protected
-        order.deadlines = [request.next_deadline_s for request in protected]
+            protected = decodes
+        # By next deadline, ties in view order (a stable sort), each deadline computed once.
+        deadlines = next_deadlines_s(protected)
+        ranks = sorted(range(len(deadlines)), key=deadlines.__getitem__)
+        order.protected = [protected[rank] for rank in ranks]
+        order.deadlines = [deadlines[rank] for rank in ranks]
         if len(protected) < len(decodes):
             # A lost decode keeps a slower line of its own: a token within lost_tpot_factor TPOTs
             # of its last one, so it still streams instead of stalling.
@@ -303,13 +302,13 @@ class FairBatchingPolicy(BatchPolicy):
         one's floor, or not allowed to sit out (penalizers, grammar) and ranked before the first
         relaxed one; lost decodes due on their slower line too."""
         urgent_until_s = view.now_s + order.urgent_until_s
-        deadlines = order.deadlines
-        first_relaxed = len(order.protected)
-        for rank, request in enumerate(order.protected):
-            if deadlines[rank] >= urgent_until_s and request.can_skip:
-                first_relaxed = rank
-                break
-        forced = order.protected[:first_relaxed]
+        protected = order.protected
+        # The deadlines are sorted: every decode before the first due at or after urgent_until_s is
+        # urgent, and so is each one after it up to the first that may sit out.
+        first_relaxed = bisect.bisect_left(order.deadlines, urgent_until_s)
+        while first_relaxed < len(protected) and not protected[first_relaxed].can_skip:
+            first_relaxed += 1
+        forced = protected[:first_relaxed]
         order.protected = order.protected[first_relaxed:]
         if order.lost:
             lost_due = bisect.bisect_left(order.lost_deadlines, urgent_until_s)

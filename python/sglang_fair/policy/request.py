@@ -22,8 +22,8 @@ import math
 
 import numpy as np
 
-__all__ = ["RequestState", "SLO_TOLERANCE_S", "mean_tpot_s", "meets_envelope", "meets_mean_tpot", "meets_ttft",
-           "validate_slo"]
+__all__ = ["RequestState", "SLO_TOLERANCE_S", "any_lost", "envelope_slacks_s", "mean_tpot_s", "meets_envelope",
+           "meets_mean_tpot", "meets_ttft", "next_deadlines_s", "validate_slo"]
 
 #: Float round-off allowed in the judged comparisons (seconds).
 SLO_TOLERANCE_S = 1e-9
@@ -36,6 +36,8 @@ def meets_ttft(ttft_s, ttft_slo_s):
 
 def mean_tpot_s(first_token_s, last_token_s, generated_tokens):
     """Mean time per output token after the first (0 for a one-token output; numbers or arrays)."""
+    if isinstance(generated_tokens, int):  # one request (every finish): numpy's scalar path is slow
+        return (last_token_s - first_token_s) / max(generated_tokens - 1, 1)
     return (last_token_s - first_token_s) / np.maximum(generated_tokens - 1, 1)
 
 
@@ -228,6 +230,27 @@ class RequestState:
             f"RequestState(rid={self.rid!r}, client={self.client!r}, prompt={self.prompt_tokens}, "
             f"fill={self.fill_tokens}, prefilled={self.prefilled_tokens}, generated={self.generated_tokens})"
         )
+
+
+# --- the same questions for many requests at once ---------------------------------------------
+# Planning and the simulator ask them of every running request every iteration; a property or
+# method call costs several times its arithmetic, so these are the same expressions, term for term
+# (the results are bit for bit those of the methods; test_request checks it), in one comprehension.
+
+def next_deadlines_s(requests) -> list[float]:
+    """Each request's :attr:`RequestState.next_deadline_s`."""
+    return [r.line_start_s + r.generated_tokens * r.tpot_slo_s for r in requests]
+
+
+def envelope_slacks_s(requests, emitted_s: float) -> list[float]:
+    """Each request's :meth:`RequestState.envelope_slack_s` for its next token (``generated_tokens``)
+    out at ``emitted_s``."""
+    return [r.arrival_s + r.ttft_slo_s + r.generated_tokens * r.tpot_slo_s - emitted_s for r in requests]
+
+
+def any_lost(requests, now_s: float) -> bool:
+    """Whether :meth:`RequestState.is_lost` holds at ``now_s`` for any of ``requests``."""
+    return bool(requests) and now_s > min([r.lost_after_s for r in requests])
 
 
 #: SLOs outside this range are almost certainly a unit mistake (milliseconds passed as seconds).

@@ -43,7 +43,7 @@ from ..policy.kv import (
     retraction_order,
     running_reservation_tokens,
 )
-from ..policy.request import RequestState, meets_envelope, meets_ttft
+from ..policy.request import RequestState, envelope_slacks_s, meets_envelope, meets_ttft
 from .workload import Workload
 
 __all__ = [
@@ -173,11 +173,10 @@ class Replica:
 
     def _view(self, now_s: float, prefills: list[SimRequest]) -> IterationView:
         config = self.config
-        return IterationView(
+        return IterationView(  # every field by position (the cheapest call; once per iteration)
             now_s, self.running, prefills, self.free_kv_tokens, config.kv_capacity_tokens,
-            config.max_running_requests, config.max_prefill_tokens,
-            admission_kv_tokens=self._admission_kv_tokens(),
-            admission_seats=config.max_running_requests - len(self.running) - len(self.partial),
+            config.max_running_requests, config.max_prefill_tokens, self._admission_kv_tokens(),
+            config.max_running_requests - len(self.running) - len(self.partial),
         )
 
     def _admission_kv_tokens(self) -> float:
@@ -271,6 +270,10 @@ class Replica:
             shape.new_tokens = shape.num_seqs = count
             shape.sum_context = context
             measured_s = model.predict_shape(shape)
+            # What the policy predicted: the engine's own time when it plans with the same model
+            # (one prediction fewer per step; a refit makes it another model).
+            plan_model = policy.cost_model
+            predicted_s = measured_s if plan_model is model else plan_model.predict_shape(shape)
             if noise is not None:
                 measured_noise = noise()
                 measured_s *= measured_noise
@@ -282,8 +285,7 @@ class Replica:
             end_s += measured_s
             busy_s += measured_s
             ends.append(end_s)
-            policy.observe(Plan(decodes=running, shape=shape, predicted_s=policy.cost_model.predict_shape(shape)),
-                           measured_s)
+            policy.observe(Plan(running, [], shape, math.inf, predicted_s), measured_s)
             self.new_token_ratio.decode_step()
             context += count
         steps = len(ends)
@@ -298,12 +300,12 @@ class Replica:
         # + (k - 1) * tpot - ends[k-1]; the minimum over k depends on the request only by its TPOT.
         lowest_by_tpot: dict[float, float] = {}
         record_gap = sim.tbt_gaps_s.append
-        for request in running:
+        for request, slack_at_zero in zip(running, envelope_slacks_s(running, 0.0)):
             tpot_s = request.tpot_slo_s
             lowest = lowest_by_tpot.get(tpot_s)
             if lowest is None:
                 lowest = lowest_by_tpot[tpot_s] = min(k * tpot_s - end for k, end in enumerate(ends))
-            slack = request.envelope_slack_s(request.generated_tokens, 0.0) + lowest
+            slack = slack_at_zero + lowest
             if slack < request.worst_slack_s:
                 request.worst_slack_s = slack
             gap = first_end_s - request.last_token_s
@@ -391,17 +393,16 @@ class Replica:
         record_gap = sim.tbt_gaps_s.append
         finished = False
         decodes = plan.decodes
-        for request in decodes:
-            generated = request.generated_tokens
-            slack = request.envelope_slack_s(generated, end_s)
+        # Each decode's token is out at end_s: its envelope slack and its gap, for all at once.
+        gaps = [end_s - request.last_token_s for request in decodes]
+        sim.tbt_gaps_s.extend(gaps)
+        for request, slack, gap in zip(decodes, envelope_slacks_s(decodes, end_s), gaps):
             if slack < request.worst_slack_s:
                 request.worst_slack_s = slack
-            gap = end_s - request.last_token_s
             if gap > request.max_tbt_s:
                 request.max_tbt_s = gap
-            record_gap(gap)
             # RequestState.record_token without its first-token branch: a decode follows the first.
-            generated += 1
+            generated = request.generated_tokens + 1
             request.generated_tokens = generated
             request.last_token_s = end_s
             if generated >= request.output_tokens:
