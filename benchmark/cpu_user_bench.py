@@ -95,22 +95,11 @@ def model_shape(name: str, out_dir: Path) -> ModelShape:
 
 # --- servers --------------------------------------------------------------------------------------
 @dataclass
-class Server:
-    name: str
-    args: list[str]
-    port: int = 0
-    process: subprocess.Popen | None = None
-    log_path: Path | None = None
+class Server(servers.Peer):
+    """A launched server (cpu_servers' ``Peer``) and its start-up timing."""
+
     startup_s: float | None = None
     started_at: float = 0.0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def peer(self) -> servers.Peer:  # for cpu_servers' helpers
-        return servers.Peer(self.name, self.args, self.port, self.process, self.log_path)
 
 
 def launch(server: Server, model: ModelShape, log_dir: Path, env: dict) -> None:
@@ -127,12 +116,12 @@ def launch(server: Server, model: ModelShape, log_dir: Path, env: dict) -> None:
 
 
 def wait_ready(server: Server, timeout_s: float) -> None:
-    servers.wait_ready(server.peer, timeout_s)
+    servers.wait_ready(server, timeout_s)
     server.startup_s = time.monotonic() - server.started_at
 
 
 def stop(server: Server) -> None:
-    servers.stop_server(server.peer)
+    servers.stop_server(server)
 
 
 def fair_state(server: Server) -> dict:
@@ -217,13 +206,13 @@ def slo_rule(url: str, model: ModelShape) -> tuple[float, float, dict]:
 
 # --- one run --------------------------------------------------------------------------------------
 def run_once(server: Server, specs, seed: int, vocab_size: int, drain_timeout_s: float, label: str) -> dict:
-    servers.wait_idle(server.peer)
+    servers.wait_idle(server)
     results, duration_s = asyncio.run(load_client.run_workload(
         server.url, specs, seed=seed, vocab_size=vocab_size, drain_timeout_s=drain_timeout_s,
         description=label, progress=False))
     summary = load_client.summarize(results, duration_s)
     summary["errors"] = sorted({r.error for r in results if r.error})[:5]
-    servers.wait_idle(server.peer)
+    servers.wait_idle(server)
     return summary
 
 
@@ -440,7 +429,7 @@ def user_mode(args, out_dir: Path) -> dict:
 
 # --- drain mode -----------------------------------------------------------------------------------
 def drain_once(server: Server, specs, seed: int, vocab_size: int, timeout_s: float) -> dict:
-    servers.wait_idle(server.peer, timeout_s=120)
+    servers.wait_idle(server, timeout_s=120)
     started = time.perf_counter()
     results, _ = asyncio.run(load_client.run_workload(
         server.url, specs, seed=seed, vocab_size=vocab_size, request_timeout_s=timeout_s,
@@ -451,7 +440,7 @@ def drain_once(server: Server, specs, seed: int, vocab_size: int, timeout_s: flo
     hung = [r for r in results if not r.ok and not r.error.startswith("HTTP ")]
     answered_s = max((r.spec.arrival_offset_s + (r.latency_s if r.ok else 0.0) for r in served), default=0.0)
     # A plain request once the burst has drained.
-    servers.wait_idle(server.peer, timeout_s=timeout_s)
+    servers.wait_idle(server, timeout_s=timeout_s)
     plain = load_client.RequestSpec(10**6, 0.0, 16, 8, load_client.NO_SLO_S, load_client.NO_SLO_S)
     plain_results, _ = asyncio.run(load_client.run_workload(
         server.url, [plain], seed=seed + 1, vocab_size=vocab_size, request_timeout_s=60,

@@ -87,15 +87,12 @@ def cost_terms(scenario: sim_compare.Scenario, seed: int, policy: str, options: 
 
 def _capacities(store: Path, name: str, seed: int) -> dict[str, tuple[dict, float]]:
     """The best setting and capacity of each policy in the comparison's store for ``name``/``seed``."""
-    best: dict[str, tuple[dict, float]] = {}
-    for line in store.read_text().splitlines():
-        result = json.loads(line)["result"]
-        if result.get("scenario") != name or result.get("seed") != seed or result.get("replicas", 1) != 1:
-            continue
-        policy = result["policy"]
-        if policy not in best or result["capacity_rps"] > best[policy][1]:
-            best[policy] = (result["options"], result["capacity_rps"])
-    return best
+    by_policy: dict[str, list[dict]] = {}
+    for result in sim_compare._load_store(store).values():
+        if result.get("scenario") == name and result.get("seed") == seed and result.get("replicas", 1) == 1:
+            by_policy.setdefault(result["policy"], []).append(result)
+    return {policy: (best["options"], best["capacity_rps"])
+            for policy, best in ((p, sim_compare._best(r)) for p, r in by_policy.items())}
 
 
 def _parse_scheduler(text: str) -> tuple[str, dict, float]:
@@ -105,7 +102,7 @@ def _parse_scheduler(text: str) -> tuple[str, dict, float]:
     options = {}
     for item in filter(None, opts.split(",")):
         key, _, value = item.partition("=")
-        options[key] = json.loads(value) if value not in ("",) else value
+        options[key] = json.loads(value)  # numbers and booleans, as JSON writes them
     return policy, options, float(rate)
 
 
