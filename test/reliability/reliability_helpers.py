@@ -80,10 +80,11 @@ class Tally:
         }
 
 
-async def post(session: aiohttp.ClientSession, url: str, body: dict, started_s: float) -> Outcome:
+async def post(session: aiohttp.ClientSession, url: str, body: dict, started_s: float,
+               timeout_s: float = CLIENT_TIMEOUT_S) -> Outcome:
     sent = time.monotonic()
     try:
-        async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)) as response:
+        async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
             text = await response.text()
             reason = "" if response.status == 200 else text[:300]
             return Outcome(response.status, time.monotonic() - sent, sent - started_s, reason,
@@ -92,7 +93,7 @@ async def post(session: aiohttp.ClientSession, url: str, body: dict, started_s: 
         return Outcome(-1, time.monotonic() - sent, sent - started_s, f"{type(exc).__name__}: {exc}")
 
 
-async def _open_loop(url: str, rate_rps: float, duration_s: float, make_body, seed: int) -> Tally:
+async def _open_loop(url: str, rate_rps: float, duration_s: float, make_body, seed: int, timeout_s: float) -> Tally:
     rng = random.Random(seed)
     started = time.monotonic()
     tasks = []
@@ -104,17 +105,18 @@ async def _open_loop(url: str, rate_rps: float, duration_s: float, make_body, se
             delay = started + next_at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(post(session, url, make_body(rng, index), started)))
+            tasks.append(asyncio.create_task(post(session, url, make_body(rng, index), started, timeout_s)))
             index += 1
             next_at += rng.expovariate(rate_rps)
         outcomes = await asyncio.gather(*tasks)
     return Tally(list(outcomes))
 
 
-def open_loop(url: str, rate_rps: float, duration_s: float, make_body, seed: int = 0) -> Tally:
+def open_loop(url: str, rate_rps: float, duration_s: float, make_body, seed: int = 0,
+              timeout_s: float = CLIENT_TIMEOUT_S) -> Tally:
     """Poisson arrivals at ``rate_rps`` for ``duration_s``; waits for every answer (each bounded by
-    :data:`CLIENT_TIMEOUT_S`)."""
-    return asyncio.run(_open_loop(url, rate_rps, duration_s, make_body, seed))
+    ``timeout_s``, :data:`CLIENT_TIMEOUT_S` unless told)."""
+    return asyncio.run(_open_loop(url, rate_rps, duration_s, make_body, seed, timeout_s))
 
 
 async def _closed_loop(url: str, concurrency: int, duration_s: float, make_body, seed: int) -> tuple[int, float]:

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from reliability_helpers import (
+    CLIENT_TIMEOUT_S,
     capacity_rps,
     generate_body,
     log_problems,
@@ -37,6 +38,16 @@ LATENCY_FACTOR, LATENCY_SLACK_S = 2.0, 0.05
 RSS_GROWTH = 0.10
 
 
+def client_timeout_s(duration_s: float, admission: bool) -> float:
+    """How long a client waits for its answer.  With admission control: the issue's 120 s.  Without
+    it, overload at OVERLOAD_FACTOR x capacity for ``duration_s`` leaves a backlog that takes about
+    (OVERLOAD_FACTOR - 1) x ``duration_s`` to drain, so the last request waits that long by
+    construction; "answered eventually" gets twice that on top of the 120 s (still a bound)."""
+    if admission:
+        return CLIENT_TIMEOUT_S
+    return CLIENT_TIMEOUT_S + 2 * (OVERLOAD_FACTOR - 1) * duration_s
+
+
 def _body(rng, index):
     return generate_body(prompt_ids(rng, PROMPT_TOKENS), OUTPUT_TOKENS)
 
@@ -50,7 +61,7 @@ def run_overload(handle, duration_s: float, summary: dict, key: str, admission: 
     rss_before = rss_mb(scheduler)
     rate = OVERLOAD_FACTOR * ramp["capacity_rps"]
     started = time.monotonic()
-    tally = open_loop(url, rate, duration_s, _body, seed=1)
+    tally = open_loop(url, rate, duration_s, _body, seed=1, timeout_s=client_timeout_s(duration_s, admission))
     answered_all_s = time.monotonic() - started
     load, drain_s = wait_idle(handle.base_url)
     after_latency = plain_latency_s(handle.base_url)
@@ -68,6 +79,7 @@ def run_overload(handle, duration_s: float, summary: dict, key: str, admission: 
         "scheduler_rss_mb_after": rss_after,
         "idle_load_after": {k: v for k, v in load.items() if k != "raw"},
         "admission_control": admission,
+        "client_timeout_s": client_timeout_s(duration_s, admission),
     }
     summary.setdefault(key, {})[handle.policy] = result
     # Nothing lost: every request answered (200, or with admission control a rejection with a reason).
