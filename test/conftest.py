@@ -6,9 +6,9 @@ and returns a :class:`ServerHandle`; ``handle.stop()`` ends its whole process gr
 output goes to a file under ``log_dir`` (pytest keeps its tmp folders), and a failing test shows
 that path and the log's tail.
 
-Fixtures: ``server`` (module scope, one server per batch policy listed in the environment variable
+Fixtures: ``server`` (session scope, one server per batch policy listed in the environment variable
 ``SGLANG_FAIR_E2E_POLICIES``, default ``sglang,fairbatching``, so every test that uses it runs
-against each; a test module may set ``SERVER_ARGS = [...]`` for extra flags), and
+against each; started with :data:`SHARED_SERVER_ARGS`), and
 ``server_launcher`` (a function scope ``start_server`` that stops what it started) and
 ``session_server_launcher`` (the same for servers shared by a whole session, e.g. test/reliability's).
 
@@ -178,12 +178,18 @@ def e2e_policies() -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-@pytest.fixture(scope="module", params=e2e_policies())
+#: Flags of the shared ``server``: the defaults plus Prometheus metrics (test_http_slo reads them).
+SHARED_SERVER_ARGS = ["--enable-metrics"]
+
+
+@pytest.fixture(scope="session", params=e2e_policies())
 def server(request, tmp_path_factory):
-    """A server (default tiny model) per batch policy, shared by the tests of one module."""
+    """A server (default tiny model) per batch policy, shared by every module that asks for one:
+    pytest runs all their tests of one policy before the next policy's server starts, so a session
+    costs one start-up per policy instead of one per module and policy."""
     policy = request.param
     log_dir = tmp_path_factory.mktemp(f"server-{policy}")
-    extra = ["--batch-policy", policy, *getattr(request.module, "SERVER_ARGS", [])]
+    extra = ["--batch-policy", policy, *SHARED_SERVER_ARGS]
     handle = start_server(extra, log_dir)
     handle.policy = policy
     yield handle

@@ -12,7 +12,6 @@ import requests
 
 pytestmark = pytest.mark.e2e
 
-SERVER_ARGS = ["--enable-metrics"]
 
 BAD_SLOS = [
     ({"ttft_slo": -1}, "custom_params.ttft_slo"),
