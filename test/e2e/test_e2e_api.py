@@ -192,3 +192,17 @@ def test_empty_prompt_gets_400_instead_of_hanging(server):
                              timeout=60)
     assert response.status_code == 400 and "empty" in response.text, response.text
     assert _post(server, "/generate", None).status_code == 200
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("sampling_params", [[], [{"max_new_tokens": 2}]], ids=["empty-list", "list-for-one-prompt"])
+def test_a_sampling_params_list_for_one_prompt_gets_400_not_500(server, sampling_params, stream):
+    """SGLang 0.5.23 alone answers these with a 500 and a traceback (a broken stream when streamed)."""
+    response = requests.post(f"{server.base_url}/generate",
+                             json={"text": "Hello there", "sampling_params": sampling_params, "stream": stream},
+                             timeout=60)
+    assert response.status_code == 400 and "sampling_params" in response.text, response.text
+    batch = requests.post(f"{server.base_url}/generate",
+                          json={"text": ["a b", "c d"], "sampling_params": [{"max_new_tokens": 2}] * 2}, timeout=120)
+    assert batch.status_code == 200 and len(batch.json()) == 2, batch.text
+    assert "Traceback" not in server.log_text()

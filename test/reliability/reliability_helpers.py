@@ -65,7 +65,8 @@ class Tally:
         # A rejection is an answer only with our reason; a router's own 503 ("no available
         # workers") or a timeout is a request lost.
         rejected = [o for o in self.outcomes if o.status in (429, 503) and ADMISSION_REASON in o.reason]
-        lost = [o for o in self.outcomes if o.status != 200 and o not in rejected]
+        rejected_ids = {id(o) for o in rejected}  # by identity: a list scan made this quadratic (10-min soaks)
+        lost = [o for o in self.outcomes if o.status != 200 and id(o) not in rejected_ids]
         latencies = sorted(o.latency_s for o in answered)
         return {
             "sent": len(self.outcomes),

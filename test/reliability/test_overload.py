@@ -98,12 +98,19 @@ def test_overload_short(rel_server, reliability_summary):
     run_overload(rel_server, SHORT_OVERLOAD_S, reliability_summary, "overload_short", admission=False)
 
 
+def soak_timeout_s(duration_s: float, admission: bool) -> float:
+    """pytest-timeout for one overload test: start-up and ramp, the overload, the last answer."""
+    return 300 + duration_s + client_timeout_s(duration_s, admission)
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(soak_timeout_s(SOAK_OVERLOAD_S, admission=False))
 def test_overload_soak(rel_server, reliability_summary):
     run_overload(rel_server, SOAK_OVERLOAD_S, reliability_summary, "overload_soak", admission=False)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(soak_timeout_s(SOAK_OVERLOAD_S, admission=True))
 @pytest.mark.parametrize("duration_s", [60.0, SOAK_OVERLOAD_S], ids=["60s", "10min"])
 def test_overload_with_admission_control(server_launcher, reliability_summary, tmp_path, duration_s):
     handle = server_launcher(["--batch-policy", "fairbatching", "--fair-admission-control"], tmp_path)

@@ -149,3 +149,29 @@ def test_bad_token_id_names_the_first_one():
 def test_absurd_n_is_refused_under_every_policy(path, body, field):
     found = find_body_problem(path, json.dumps(body).encode(), check_slos=False)
     assert found is not None and found[0] == field
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"text": "Hello there", "sampling_params": []}, "sampling_params"),  # was a 500 (IndexError)
+        ({"text": "x", "sampling_params": [{}]}, "sampling_params"),  # a list for a single prompt
+        ({"text": ["a", "b"], "sampling_params": [{}]}, "sampling_params"),  # one short
+        ({"text": ["a", "b"], "sampling_params": [{}, 3]}, "sampling_params[1]"),
+        ({"input_ids": [[1, 2], [3]], "sampling_params": [{}, {}, {}]}, "sampling_params"),
+    ],
+)
+def test_a_sampling_params_list_of_the_wrong_shape_is_refused_under_every_policy(body, field):
+    found = find_body_problem("/generate", json.dumps(body).encode(), check_slos=False)
+    assert found is not None and found[0] == field, found
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"text": ["a", "b"], "sampling_params": [{}, {"max_new_tokens": 2}]},
+     {"input_ids": [[1, 2], [3]], "sampling_params": [{}, {}]},
+     {"input_ids": [1, 2], "sampling_params": {"max_new_tokens": 2}},
+     {"text": ["a", "b"], "sampling_params": {"max_new_tokens": 2}}],
+)
+def test_a_batch_with_one_sampling_params_object_per_prompt_passes(body):
+    assert find_body_problem("/generate", json.dumps(body).encode(), check_slos=False) is None

@@ -162,9 +162,40 @@ def _bad_n(value: object, field: str) -> str | None:
     return None
 
 
+def _batch_size(data: dict) -> int | None:
+    """How many prompts a ``/generate`` batch holds; ``None`` for a single prompt, or prompt fields
+    of a shape SGLang does not take (left to SGLang)."""
+    text, input_ids = data.get("text"), data.get("input_ids")
+    if isinstance(text, list):
+        return len(text)
+    if text is None and isinstance(input_ids, list) and input_ids and all(isinstance(i, list) for i in input_ids):
+        return len(input_ids)
+    return None
+
+
+def _bad_sampling_params_list(data: dict) -> tuple[str, str] | None:
+    """A ``sampling_params`` list must be a batch's, with one object per prompt.  SGLang indexes
+    or reads it as an object before checking it: ``[]`` was an IndexError, a list for a single
+    prompt an AttributeError, each an HTTP 500 with a traceback under either policy (found by
+    test/reliability's long fuzzing)."""
+    params = data.get("sampling_params")
+    if not isinstance(params, list):
+        return None
+    for index, item in enumerate(params):
+        if not isinstance(item, dict):
+            return f"sampling_params[{index}]", f"sampling_params[{index}] must be a JSON object"
+    batch = _batch_size(data)
+    if batch is None or len(params) != batch:
+        prompts = "a single prompt" if batch is None else f"a batch of {batch} prompts"
+        return "sampling_params", (f"sampling_params must be an object, or for a batch a list with one "
+                                   f"object per prompt; got a list of {len(params)} for {prompts}")
+    return None
+
+
 def find_body_problem(path: str, body: bytes, *, check_slos: bool = True) -> tuple[str, str] | None:
     """``(field, message)`` of the first bad field in a guarded route's body, else None: ``n`` out of
-    range (always), ``custom_params`` or its SLOs (with ``check_slos``).
+    range and a ``sampling_params`` list of the wrong shape (always), ``custom_params`` or its SLOs
+    (with ``check_slos``).
 
     A body that is not a JSON object is left to SGLang, which answers it with its own 400.
     """
@@ -176,6 +207,9 @@ def find_body_problem(path: str, body: bytes, *, check_slos: bool = True) -> tup
         return None
     holders: list[tuple[str, object]] = []
     if GUARDED_PATHS.get(path) == "sampling_params":
+        problem = _bad_sampling_params_list(data)
+        if problem is not None:
+            return problem
         params = data.get("sampling_params")
         if isinstance(params, list):  # a batch: one dict per prompt
             holders = [(f"sampling_params[{i}].", item) for i, item in enumerate(params)]
