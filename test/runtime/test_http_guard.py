@@ -159,6 +159,8 @@ def test_absurd_n_is_refused_under_every_policy(path, body, field):
         ({"text": ["a", "b"], "sampling_params": [{}]}, "sampling_params"),  # one short
         ({"text": ["a", "b"], "sampling_params": [{}, 3]}, "sampling_params[1]"),
         ({"input_ids": [[1, 2], [3]], "sampling_params": [{}, {}, {}]}, "sampling_params"),
+        ({"text": [], "sampling_params": []}, "text"),  # an empty batch: a 500 too
+        ({"text": []}, "text"),
     ],
 )
 def test_a_sampling_params_list_of_the_wrong_shape_is_refused_under_every_policy(body, field):

@@ -173,18 +173,22 @@ def _batch_size(data: dict) -> int | None:
     return None
 
 
-def _bad_sampling_params_list(data: dict) -> tuple[str, str] | None:
-    """A ``sampling_params`` list must be a batch's, with one object per prompt.  SGLang indexes
-    or reads it as an object before checking it: ``[]`` was an IndexError, a list for a single
-    prompt an AttributeError, each an HTTP 500 with a traceback under either policy (found by
-    test/reliability's long fuzzing)."""
+def _bad_batch_shape(data: dict) -> tuple[str, str] | None:
+    """A batch must hold a prompt, and a ``sampling_params`` list must be a batch's, with one object
+    per prompt.  SGLang indexes these or reads them as objects before checking them: an empty batch
+    or ``"sampling_params": []`` was an IndexError, a list for a single prompt an AttributeError,
+    each an HTTP 500 with a traceback under either policy (found by test/reliability's long
+    fuzzing)."""
+    batch = _batch_size(data)
+    if batch == 0:  # SGLang indexes the first prompt of a batch: a 500 for an empty one
+        field = "text" if isinstance(data.get("text"), list) else "input_ids"
+        return field, f"{field} must not be an empty list"
     params = data.get("sampling_params")
     if not isinstance(params, list):
         return None
     for index, item in enumerate(params):
         if not isinstance(item, dict):
             return f"sampling_params[{index}]", f"sampling_params[{index}] must be a JSON object"
-    batch = _batch_size(data)
     if batch is None or len(params) != batch:
         prompts = "a single prompt" if batch is None else f"a batch of {batch} prompts"
         return "sampling_params", (f"sampling_params must be an object, or for a batch a list with one "
@@ -207,7 +211,7 @@ def find_body_problem(path: str, body: bytes, *, check_slos: bool = True) -> tup
         return None
     holders: list[tuple[str, object]] = []
     if GUARDED_PATHS.get(path) == "sampling_params":
-        problem = _bad_sampling_params_list(data)
+        problem = _bad_batch_shape(data)
         if problem is not None:
             return problem
         params = data.get("sampling_params")
