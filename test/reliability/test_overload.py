@@ -61,8 +61,7 @@ def run_overload(handle, duration_s: float, summary: dict, key: str, admission: 
     rss_before = rss_mb(scheduler)
     rate = OVERLOAD_FACTOR * ramp["capacity_rps"]
     started = time.monotonic()
-    tally = open_loop(url, rate, duration_s, _body, seed=1, timeout_s=client_timeout_s(duration_s, admission),
-                      fresh_connections=True)
+    tally = open_loop(url, rate, duration_s, _body, seed=1, timeout_s=client_timeout_s(duration_s, admission))
     answered_all_s = time.monotonic() - started
     load, drain_s = wait_idle(handle.base_url)
     after_latency = plain_latency_s(handle.base_url)
