@@ -18,56 +18,60 @@ def _num(value, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def overload_rows(test: str, by_policy: dict) -> list[str]:
-    rows = []
-    for policy, r in by_policy.items():
-        latency = f"{_num(r.get('latency_p50_s'), 1)} / {_num(r.get('latency_max_s'), 1)}"
-        rows.append(
-            f"| {test} | {policy} | {_num(r['capacity']['capacity_rps'])} | {_num(r['offered_rps'])} "
-            f"| {_num(r['overload_s'], 0)} | {r['sent']} | {r['answered']} | {r['rejected']} | {r['lost']} "
-            f"| {latency} | {_num(r['all_answered_after_s'], 1)} "
-            f"| {_num(r['scheduler_rss_mb_before'], 1)} -> {_num(r['scheduler_rss_mb_after'], 1)} "
-            f"| {_num(r['idle_latency_s'])} -> {_num(r['after_drain_latency_s'])} |"
-        )
-    return rows
+def _codes(counts: dict) -> str:
+    return ", ".join(f"{code}: {count}" for code, count in sorted(counts.items()))
 
 
-def abort_rows(test: str, by_policy: dict) -> list[str]:
-    rows = []
-    for policy, r in by_policy.items():
-        answers = ", ".join(f"{code}: {count}" for code, count in sorted(r["answers"].items()))
-        rows.append(
-            f"| {test} | {policy} | {r['sent']} ({r['streaming_clients']} hang-ups + {r['aborted_waiting']} aborted by id) "
-            f"| {answers} | {_num(r['storm_s'], 1)} | {_num(r['idle_after_s'], 1)} "
-            f"| {r['requests_after']} / {r['kv_tokens_after_flush']} "
-            f"| {_num(r['idle_latency_s'])} -> {_num(r['latency_after_s'])} |"
-        )
-    return rows
+#: Each table's columns, (title, cell of one policy's figures ``r``), beside each other so a header
+#: and its rows cannot drift apart.
+OVERLOAD_COLUMNS = [
+    ("capacity (rps)", lambda r: _num(r["capacity"]["capacity_rps"])),
+    ("offered (rps)", lambda r: _num(r["offered_rps"])),
+    ("overload (s)", lambda r: _num(r["overload_s"], 0)),
+    ("sent", lambda r: r["sent"]),
+    ("answered", lambda r: r["answered"]),
+    ("rejected", lambda r: r["rejected"]),
+    ("lost", lambda r: r["lost"]),
+    ("p50 / max latency (s)", lambda r: f"{_num(r.get('latency_p50_s'), 1)} / {_num(r.get('latency_max_s'), 1)}"),
+    ("all answered after (s)", lambda r: _num(r["all_answered_after_s"], 1)),
+    ("scheduler RSS before -> after (MiB)",
+     lambda r: f"{_num(r['scheduler_rss_mb_before'], 1)} -> {_num(r['scheduler_rss_mb_after'], 1)}"),
+    ("plain request idle -> after drain (s)", lambda r: f"{_num(r['idle_latency_s'])} -> {_num(r['after_drain_latency_s'])}"),
+]
+ABORT_COLUMNS = [
+    ("sent", lambda r: f"{r['sent']} ({r['streaming_clients']} hang-ups + {r['aborted_waiting']} aborted by id)"),
+    ("answers", lambda r: _codes(r["answers"])),
+    ("storm (s)", lambda r: _num(r["storm_s"], 1)),
+    ("idle after (s)", lambda r: _num(r["idle_after_s"], 1)),
+    ("requests / KV tokens after (flushed)", lambda r: f"{r['requests_after']} / {r['kv_tokens_after_flush']}"),
+    ("plain request idle -> after (s)", lambda r: f"{_num(r['idle_latency_s'])} -> {_num(r['latency_after_s'])}"),
+]
+FUZZ_COLUMNS = [("bodies", lambda r: r["bodies"]), ("answers", lambda r: _codes(r["codes"]))]
 
 
-def fuzz_rows(test: str, by_policy: dict) -> list[str]:
-    rows = []
+def _per_policy(by_policy: dict):
+    """``(key cells, figures)``: one row per policy."""
+    for policy, figures in by_policy.items():
+        yield [policy], figures
+
+
+def _per_route(by_policy: dict):
+    """One row per policy and route (the fuzzing's figures are per route)."""
     for policy, routes in by_policy.items():
-        for route, r in routes.items():
-            codes = ", ".join(f"{code}: {count}" for code, count in sorted(r["codes"].items()))
-            rows.append(f"| {test} | {policy} | `{route}` | {r['bodies']} | {codes} |")
-    return rows
+        for route, figures in routes.items():
+            yield [policy, f"`{route}`"], figures
 
 
+#: Test-name prefix -> (key columns, rows of one test, value columns).
 TABLES = {
-    "overload": (
-        "| test | policy | capacity (rps) | offered (rps) | overload (s) | sent | answered | rejected | lost "
-        "| p50 / max latency (s) | all answered after (s) | scheduler RSS before -> after (MiB) "
-        "| plain request idle -> after drain (s) |",
-        overload_rows,
-    ),
-    "abort_storm": (
-        "| test | policy | sent | answers | storm (s) | idle after (s) | requests / KV tokens after (flushed) "
-        "| plain request idle -> after (s) |",
-        abort_rows,
-    ),
-    "fuzz": ("| test | policy | route | bodies | answers |", fuzz_rows),
+    "overload": (["policy"], _per_policy, OVERLOAD_COLUMNS),
+    "abort_storm": (["policy"], _per_policy, ABORT_COLUMNS),
+    "fuzz": (["policy", "route"], _per_route, FUZZ_COLUMNS),
 }
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
 
 
 def render(run: dict) -> str:
@@ -75,12 +79,13 @@ def render(run: dict) -> str:
              f"{', '.join(_num(v, 1) for v in run.get('load_average_at_end', []))}, "
              f"pytest exit status {run.get('exit_status')}.", ""]
     tests = run.get("tests", {})
-    for prefix, (header, make_rows) in TABLES.items():
-        rows = [row for test, by_policy in tests.items() if test.startswith(prefix)
-                for row in make_rows(test, by_policy)]
+    for prefix, (keys, rows_of, columns) in TABLES.items():
+        rows = [_row([test, *key_cells, *(cell(figures) for _, cell in columns)])
+                for test, by_policy in tests.items() if test.startswith(prefix)
+                for key_cells, figures in rows_of(by_policy)]
         if rows:
-            columns = header.count("|") - 1
-            lines += [header, "|" + " --- |" * columns, *rows, ""]
+            titles = ["test", *keys, *(title for title, _ in columns)]
+            lines += [_row(titles), "|" + " --- |" * len(titles), *rows, ""]
     for test, figures in tests.items():
         if not any(test.startswith(prefix) for prefix in TABLES):
             lines.append(f"{test}: {json.dumps(figures)}")

@@ -64,9 +64,12 @@ class Tally:
         answered = [o for o in self.outcomes if o.status == 200]
         # A rejection is an answer only with our reason; a router's own 503 ("no available
         # workers") or a timeout is a request lost.
-        rejected = [o for o in self.outcomes if o.status in (429, 503) and ADMISSION_REASON in o.reason]
-        rejected_ids = {id(o) for o in rejected}  # by identity: a list scan made this quadratic (10-min soaks)
-        lost = [o for o in self.outcomes if o.status != 200 and id(o) not in rejected_ids]
+        rejected, lost = [], []
+        for outcome in self.outcomes:
+            if outcome.status == 200:
+                continue
+            is_rejection = outcome.status in (429, 503) and ADMISSION_REASON in outcome.reason
+            (rejected if is_rejection else lost).append(outcome)
         latencies = sorted(o.latency_s for o in answered)
         return {
             "sent": len(self.outcomes),
