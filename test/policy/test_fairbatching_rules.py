@@ -169,3 +169,78 @@ def test_when_every_decode_is_lost_and_nothing_waits_none_sits_out():
     on_time = make_request("ok", NOW - 0.5, 400, 1.0, 0.05, prefilled=400, generated=3, first_token_s=NOW - 0.45)
     plan = policy.plan(IterationView(NOW, [*hurried, *relaxed, on_time], []))
     assert plan.skipped_decodes > 0 and on_time in plan.decodes
+
+
+# ---------------------------------------------------------------- prefills apart from decodes
+def _decodes_with_slack(count, slack_s, tpot_s=0.1, can_skip=True):
+    """``count`` decodes on time, each with ``slack_s`` to its next token's deadline."""
+    first_token_s = NOW + slack_s - 3 * tpot_s  # 3 tokens so far: the next is due at first + 3 tpot
+    return [make_request(f"d{i}", first_token_s - 0.5, 200, 1.0, tpot_s, prefilled=200, generated=3,
+                         first_token_s=first_token_s, can_skip=can_skip) for i in range(count)]
+
+
+@pytest.mark.parametrize("model, decodes, apart", [(GPU, 64, False), (A100, 200, False),
+                                                   (CPU_LIKE, 4, False), (CPU_LIKE, 5, True), (CPU_LIKE, 64, True)])
+def test_prefills_and_decodes_mix_only_where_the_cost_model_says_it_is_cheaper(model, decodes, apart):
+    # Mixed, n decodes pay n extend rows; apart, one more iteration's fixed cost (CPU_LIKE: rows of
+    # 1.5 ms, iterations of 6.6 ms, so 5 decodes or more run apart; a GPU preset never does).
+    policy = FairBatchingPolicy(model, budget_safety=0.9)
+    view = IterationView(NOW, _decodes_with_slack(decodes, 0.2), [_waiting("w", NOW - 0.1, 600)])
+    assert policy.keeps_prefills_apart(view) is apart
+    assert (model.split_saving_s(decodes) > 0) is apart
+    plan = policy.plan(view)
+    if apart:
+        assert not (plan.decodes and plan.prefills)
+
+
+def test_a_prefill_only_iteration_leaves_time_for_the_decode_step_after_it():
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
+    decodes = _decodes_with_slack(16, 0.3)
+    view = IterationView(NOW, decodes, [_waiting("w", NOW - 0.1, 4000)])
+    plan = policy.plan(view)
+    assert not plan.decodes and plan.skipped_decodes == 16 and plan.prefill_tokens > 0
+    step_s = CPU_LIKE.predict(16, sum(r.context_tokens for r in decodes), 16)
+    assert plan.predicted_s + step_s <= 0.9 * 0.3 + 1e-9  # both end before the first decode is due
+    assert plan.predicted_s > 0.5 * (0.9 * 0.3 - step_s)  # and the room is used, not a sliver
+
+
+def test_with_no_room_for_a_prefill_the_decodes_run_alone_while_the_prompt_can_wait():
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
+    plan = policy.plan(IterationView(NOW, _decodes_with_slack(16, 0.02), [_waiting("w", NOW, 400, ttft=2.0)]))
+    assert len(plan.decodes) == 16 and not plan.prefills
+
+
+def test_a_decode_that_cannot_sit_out_keeps_prefills_mixed():
+    # A decode with a penalizer or a grammar runs every iteration: a prefill-only one cannot exist.
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
+    decodes = _decodes_with_slack(15, 0.3) + _decodes_with_slack(1, 0.3, can_skip=False)
+    view = IterationView(NOW, decodes, [_waiting("w", NOW - 0.1, 4000)])
+    assert not policy.keeps_prefills_apart(view)
+    assert decodes[-1] in policy.plan(view).decodes
+
+
+def test_a_decode_batch_slower_than_its_line_does_not_starve_the_prompts():
+    # 200 decodes whose step alone takes longer than their TPOT leave no room, ever; once the first
+    # prompt cannot wait, prefill-only iterations take turns with the decode steps (never overdue
+    # decodes first) instead of the prompts waiting until every decode has finished.
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
+    decodes = _decodes_with_slack(200, 0.05, tpot_s=0.05)
+    step_s = CPU_LIKE.predict(200, sum(r.context_tokens for r in decodes), 200)
+    assert step_s > 0.05
+    prompt = _waiting("w", NOW - 1.5, 3000)  # past its TTFT: an overload
+    plan = policy.plan(IterationView(NOW, decodes, [prompt]))
+    assert not plan.decodes and plan.prefill_tokens >= CPU_LIKE.efficient_chunk_tokens(0)
+    for request in decodes:  # now every decode is overdue: they go first
+        request.first_token_s -= 1.0
+    plan = policy.plan(IterationView(NOW, decodes, [prompt]))
+    assert len(plan.decodes) == 200 and not plan.prefills
+
+
+def test_a_half_prefilled_prompt_is_continued_alone_not_mixed():
+    # SGLang continues its chunked request in every iteration: with decodes due, that chunk runs
+    # before them on its own (quicker for them than their rows on the extend path).
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
+    decodes = _decodes_with_slack(16, 0.005)
+    partial = make_request("p", NOW - 0.2, 3000, 1.0, 0.05, prefilled=1000)
+    plan = policy.plan(IterationView(NOW, decodes, [partial]))
+    assert not plan.decodes and [c.request.rid for c in plan.prefills] == ["p"]

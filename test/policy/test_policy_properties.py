@@ -87,6 +87,23 @@ def test_fairbatching_budget_and_urgent_decodes(view, safety, model):
     budget_s, floor_s = policy.time_budget_s(view)
     plan = policy.plan(view)
     planned = {id(r) for r in plan.decodes}
+    if policy.keeps_prefills_apart(view):
+        # Prefills and decodes apart: never both in one plan; a decode-only step runs them all and
+        # never leaves a half-prefilled prompt waiting (the engine continues it in every
+        # iteration); a prefill-only one ends, with the decode step after it, by the first decode
+        # deadline, or (a prompt that could not wait, or the half-prefilled one) goes first.
+        assert not (plan.prefills and plan.decodes)
+        if plan.decodes:
+            assert view.prefills[0].prefilled_tokens == 0  # (these views have KV and seats to spare)
+            assert len(plan.decodes) == len(view.decodes)
+        else:
+            order = policy.order_and_budget(view)
+            due_s = min(order.deadlines[:1] + order.lost_deadlines[:1])
+            step_s = model.predict(len(view.decodes), sum(r.context_tokens for r in view.decodes), len(view.decodes))
+            assert (plan.time_budget_s + step_s <= safety * (due_s - view.now_s) + 1e-9
+                    or due_s > view.now_s or view.prefills[0].prefilled_tokens > 0)
+            assert plan.predicted_s <= plan.time_budget_s + 1e-9
+        return
     # Urgent decodes (would miss their next deadline by sitting out) and unskippable ones always
     # run; a decode that can no longer meet its SLO is urgent only on its slower line.
     for r in view.decodes:
@@ -220,33 +237,49 @@ def test_deferral_refunds_client_counters():
     assert policy.clients.counters.get("alice", 0.0) == 0.0
 
 
-def test_dear_extend_path_under_overload_runs_a_chunk_worth_its_overhead():
-    # 16 decodes due now (all urgent) and a prompt about to miss its TTFT: rather than a sliver of
-    # prefill (or none) beside them, one chunk whose work matches the extend overhead.
+def _after_decode_step(decodes, step_s):
+    """The view's decodes one decode-only step of ``step_s`` later: each streamed a token at its end."""
+    now_s = NOW + step_s
+    for request in decodes:
+        request.generated_tokens += 1
+        request.last_token_s = now_s
+    return now_s
+
+
+def test_dear_extend_path_under_overload_runs_decodes_then_a_chunk_worth_its_overhead():
+    # 16 decodes a little behind their line and a prompt about to miss its TTFT, on an engine whose
+    # extend rows are dear (16 rows cost more than an iteration): no mixed batch.  The decodes run
+    # first, alone; then, their next tokens due before a prefill could fit, the prompt still gets
+    # a prefill-only iteration whose work matches its overhead instead of waiting behind them.
     policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
     decodes = _fresh_decodes(16)
     for request in decodes:
-        request.first_token_s = NOW - 0.06  # a little behind their line
+        request.first_token_s = request.last_token_s = NOW - 0.06
     prompt = make_request("w", NOW - 0.95, 3000, 1.0, 0.05)
-    plan = policy.plan(IterationView(NOW, decodes, [prompt], 10**6, 10**6, 256, 8192))
-    assert plan.urgent_decodes == 16 and len(plan.decodes) == 16
-    (chunk,) = plan.prefills
-    mixing_s = CPU_LIKE.mixing_cost_s(16)
-    assert 0.99 * mixing_s <= CPU_LIKE.prefill_cost_s(chunk.tokens, 0) <= 1.1 * mixing_s
-    budget_s, _ = policy.time_budget_s(IterationView(NOW, decodes, [prompt]))
-    assert budget_s < plan.predicted_s <= plan.time_budget_s  # the budget was stretched for it
+    first = policy.plan(IterationView(NOW, decodes, [prompt], 10**6, 10**6, 256, 8192))
+    assert len(first.decodes) == 16 and not first.prefills
+    now_s = _after_decode_step(decodes, first.predicted_s)
+    second = policy.plan(IterationView(now_s, decodes, [prompt], 10**6, 10**6, 256, 8192))
+    assert not second.decodes and second.skipped_decodes == 16
+    (chunk,) = second.prefills
+    overhead_s = CPU_LIKE.fixed_s + CPU_LIKE.per_prefill_iteration_s
+    assert 0.95 * overhead_s <= CPU_LIKE.prefill_cost_s(chunk.tokens, 0) <= 1.1 * overhead_s
+    assert second.predicted_s <= second.time_budget_s
 
 
-def test_stretched_budget_packs_several_short_prompts():
+def test_a_prefill_only_iteration_packs_several_short_prompts():
     policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
     decodes = _fresh_decodes(16)
     for request in decodes:
-        request.first_token_s = NOW - 0.06
+        request.first_token_s = request.last_token_s = NOW - 0.06
     prompts = [make_request(f"w{i}", NOW - 0.95, 40, 1.0, 0.05) for i in range(8)]
-    plan = policy.plan(IterationView(NOW, decodes, prompts, 10**6, 10**6, 256, 8192))
+    first = policy.plan(IterationView(NOW, decodes, prompts, 10**6, 10**6, 256, 8192))
+    now_s = _after_decode_step(decodes, first.predicted_s)
+    plan = policy.plan(IterationView(now_s, decodes, prompts, 10**6, 10**6, 256, 8192))
+    assert not plan.decodes
     assert len(plan.prefills) > 1 and all(c.tokens == 40 for c in plan.prefills)
     work_s = sum(CPU_LIKE.prefill_cost_s(c.tokens, 0) for c in plan.prefills)
-    assert work_s >= 0.9 * CPU_LIKE.mixing_cost_s(16)
+    assert work_s >= 0.8 * (CPU_LIKE.fixed_s + CPU_LIKE.per_prefill_iteration_s)
 
 
 @pytest.mark.parametrize("demote", [True, False])

@@ -162,6 +162,14 @@ class CostModel:
         tokens: the extend path's fixed cost and its per-sequence cost for the decodes already in."""
         return self.per_prefill_iteration_s + self.per_mixed_seq_s * num_seqs
 
+    def split_saving_s(self, num_decodes: int) -> float:
+        """Time saved by running a prefill and ``num_decodes`` decodes in two iterations of their
+        own instead of one mixed batch: the decodes' rows on the extend path cost
+        ``per_mixed_seq_s`` each, the extra iteration costs ``fixed_s``.  Positive when apart is
+        cheaper (SGLang's CPU backend past a few decodes); never on a model whose extend rows cost
+        nothing extra (the GPU presets)."""
+        return self.per_mixed_seq_s * num_decodes - self.fixed_s
+
     def prefill_cost_s(self, chunk_tokens: int, prefix_tokens: int) -> float:
         """Marginal time of adding a prefill chunk to a batch that already holds one (add
         :meth:`mixing_cost_s` for the first)."""

@@ -13,6 +13,12 @@
 2. **Prefills** (:meth:`~FairBatchingPolicy.prefills`): continuing chunks, then new prompts in that
    order, each given the largest chunk the cost model says fits the time left (at most its most
    efficient size), so the chunk size falls out of the budget instead of a fixed token count.
+2'. **Prefills apart** (:meth:`~FairBatchingPolicy.keeps_prefills_apart`,
+   :meth:`~FairBatchingPolicy.separate_iteration`): where the cost model says a decode's row on the
+   extend path costs more, summed over the running decodes, than an iteration of their own
+   (SGLang's CPU backend past a few decodes; never a GPU preset), steps 2 and 3 are replaced by a
+   prefill-only iteration that ends, with the decode step after it, by the first decode deadline,
+   or else by that decode-only step.
 3. **Relaxed decodes** (:meth:`~FairBatchingPolicy.relaxed_decodes`): the rest, most hurried first,
    while they fit.  Those left out banked enough slack to sit out: that compute went to the prefills.
    With no prefill planned and no decode still on time, none sits out (it would serve nobody).
@@ -74,6 +80,9 @@ ERROR_MIN_SAMPLES = 32
 ERROR_REFRESH = 32
 #: Smallest share of the machine the prompt order assumes prefills get (decodes may fill the rest).
 MIN_PREFILL_SHARE = 0.05
+#: Under overload, with prefills apart from decodes, the most of an iteration pair (prefill-only,
+#: then the decode step it delays) that overheads may take: the prefill carries at least 90%.
+OVERLOAD_OVERHEAD_SHARE = 0.1
 
 
 @dataclass(slots=True)
@@ -166,8 +175,11 @@ class FairBatchingPolicy(BatchPolicy):
     def plan(self, view: IterationView) -> Plan:
         order = self.order_and_budget(view)
         builder = self.urgent_decodes(view, order)
-        builder = self.prefills(builder, view, order)
-        self.relaxed_decodes(builder, order)
+        if self.keeps_prefills_apart(view):
+            builder = self.separate_iteration(builder, view, order)
+        else:
+            builder = self.prefills(builder, view, order)
+            self.relaxed_decodes(builder, order)
         if builder.plan.empty:
             self.ensure_progress(builder, view)
         return builder.finish(view)
@@ -347,13 +359,16 @@ class FairBatchingPolicy(BatchPolicy):
                 builder.time_budget_s = builder.plan.time_budget_s = order.budget_s
         return builder
 
-    def _grant_chunks(self, builder: BatchBuilder, view: IterationView, order: IterationOrder) -> None:
+    def _grant_chunks(self, builder: BatchBuilder, view: IterationView, order: IterationOrder,
+                      spread: bool = True) -> None:
+        """Chunks in prefill order; ``spread=False`` for a prefill-only iteration, where each chunk
+        pays an iteration's overhead of its own and spreading a prompt only multiplies it."""
         model = builder.model
         prefills = order.prefills
         if self.clients is not None:  # lowest counter first, re-chosen after every charge
             prefills = itertools.chain(order.partial, self.clients.pick(order.waiting, key=first_token_deadline))
         # Iterations come about once per budget while decodes run; with none, nothing is spread.
-        period_s = order.budget_s if view.decodes and math.isfinite(order.budget_s) else 0.0
+        period_s = order.budget_s if spread and view.decodes and math.isfinite(order.budget_s) else 0.0
         for request in prefills:
             granted = builder.add_prefill(request, min_chunk=self.min_chunk_tokens,
                                           max_chunk=self._chunk_cap(model, request, view.now_s, period_s))
@@ -432,6 +447,64 @@ class FairBatchingPolicy(BatchPolicy):
             in_batch = model.efficient_chunk_tokens(prefix, overhead_s=model.per_seq_s + model.per_mixed_seq_s)
             cap = min(cap, max(in_batch, int(math.ceil(request.remaining_prefill_tokens / iterations))))
         return max(cap, self.min_chunk_tokens)
+
+    # ------------------------------------------------------------------ 2'. prefills apart
+    def keeps_prefills_apart(self, view: IterationView) -> bool:
+        """Whether prefills and decodes run in iterations of their own rather than mixed: when the
+        cost model says the decodes' rows on the extend path cost more than a separate iteration
+        (:meth:`CostModel.split_saving_s`), and every decode may sit out a prefill-only iteration."""
+        if not view.decodes or not view.prefills:
+            return False
+        if self.cost_model.split_saving_s(len(view.decodes)) <= 0:
+            return False
+        return all(request.can_skip for request in view.decodes)
+
+    def separate_iteration(self, urgent: BatchBuilder, view: IterationView, order: IterationOrder) -> BatchBuilder:
+        """A prefill-only iteration when the decodes' deadlines leave room for one and a decode-only
+        iteration after it; otherwise the decode-only iteration now (every decode: the step costs
+        the same fixed time however many run).  A half-prefilled prompt is always continued
+        (SGLang continues its chunked request in every iteration, so there is no decode-only one
+        while it lasts): alone, before the decodes, which is quicker for them too than a mixed
+        batch that holds their rows on the extend path.
+
+        Room: the time to the first decode deadline (protected or lost line), less the decode-only
+        iteration that must follow, at the budget's safety margin.  A prefill-only iteration has to
+        carry at least the work its own overhead costs (or everything waiting, if less), and once the
+        first prompt in line is past its TTFT, nine times its overhead and the decode step's (an
+        overload drains no faster in slivers; at most the engine's prefill cap).  When the room is too small but that prompt cannot wait (late, or
+        missing its TTFT after a decode-only step) and no decode is overdue yet, the prefill gets
+        that much anyway: decodes and prompts then take turns, as in
+        stock SGLang's prefill-first loop, instead of prompts starving behind a busy decode batch.
+        """
+        model = self.cost_model
+        now_s = view.now_s
+        decode_only = self._builder_with(view, math.inf, list(view.decodes))
+        decode_only.plan.urgent_decodes = urgent.plan.urgent_decodes
+        due_s = min(order.deadlines[:1] + order.lost_deadlines[:1])
+        room_s = min(self.budget_safety * (due_s - now_s) - decode_only.predicted_s, self.max_time_budget_s)
+        waiting_tokens = sum(request.remaining_prefill_tokens for request in order.prefills)
+        overhead_s = model.fixed_s + model.per_prefill_iteration_s
+        head = order.prefills[0]
+        due_head_s = first_token_deadline(head)
+        needed = min(waiting_tokens, model.max_chunk_tokens(overhead_s, 0) + 1)
+        if now_s > due_head_s:
+            # Overload: the prefill must dwarf the overhead it brings, its own and the decode step
+            # it puts after it, or the drain slows for nobody's sake (stock's prefill-first loop
+            # drains a burst in as few iterations as its chunk size allows).
+            amortised_s = (1.0 - OVERLOAD_OVERHEAD_SHARE) / OVERLOAD_OVERHEAD_SHARE * (
+                overhead_s + decode_only.predicted_s)
+            amortised = min(model.max_chunk_tokens(amortised_s, 0), waiting_tokens, view.max_prefill_tokens)
+            needed = max(needed, amortised, self._overload_chunk_tokens(model, order))
+        needed_s = overhead_s + model.prefill_cost_s(needed, 0)
+        if room_s < needed_s:
+            cannot_wait = now_s + decode_only.predicted_s + overhead_s + model.prefill_cost_s(
+                head.remaining_prefill_tokens, head.prefilled_tokens) > due_head_s
+            if head.prefilled_tokens == 0 and (not cannot_wait or due_s <= now_s):
+                return decode_only
+            room_s = needed_s
+        prefill_only = BatchBuilder(view, model, time_budget_s=room_s)
+        self._grant_chunks(prefill_only, view, order, spread=False)
+        return prefill_only if prefill_only.mixed else decode_only  # else memory or seats keep them out
 
     # ------------------------------------------------------------------ 3. relaxed decodes
     def relaxed_decodes(self, builder: BatchBuilder, order: IterationOrder) -> None:
