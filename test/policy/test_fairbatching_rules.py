@@ -195,13 +195,36 @@ def test_prefills_and_decodes_mix_only_where_the_cost_model_says_it_is_cheaper(m
 
 def test_a_prefill_only_iteration_leaves_time_for_the_decode_step_after_it():
     policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
-    decodes = _decodes_with_slack(16, 0.3)
-    view = IterationView(NOW, decodes, [_waiting("w", NOW - 0.1, 4000)])
-    plan = policy.plan(view)
+    decodes = _decodes_with_slack(16, 0.6)
+    prompts = [_waiting(f"w{i}", NOW - 0.1, 1000) for i in range(8)]
+    plan = policy.plan(IterationView(NOW, decodes, prompts))
     assert not plan.decodes and plan.skipped_decodes == 16 and plan.prefill_tokens > 0
     step_s = CPU_LIKE.predict(16, sum(r.context_tokens for r in decodes), 16)
-    assert plan.predicted_s + step_s <= 0.9 * 0.3 + 1e-9  # both end before the first decode is due
-    assert plan.predicted_s > 0.5 * (0.9 * 0.3 - step_s)  # and the room is used, not a sliver
+    assert plan.predicted_s + step_s <= 0.9 * 0.6 + 1e-9  # both end before the first decode is due
+    assert plan.predicted_s > 0.8 * (0.9 * 0.6 - step_s)  # and the room is used, not a sliver
+
+
+def test_a_prefill_only_iteration_waits_for_room_that_dwarfs_its_overhead():
+    # Room for a prefill worth its own overhead, but not nine times it and the decode step it
+    # delays: decode-only steps (work due anyway) bank the room first; with the room, it runs.
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
+    prompts = [_waiting(f"w{i}", NOW - 0.1, 1000) for i in range(8)]
+    step_s = CPU_LIKE.predict(16, 16 * 203, 16)
+    amortised_s = 9 * (CPU_LIKE.fixed_s + CPU_LIKE.per_prefill_iteration_s + step_s)
+    short = policy.plan(IterationView(NOW, _decodes_with_slack(16, (0.5 * amortised_s + step_s) / 0.9), prompts))
+    assert len(short.decodes) == 16 and not short.prefills
+    roomy = policy.plan(IterationView(NOW, _decodes_with_slack(16, (1.2 * amortised_s + step_s) / 0.9), prompts))
+    assert not roomy.decodes and roomy.predicted_s >= amortised_s
+
+
+def test_a_single_long_prompt_does_not_wait_for_room_its_chunk_cannot_use():
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
+    cap = CPU_LIKE.efficient_chunk_tokens(0)
+    step_s = CPU_LIKE.predict(16, 16 * 203, 16)
+    chunk_s = CPU_LIKE.fixed_s + CPU_LIKE.per_prefill_iteration_s + CPU_LIKE.prefill_cost_s(cap, 0)
+    plan = policy.plan(IterationView(NOW, _decodes_with_slack(16, (1.05 * chunk_s + step_s) / 0.9),
+                                     [_waiting("w", NOW - 0.1, 20 * cap)]))
+    assert not plan.decodes and [c.tokens for c in plan.prefills] == [cap]
 
 
 def test_with_no_room_for_a_prefill_the_decodes_run_alone_while_the_prompt_can_wait():

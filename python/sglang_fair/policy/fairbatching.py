@@ -80,9 +80,9 @@ ERROR_MIN_SAMPLES = 32
 ERROR_REFRESH = 32
 #: Smallest share of the machine the prompt order assumes prefills get (decodes may fill the rest).
 MIN_PREFILL_SHARE = 0.05
-#: Under overload, with prefills apart from decodes, the most of an iteration pair (prefill-only,
-#: then the decode step it delays) that overheads may take: the prefill carries at least 90%.
-OVERLOAD_OVERHEAD_SHARE = 0.1
+#: With prefills apart from decodes, the most of an iteration pair (prefill-only, then the decode
+#: step it delays) that overheads may take: the prefill carries at least 90% (or all that waits).
+PREFILL_OVERHEAD_SHARE = 0.1
 
 
 @dataclass(slots=True)
@@ -468,13 +468,15 @@ class FairBatchingPolicy(BatchPolicy):
         batch that holds their rows on the extend path.
 
         Room: the time to the first decode deadline (protected or lost line), less the decode-only
-        iteration that must follow, at the budget's safety margin.  A prefill-only iteration has to
-        carry at least the work its own overhead costs (or everything waiting, if less), and once the
-        first prompt in line is past its TTFT, nine times its overhead and the decode step's (an
-        overload drains no faster in slivers; at most the engine's prefill cap).  When the room is too small but that prompt cannot wait (late, or
-        missing its TTFT after a decode-only step) and no decode is overdue yet, the prefill gets
-        that much anyway: decodes and prompts then take turns, as in
-        stock SGLang's prefill-first loop, instead of prompts starving behind a busy decode batch.
+        iteration that must follow, at the budget's safety margin.  A prefill-only iteration waits
+        for room to hold a prefill nine times the overhead it brings, its own and the decode step's
+        (:data:`PREFILL_OVERHEAD_SHARE`; or all that waits, at most the engine's prefill cap), and
+        meanwhile decode-only steps, work due anyway, bank it.  When the room is too small but the
+        first prompt in line cannot wait (late, or missing its TTFT after a decode-only step) and no
+        decode is overdue yet, it gets a prefill worth its own overhead anyway, and once late (an
+        overload) the amortised one, at least the efficient chunk: decodes and prompts then take
+        turns, as in stock SGLang's prefill-first loop, instead of prompts starving behind a busy
+        decode batch.
         """
         model = self.cost_model
         now_s = view.now_s
@@ -482,26 +484,32 @@ class FairBatchingPolicy(BatchPolicy):
         decode_only.plan.urgent_decodes = urgent.plan.urgent_decodes
         due_s = min(order.deadlines[:1] + order.lost_deadlines[:1])
         room_s = min(self.budget_safety * (due_s - now_s) - decode_only.predicted_s, self.max_time_budget_s)
-        waiting_tokens = sum(request.remaining_prefill_tokens for request in order.prefills)
+        # What one prefill-only iteration could take: each prompt up to its chunk cap.
+        waiting_tokens = sum(min(request.remaining_prefill_tokens, self._chunk_cap(model, request, now_s, 0.0))
+                             for request in order.prefills)
         overhead_s = model.fixed_s + model.per_prefill_iteration_s
         head = order.prefills[0]
         due_head_s = first_token_deadline(head)
-        needed = min(waiting_tokens, model.max_chunk_tokens(overhead_s, 0) + 1)
-        if now_s > due_head_s:
-            # Overload: the prefill must dwarf the overhead it brings, its own and the decode step
-            # it puts after it, or the drain slows for nobody's sake (stock's prefill-first loop
-            # drains a burst in as few iterations as its chunk size allows).
-            amortised_s = (1.0 - OVERLOAD_OVERHEAD_SHARE) / OVERLOAD_OVERHEAD_SHARE * (
-                overhead_s + decode_only.predicted_s)
-            amortised = min(model.max_chunk_tokens(amortised_s, 0), waiting_tokens, view.max_prefill_tokens)
-            needed = max(needed, amortised, self._overload_chunk_tokens(model, order))
-        needed_s = overhead_s + model.prefill_cost_s(needed, 0)
-        if room_s < needed_s:
+        # A prefill-only iteration waits for room to hold a prefill that dwarfs the overhead it
+        # brings, its own and the decode step it puts after it (or all that waits, if less):
+        # meanwhile decode-only steps, work that must be done anyway, bank the room.  Slivers
+        # squeezed into every gap paid an iteration each and lost to stock's prefill-first loop.
+        amortised_s = (1.0 - PREFILL_OVERHEAD_SHARE) / PREFILL_OVERHEAD_SHARE * (overhead_s + decode_only.predicted_s)
+        amortised = min(model.max_chunk_tokens(amortised_s, 0), waiting_tokens, view.max_prefill_tokens)
+        worthwhile = min(waiting_tokens, model.max_chunk_tokens(overhead_s, 0) + 1)
+        needed = max(worthwhile, amortised)
+        if room_s < overhead_s + model.prefill_cost_s(needed, 0):
             cannot_wait = now_s + decode_only.predicted_s + overhead_s + model.prefill_cost_s(
                 head.remaining_prefill_tokens, head.prefilled_tokens) > due_head_s
             if head.prefilled_tokens == 0 and (not cannot_wait or due_s <= now_s):
                 return decode_only
-            room_s = needed_s
+            # The first prompt cannot wait: a prefill worth its overhead now; once it is late (an
+            # overload, where only the drain counts), the amortised one, at least the efficient chunk.
+            if now_s > due_head_s:
+                needed = max(needed, self._overload_chunk_tokens(model, order))
+            else:
+                needed = worthwhile
+            room_s = overhead_s + model.prefill_cost_s(needed, 0)
         prefill_only = BatchBuilder(view, model, time_budget_s=room_s)
         self._grant_chunks(prefill_only, view, order, spread=False)
         return prefill_only if prefill_only.mixed else decode_only  # else memory or seats keep them out
