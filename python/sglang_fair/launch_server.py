@@ -233,6 +233,7 @@ def _serve(server_args) -> None:
         replica=f"{server_args.host}:{server_args.port}",
         validate=fair_active,  # stock batching ignores SLOs: its custom_params are not ours to judge
         admission=fair_active and config.admission_control,
+        default_ttft_s=config.ttft_slo_s,
     )
     launch_server(server_args, run_scheduler_process_func=run_scheduler_process)
 

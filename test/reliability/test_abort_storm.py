@@ -18,6 +18,7 @@ import requests
 
 from reliability_helpers import (
     CLIENT_TIMEOUT_S,
+    client_session,
     generate_body,
     log_problems,
     plain_latency_s,
@@ -70,7 +71,7 @@ async def _waiting_then_aborted(session, base_url, rng, counts):
 async def _storm(base_url: str, clients: int, aborted: int, seed: int) -> dict:
     rng = random.Random(seed)
     counts: dict[str, int] = {}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with client_session() as session:
         jobs = [_hang_up_client(session, f"{base_url}/generate", rng, i, counts) for i in range(clients)]
         jobs += [_waiting_then_aborted(session, base_url, rng, counts) for _ in range(aborted)]
         rng.shuffle(jobs)

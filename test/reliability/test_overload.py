@@ -12,6 +12,7 @@ import os
 import time
 
 import pytest
+import requests
 
 from reliability_helpers import (
     CLIENT_TIMEOUT_S,
@@ -117,3 +118,7 @@ def test_overload_with_admission_control(server_launcher, reliability_summary, t
     handle.policy = "fairbatching+admission"
     result = run_overload(handle, duration_s, reliability_summary, f"overload_admission_{int(duration_s)}s", admission=True)
     assert result["latency_max_s"] is None or result["latency_max_s"] <= 120.0
+    # How many of the rejections the HTTP guard gave from the replica's last PAB (the rest: the
+    # scheduler's intake); each is counted once, by one of the two.
+    result["http_admission"] = requests.get(f"{handle.base_url}/fair/state", timeout=30).json()["http_admission"]
+    assert result["http_admission"]["rejected"] <= result["rejected"], result

@@ -177,3 +177,78 @@ def test_a_sampling_params_list_of_the_wrong_shape_is_refused_under_every_policy
 )
 def test_a_batch_with_one_sampling_params_object_per_prompt_passes(body):
     assert find_body_problem("/generate", json.dumps(body).encode(), check_slos=False) is None
+
+
+# ---------------------------------------------------------------- early rejection from the PAB
+def _never_called(scope, receive, send):
+    raise AssertionError("the request reached the app")
+
+
+def _served(scope, receive, send):
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}", "more_body": False})
+
+    return app(scope, receive, send)
+
+
+def _gate(exhausted: bool, age_s: float = 0.0):
+    import time
+
+    from sglang_fair.runtime.http_routes import PabGate
+
+    gate = PabGate(default_ttft_s=1.0)
+    gate.exhausted = exhausted
+    gate.read_s = time.monotonic() - age_s
+    return gate
+
+
+def test_an_exhausted_pab_rejects_in_the_guard_with_the_reason_and_retry_after():
+    gate = _gate(exhausted=True)
+    sent = _run(_never_called, body=b'{"text": "hi"}', admission=True, gate=gate, replica="127.0.0.1:1")
+    start, body = sent
+    assert start["status"] == ADMISSION_STATUS
+    headers = dict(start["headers"])
+    assert headers[b"retry-after"] == b"1" and headers[b"x-sglang-fair-replica"] == b"127.0.0.1:1"
+    assert json.loads(body["body"])["error"]["message"] == admission_rejection_message(1.0)
+    assert gate.rejected == 1 and gate.snapshot()["rejected"] == 1
+
+
+@pytest.mark.parametrize("gate, path, body", [
+    (lambda: _gate(exhausted=False), "/generate", b'{"text": "hi"}'),  # budget left
+    (lambda: _gate(exhausted=True, age_s=5.0), "/generate", b'{"text": "hi"}'),  # reading too old
+    (lambda: _gate(exhausted=True), "/generate",  # a longer TTFT: the scheduler judges it
+     b'{"text": "hi", "sampling_params": {"custom_params": {"ttft_slo": 5}}}'),
+    (lambda: _gate(exhausted=True), "/v1/completions", b'{"prompt": "hi", "custom_params": {"ttft_slo": 2.5}}'),
+])
+def test_the_guard_leaves_the_decision_to_the_scheduler_unless_sure(gate, path, body):
+    gate = gate()
+    sent = _run(_served, path=path, body=body, admission=True, gate=gate)
+    assert sent[0]["status"] == 200 and gate.rejected == 0
+
+
+@pytest.mark.parametrize("seconds, exhausted", [([0.0], True), ([-0.5, -0.1], True), ([-0.5, 0.2], False),
+                                                 ([None], False), ([], False)])
+def test_the_gate_reads_exhaustion_on_every_rank(monkeypatch, seconds, exhausted):
+    from sglang_fair.runtime import http_routes
+
+    async def states():
+        return [{"runtime": {"pab": {"seconds": s}}} for s in seconds]
+
+    monkeypatch.setattr(http_routes, "fair_states", states)
+    gate = http_routes.PabGate(1.0)
+    asyncio.run(gate._read())
+    assert gate.exhausted is exhausted and gate.readings == 1
+
+
+def test_a_failed_reading_decides_nothing(monkeypatch):
+    from sglang_fair.runtime import http_routes
+
+    async def down():
+        raise RuntimeError("scheduler gone")
+
+    monkeypatch.setattr(http_routes, "fair_states", down)
+    gate = _gate(exhausted=True)
+    asyncio.run(gate._read())
+    assert not gate.exhausted

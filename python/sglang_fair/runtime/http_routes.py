@@ -24,6 +24,13 @@ scheduler round trip per poll, fine at sglang-router 0.3.2's interval of about 3
   a batch policy other than ``sglang`` one whose ``custom_params`` or SLO fields are bad
   (:func:`sglang_fair.runtime.slo.check_custom_params`), before the request reaches the tokenizer
   or the scheduler, streaming or not;
+* with ``--fair-admission-control``, rejects a request at once (429, the admission rejection's
+  reason and ``Retry-After``) while the replica's last Prefill Admission Budget, at most
+  :data:`PAB_REFRESH_S` old, is exhausted on every rank and the request asks for no TTFT longer
+  than the default (:class:`PabGate`): the scheduler would reject it anyway, and a rejection
+  decided there first costs the tokenizer, both IPC hops and a scheduler intake, the work that an
+  overloaded front end can least spare (a 10-minute soak at 3x capacity rejected 57,987 requests
+  that way).  Otherwise the scheduler's intake decides, as before;
 * with ``--fair-admission-control``, gives an admission rejection (:mod:`.rejection`) its
   ``Retry-After`` header, and for a streamed request holds the response head until the first
   event: if that event is the rejection, the client gets a plain 429 instead of a 200 stream that
@@ -37,20 +44,26 @@ a 400 too, since such a request is never answered (both found by test/reliabilit
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
+import time
 
 from sglang_fair.runtime.load import load_entry
 from sglang_fair.runtime.rejection import (
     ADMISSION_ERR_TYPE,
     ADMISSION_RETRY_AFTER_S,
     ADMISSION_STATUS,
+    admission_rejection_message,
     is_admission_rejection,
 )
 from sglang_fair.runtime.slo import check_custom_params
 
 __all__ = [
     "GUARDED_PATHS",
+    "PAB_REFRESH_S",
+    "PabGate",
     "RequestGuard",
     "bad_token_id",
     "fair_states",
@@ -72,16 +85,19 @@ async def fair_states() -> list[dict]:
     return [(state or {}).get(FAIR_STATE_KEY) or {} for state in internal]
 
 
-def install_routes(app, *, replica: str | None = None, validate: bool = False, admission: bool = False) -> None:
+def install_routes(app, *, replica: str | None = None, validate: bool = False, admission: bool = False,
+                   default_ttft_s: float = 1.0) -> None:
     """Add the routes and the :class:`RequestGuard` to ``app`` (SGLang's ``http_server.app``), before
-    it starts; idempotent."""
+    it starts; idempotent.  ``default_ttft_s``: the server's TTFT SLO (``--fair-ttft-slo``)."""
     from fastapi.responses import JSONResponse
 
     existing = {getattr(route, "path", None) for route in app.router.routes}
     install_token_id_check()
+    gate = PabGate(default_ttft_s) if admission else None
     if not getattr(app.state, "sglang_fair_guard", False):
-        app.add_middleware(RequestGuard, replica=replica, validate=validate, admission=admission)
+        app.add_middleware(RequestGuard, replica=replica, validate=validate, admission=admission, gate=gate)
         app.state.sglang_fair_guard = True
+        app.state.sglang_fair_gate = gate
 
     if "/get_load" not in existing:
 
@@ -102,7 +118,8 @@ def install_routes(app, *, replica: str | None = None, validate: bool = False, a
                 states = await fair_states()
             except Exception as exc:
                 return JSONResponse({"error": f"state unavailable: {exc}"}, status_code=503)
-            return {"dp_ranks": states}
+            gate = getattr(app.state, "sglang_fair_gate", None)
+            return {"dp_ranks": states, "http_admission": gate.snapshot() if gate is not None else None}
 
 
 def bad_token_id(input_ids, vocab_size: int) -> str | None:
@@ -280,14 +297,84 @@ def _stream_rejection(chunk: bytes) -> str | None:
     return None
 
 
+#: Seconds between the HTTP process's reads of the replica's PAB while requests arrive (one
+#: scheduler round trip each, answered between iterations); a reading older than twice this is not
+#: acted on.
+PAB_REFRESH_S = 0.25
+
+
+class PabGate:
+    """The replica's last Prefill Admission Budget as the HTTP process read it (module docstring).
+
+    Read through the same ``get_internal_state`` channel as ``/fair/state``, at most every
+    :data:`PAB_REFRESH_S` and only while requests arrive (the read runs in the background; a
+    request never waits for it); exhausted means ``pab.seconds <= 0`` on every data-parallel rank,
+    when the scheduler's own check (``BatchPolicy.admit``) fails for any prompt at the default TTFT.
+    """
+
+    def __init__(self, default_ttft_s: float) -> None:
+        self.default_ttft_s = default_ttft_s
+        self.read_s = -math.inf  # time.monotonic() of the last reading
+        self.exhausted = False
+        self.rejected = 0
+        self.readings = 0
+        self._reading: asyncio.Task | None = None
+
+    def rejects(self, body: bytes, path: str) -> bool:
+        """Whether this request is rejected here (and counted); starts a fresh reading when due."""
+        now_s = time.monotonic()
+        if now_s - self.read_s >= PAB_REFRESH_S and (self._reading is None or self._reading.done()):
+            self._reading = asyncio.ensure_future(self._read())
+        if not self.exhausted or now_s - self.read_s > 2 * PAB_REFRESH_S:
+            return False
+        if _asks_longer_ttft(path, body, self.default_ttft_s):
+            return False  # judged against a longer horizon: the scheduler decides
+        self.rejected += 1
+        return True
+
+    async def _read(self) -> None:
+        try:
+            states = await fair_states()
+        except Exception:  # the scheduler is busy starting or gone: decide nothing here
+            self.exhausted = False
+            return
+        seconds = [((state.get("runtime", state).get("pab") or {}).get("seconds")) for state in states]
+        self.exhausted = bool(seconds) and all(isinstance(s, (int, float)) and s <= 0 for s in seconds)
+        self.read_s = time.monotonic()
+        self.readings += 1
+
+    def snapshot(self) -> dict:
+        return {"rejected": self.rejected, "pab_exhausted": self.exhausted, "readings": self.readings,
+                "refresh_s": PAB_REFRESH_S}
+
+
+def _asks_longer_ttft(path: str, body: bytes, default_ttft_s: float) -> bool:
+    """Whether any prompt of the body sets a TTFT SLO above the default (``custom_params``)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    holders = data.get("sampling_params") if GUARDED_PATHS.get(path) == "sampling_params" else data
+    for holder in holders if isinstance(holders, list) else [holders]:
+        custom = holder.get("custom_params") if isinstance(holder, dict) else None
+        ttft = custom.get("ttft_slo") if isinstance(custom, dict) else None
+        if isinstance(ttft, (int, float)) and ttft > default_ttft_s:
+            return True
+    return False
+
+
 class RequestGuard:
     """Pure ASGI middleware (see the module docstring); every other path passes straight through."""
 
-    def __init__(self, app, *, replica: str | None = None, validate: bool = False, admission: bool = False):
+    def __init__(self, app, *, replica: str | None = None, validate: bool = False, admission: bool = False,
+                 gate: PabGate | None = None):
         self.app = app
         self.replica_header = [(REPLICA_HEADER, replica.encode())] if replica else []
         self.validate = validate
         self.admission = admission
+        self.gate = gate
 
     async def __call__(self, scope, receive, send):
         if scope.get("type") != "http" or scope.get("method") not in ("POST", "PUT") or scope.get("path") not in GUARDED_PATHS:
@@ -305,6 +392,11 @@ class RequestGuard:
         if problem is not None:
             field, text = problem
             return await _send_json(send, 400, _error_body(text, "BadRequestError", 400, field), self.replica_header)
+        if self.gate is not None and self.gate.rejects(body, scope["path"]):
+            reason = admission_rejection_message(self.gate.default_ttft_s)
+            retry_after = (b"retry-after", str(ADMISSION_RETRY_AFTER_S).encode())
+            return await _send_json(send, ADMISSION_STATUS, _error_body(reason, ADMISSION_ERR_TYPE, ADMISSION_STATUS),
+                                    [*self.replica_header, retry_after])
         receive = _replay(body, receive)
         send = _tagged(send, self.replica_header)
         if self.admission:
