@@ -213,6 +213,27 @@ def _bad_batch_shape(data: dict) -> tuple[str, str] | None:
     return None
 
 
+def _body_object(body: bytes) -> dict | None:
+    """The body as a JSON object, or None (not JSON, or not an object: SGLang answers those)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _param_holders(path: str, data: dict) -> list[tuple[str, object]]:
+    """``(field prefix, object)`` for each place of the body that holds a prompt's parameters
+    (``n``, ``custom_params``...): ``/generate``'s ``sampling_params`` (one per prompt of a batch),
+    else the body itself."""
+    if GUARDED_PATHS.get(path) != "sampling_params":
+        return [("", data)]
+    params = data.get("sampling_params")
+    if isinstance(params, list):  # a batch: one dict per prompt
+        return [(f"sampling_params[{i}].", item) for i, item in enumerate(params)]
+    return [("sampling_params.", params)]
+
+
 def find_body_problem(path: str, body: bytes, *, check_slos: bool = True) -> tuple[str, str] | None:
     """``(field, message)`` of the first bad field in a guarded route's body, else None: ``n`` out of
     range and a ``sampling_params`` list of the wrong shape (always), ``custom_params`` or its SLOs
@@ -220,25 +241,14 @@ def find_body_problem(path: str, body: bytes, *, check_slos: bool = True) -> tup
 
     A body that is not a JSON object is left to SGLang, which answers it with its own 400.
     """
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    data = _body_object(body)
+    if data is None:
         return None
-    if not isinstance(data, dict):
-        return None
-    holders: list[tuple[str, object]] = []
     if GUARDED_PATHS.get(path) == "sampling_params":
         problem = _bad_batch_shape(data)
         if problem is not None:
             return problem
-        params = data.get("sampling_params")
-        if isinstance(params, list):  # a batch: one dict per prompt
-            holders = [(f"sampling_params[{i}].", item) for i, item in enumerate(params)]
-        else:
-            holders = [("sampling_params.", params)]
-    else:
-        holders = [("", data)]
-    for prefix, holder in holders:
+    for prefix, holder in _param_holders(path, data):
         if not isinstance(holder, dict):
             continue
         problem = _bad_n(holder.get("n"), f"{prefix}n")
@@ -350,14 +360,8 @@ class PabGate:
 
 def _asks_longer_ttft(path: str, body: bytes, default_ttft_s: float) -> bool:
     """Whether any prompt of the body sets a TTFT SLO above the default (``custom_params``)."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return False
-    if not isinstance(data, dict):
-        return False
-    holders = data.get("sampling_params") if GUARDED_PATHS.get(path) == "sampling_params" else data
-    for holder in holders if isinstance(holders, list) else [holders]:
+    data = _body_object(body)
+    for _, holder in _param_holders(path, data) if data is not None else []:
         custom = holder.get("custom_params") if isinstance(holder, dict) else None
         ttft = custom.get("ttft_slo") if isinstance(custom, dict) else None
         if isinstance(ttft, (int, float)) and ttft > default_ttft_s:
