@@ -67,6 +67,18 @@ class ServerStartError(RuntimeError):
     pass
 
 
+class PortTakenError(ServerStartError):
+    """The port picked by :func:`free_port` was taken before the server bound it (another process
+    of the session, e.g. an in-process scheduler's ZMQ socket, got it in between): uvicorn logs the
+    bind error but the server process stays up, and the port answers no HTTP."""
+
+
+#: What uvicorn logs when its port is taken.
+BIND_ERROR = "error while attempting to bind"
+#: Start-up attempts on a fresh port each when the port was taken.
+PORT_ATTEMPTS = 3
+
+
 @dataclass
 class ServerHandle:
     base_url: str
@@ -124,6 +136,8 @@ def wait_until_ready(handle: ServerHandle, timeout: float = START_TIMEOUT_S) -> 
                 f"server exited with status {handle.process.returncode} before it was ready;"
                 f" log {handle.log_path}:\n{handle.log_tail()}"
             )
+        if BIND_ERROR in handle.log_text():
+            raise PortTakenError(f"port of {handle.base_url} was taken; log {handle.log_path}")
         try:
             if (
                 requests.get(f"{handle.base_url}/model_info", timeout=5).ok
@@ -140,7 +154,18 @@ def wait_until_ready(handle: ServerHandle, timeout: float = START_TIMEOUT_S) -> 
 
 
 def start_server(extra_args=(), log_dir: str | os.PathLike | None = None) -> ServerHandle:
-    """Start ``python -m sglang_fair.launch_server *extra_args`` on a free port; wait until ready."""
+    """Start ``python -m sglang_fair.launch_server *extra_args`` on a free port; wait until ready
+    (on another port if the one picked was taken meanwhile, up to :data:`PORT_ATTEMPTS` times)."""
+    for attempt in range(PORT_ATTEMPTS):
+        try:
+            return _start_server_once(extra_args, log_dir)
+        except PortTakenError as exc:
+            print(f"{exc}; retrying on another port", file=sys.stderr)
+            if attempt == PORT_ATTEMPTS - 1:
+                raise
+
+
+def _start_server_once(extra_args, log_dir) -> ServerHandle:
     log_dir = Path(log_dir) if log_dir is not None else Path(os.environ.get("TMPDIR", "/tmp"))
     log_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
