@@ -16,9 +16,9 @@
 2'. **Prefills apart** (:meth:`~FairBatchingPolicy.keeps_prefills_apart`,
    :meth:`~FairBatchingPolicy.separate_iteration`): where the cost model says a decode's row on the
    extend path costs more, summed over the running decodes, than an iteration of their own
-   (SGLang's CPU backend past a few decodes; never a GPU preset), steps 2 and 3 are replaced by a
-   prefill-only iteration that ends, with the decode step after it, by the first decode deadline,
-   or else by that decode-only step.
+   (SGLang's CPU backend past a few decodes; never a GPU preset), steps 2 and 3 give way to a
+   prefill-only iteration sized to end, with the decode step after it, by the first decode
+   deadline, or else to a decode-only step, which banks the room for one.
 3. **Relaxed decodes** (:meth:`~FairBatchingPolicy.relaxed_decodes`): the rest, most hurried first,
    while they fit.  Those left out banked enough slack to sit out: that compute went to the prefills.
    With no prefill planned and no decode still on time, none sits out (it would serve nobody).
