@@ -10,7 +10,9 @@ view, the R/K split and the record keeping happen.
     .venv/bin/python benchmark/sched_overhead.py --running 64 256 --iterations 150 --repeats 3
 
 Prints one JSON line per (policy, running) with median/min/max over repeats of the per-iteration
-mean, and the ratio to stock.
+mean, and the ratio to stock; then the same per batch kind (``decode_*``, ``extend_*``: iterations
+counted, median ms, ratio to stock's same kind), because under arrivals stock and a mixing policy
+run different batches and only a same-kind ratio measures overhead.
 """
 
 from __future__ import annotations
@@ -25,8 +27,13 @@ from sglang_fair.runtime.inproc import build_scheduler, make_req
 from sglang_fair import strict_json  # noqa: E402
 
 
-def measure(scheduler, running: int, iterations: int, warmup: int, tag: str, arrivals: int = 1) -> float:
-    """Mean scheduler CPU seconds per iteration with ``running`` decodes in flight."""
+def measure(scheduler, running: int, iterations: int, warmup: int, tag: str, arrivals: int = 1):
+    """Mean scheduler CPU seconds per iteration with ``running`` decodes in flight, and per batch
+    kind ``{"decode" | "extend": (iterations, mean seconds)}``.
+
+    Per kind because stock prefill-first and a mixing policy run different batches under arrivals
+    (the prompt alone vs the prompt beside every decode): only same-kind means compare overhead.
+    """
     # Long enough to stay running through the measurement, short enough that SGLang's KV
     # reservation for their remaining tokens does not block the arrivals.
     reqs = [make_req(f"{tag}-run{i}", 16, warmup + iterations + 400) for i in range(running)]
@@ -39,13 +46,16 @@ def measure(scheduler, running: int, iterations: int, warmup: int, tag: str, arr
         _step(scheduler)
     total_cpu_s = 0.0
     counted = 0
+    per_kind: dict[str, list[float]] = {}
     for it in range(warmup + iterations):
         for k in range(arrivals):
             scheduler._add_request_to_queue(make_req(f"{tag}-new{it}-{k}", 24, 2))
-        cpu_s = _step(scheduler)
-        if it >= warmup:
+        stepped = _step(scheduler)
+        if it >= warmup and stepped is not None:
+            cpu_s, kind = stepped
             total_cpu_s += cpu_s
             counted += 1
+            per_kind.setdefault(kind, []).append(cpu_s)
     # finish: abort the long runners so the next measurement starts clean
     from sglang.srt.managers.io_struct import AbortReq
 
@@ -53,7 +63,8 @@ def measure(scheduler, running: int, iterations: int, warmup: int, tag: str, arr
     for _ in range(50):
         if _step(scheduler) is None and not scheduler.running_batch.reqs and not scheduler.waiting_queue:
             break
-    return total_cpu_s / counted
+    kinds = {kind: (len(values), sum(values) / len(values)) for kind, values in per_kind.items()}
+    return total_cpu_s / max(counted, 1), kinds
 
 
 def _step(scheduler):
@@ -71,7 +82,10 @@ def _step(scheduler):
         t2 = t3 = time.thread_time()
         scheduler.on_idle()
     scheduler.last_batch = batch
-    return (t1 - t0) + (t3 - t2) if batch is not None else None
+    if batch is None:
+        return None
+    # a mixed batch runs in extend mode: it counts as extend, like a prefill-only one
+    return (t1 - t0) + (t3 - t2), "decode" if batch.forward_mode.is_decode() else "extend"
 
 
 def main(argv=None) -> None:
@@ -90,6 +104,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     max_running = max(args.running) + 64
     results: dict[tuple[str, int], list[float]] = {}
+    kind_results: dict[tuple[str, int, str], list[tuple[int, float]]] = {}
     for name in args.policies:
         policy = "sglang" if name == "sglang-mixed" else name
         scheduler = build_scheduler(
@@ -103,10 +118,12 @@ def main(argv=None) -> None:
         )
         for repeat in range(args.repeats):
             for running in args.running:
-                mean_s = measure(
+                mean_s, kinds = measure(
                     scheduler, running, args.iterations, args.warmup, f"{name}-{running}-{repeat}", args.arrivals
                 )
                 results.setdefault((name, running), []).append(mean_s)
+                for kind, count_and_mean in kinds.items():
+                    kind_results.setdefault((name, running, kind), []).append(count_and_mean)
                 print(f"# {name} running={running} repeat={repeat}: {mean_s * 1e3:.3f} ms/iter", file=sys.stderr)
         del scheduler
     for (name, running), values in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -124,6 +141,16 @@ def main(argv=None) -> None:
             stock = results.get((base, running))
             if stock and name != base:
                 row[f"ratio_to_{base}"] = round(statistics.median(values) / statistics.median(stock), 3)
+        for kind in ("decode", "extend"):
+            measured = kind_results.get((name, running, kind))
+            if not measured:
+                continue
+            row[f"{kind}_iterations"] = sum(count for count, _ in measured)
+            row[f"{kind}_median_ms"] = round(statistics.median(mean for _, mean in measured) * 1e3, 4)
+            stock = kind_results.get(("sglang", running, kind))
+            if stock and name != "sglang":
+                stock_ms = statistics.median(mean for _, mean in stock) * 1e3
+                row[f"{kind}_ratio_to_sglang"] = round(row[f"{kind}_median_ms"] / stock_ms, 3)
         print(strict_json.dumps(row, indent=None))
 
 if __name__ == "__main__":
