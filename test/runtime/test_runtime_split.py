@@ -138,3 +138,36 @@ def test_one_iteration_record_from_plan_to_processed_result_and_a_view_that_only
     run_until_idle(lpm, [running, queued])
     assert not lpm.fair_states
     idle_check(lpm)
+
+
+def test_records_of_the_batch_being_processed_survive_a_sweep_whoever_drives_the_loop(lpm):
+    """The prompts a batch prefills sit in no queue and no running batch until the next iteration
+    merges them: a sweep run while their result is processed keeps their records (and their
+    ``max_new_tokens``, which the KV estimate charges) even when the driver, unlike SGLang's own
+    loop, never sets ``cur_batch_for_debug``; a record made late still knows ``max_new_tokens``."""
+    from sglang_fair.runtime import records
+    from sglang_fair.runtime.records import RuntimeRequestState
+
+    for index in range(100):  # stale records (requests SGLang no longer holds): they force a sweep
+        lpm.fair_states[f"stale-{index}"] = RuntimeRequestState(f"stale-{index}", 0.0, 8, 1.0, 0.1)
+    reqs = [make_req(f"sweep-{index}", 24, 5) for index in range(3)]
+    for req in reqs:
+        lpm._add_request_to_queue(req)
+    made = {req.rid: lpm.fair_states[req.rid] for req in reqs}
+    lpm.cur_batch_for_debug = None
+    step_plan = lpm.get_next_batch_to_run(running_batch=lpm.running_batch, last_batch=lpm.last_batch)
+    lpm.running_batch = step_plan.running_batch
+    batch = step_plan.batch_to_run
+    assert {req.rid for req in batch.reqs} >= set(made)
+    lpm.process_batch_result(batch, lpm.run_batch(batch))
+    lpm.last_batch = batch
+    assert not any(rid.startswith("stale-") for rid in lpm.fair_states), "no sweep ran"
+    for rid, state in made.items():
+        assert lpm.fair_states[rid] is state and state.max_new_tokens == 5
+    # A record made for a request the intake never saw (here: its record dropped) reads the cap.
+    del lpm.fair_states[reqs[0].rid]
+    remade = records._record_of(lpm, reqs[0])
+    assert remade is not made[reqs[0].rid] and remade.max_new_tokens == 5
+    run_until_idle(lpm, reqs)
+    assert not lpm.fair_states
+    idle_check(lpm)

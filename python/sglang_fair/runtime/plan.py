@@ -206,4 +206,4 @@ def finish_iteration(scheduler, batch, record: IterationRecord, measured_s: floa
     if scheduler.fair_metrics is not None:
         scheduler.fair_metrics.observe_iteration(scheduler, plan, executed, measured_s)
     if len(states) > 2 * (len(scheduler.waiting_queue) + len(scheduler.running_batch.reqs)) + 64:
-        sweep(scheduler)
+        sweep(scheduler, batch)

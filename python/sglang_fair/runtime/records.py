@@ -11,6 +11,7 @@ finishes or disappears (:func:`release`, :func:`sweep`).  The verdicts are the p
 
 from __future__ import annotations
 
+import math
 import time
 
 from sglang_fair.policy.cost_model import BatchShape
@@ -31,17 +32,25 @@ __all__ = [
 class RuntimeRequestState(RequestState):
     """RequestState plus the runtime's envelope bookkeeping (late tokens, SLO verdict)."""
 
-    __slots__ = ("late_tokens",)
+    __slots__ = ("late_tokens", "on_time_until_s")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.late_tokens = 0  # tokens that came out after their judged envelope line
+        # Every later token that comes out by this time meets its envelope line (the lines only
+        # rise with the token index), so the per-iteration hot path judges a token only past it.
+        self.on_time_until_s = -math.inf
+
+    def judge_token(self, token_index: int, emitted_s: float) -> None:
+        """Judge token ``token_index`` out at ``emitted_s`` against the envelope (``meets_envelope``)."""
+        if not meets_envelope(self.envelope_slack_s(token_index, emitted_s)):
+            self.late_tokens += 1
+        self.on_time_until_s = self.envelope_deadline_s(token_index + 1)
 
     def note_tokens(self, generated_tokens: int, end_s: float) -> None:
         """Sync ``generated_tokens`` from SGLang and stamp the new tokens with ``end_s``."""
         while self.generated_tokens < generated_tokens:
-            if not meets_envelope(self.envelope_slack_s(self.generated_tokens, end_s)):
-                self.late_tokens += 1
+            self.judge_token(self.generated_tokens, end_s)
             self.record_token(end_s)
 
     @property
@@ -104,11 +113,15 @@ def _record_of(scheduler, req) -> RuntimeRequestState:
         return state
     config = scheduler.fair_config
     arrival_s = req.time_stats.scheduler_recv_time or time.perf_counter()
+    # Its max_new_tokens all the same: without it the KV estimate charges the 4096-token clip.
+    max_new_tokens = req.sampling_params.max_new_tokens
     if not scheduler.fair_active:
         return RuntimeRequestState(req.rid, arrival_s, len(req.origin_input_ids), config.ttft_slo_s,
-                                   config.tpot_slo_s, generated_tokens=len(req.output_ids))
+                                   config.tpot_slo_s, max_new_tokens=max_new_tokens,
+                                   generated_tokens=len(req.output_ids))
     state = RuntimeRequestState(req.rid, arrival_s, len(req.origin_input_ids), config.ttft_slo_s,
-                                config.tpot_slo_s, can_skip=can_sit_out(req), handle=req)
+                                config.tpot_slo_s, max_new_tokens=max_new_tokens, can_skip=can_sit_out(req),
+                                handle=req)
     states[req.rid] = state
     return state
 
@@ -162,46 +175,62 @@ def note_executed_batch(states: dict, batch, end_s: float) -> tuple[BatchShape, 
     """After ``batch`` ran: its executed shape, and the records' progress (prefill chunks, tokens
     stamped with ``end_s``); returns ``(shape, [(state, req) finished])``.
 
-    Runs every iteration over every request in the batch: kept lean (plain attribute work, a method
-    call only for a token) so it stays a small share of SGLang's own per-iteration CPU time
-    (``benchmark/sched_overhead.py``).
+    Runs every iteration over every request in the batch: kept lean (plain attribute work; a
+    decode token is judged only once ``end_s`` passes the record's ``on_time_until_s``) so it stays
+    a small share of SGLang's own per-iteration CPU time (``benchmark/sched_overhead.py``).
     """
     shape = BatchShape()
     reqs = batch.reqs
     decoding = batch.decoding_reqs or []
     num_prefill_rows = len(reqs) - len(decoding) if batch.forward_mode.is_extend() else 0
-    prefix_lens = batch.prefix_lens or []
-    extend_lens = batch.extend_lens or []
     finished = []
+    if num_prefill_rows:
+        _note_prefill_rows(states, batch, reqs[:num_prefill_rows], shape, end_s, finished)
+        reqs = reqs[num_prefill_rows:]
     sum_context = 0
-    for index, req in enumerate(reqs):
-        state = states.get(req.rid)
+    get = states.get
+    for req in reqs:
         generated = len(req.output_ids)
-        if index < num_prefill_rows and index < len(extend_lens):
-            prefix = prefix_lens[index] if index < len(prefix_lens) else 0
-            shape.add_prefill(extend_lens[index], prefix)
-            if state is not None:
-                state.prefilled_tokens = min(prefix + extend_lens[index], state.prompt_tokens)
-        else:
-            sum_context += len(req.origin_input_ids) + generated
+        sum_context += len(req.origin_input_ids) + generated
+        state = get(req.rid)
         if state is None:
             continue
         if generated != state.generated_tokens:
-            if generated == state.generated_tokens + 1 and state.first_token_s is not None:
+            if generated == state.generated_tokens + 1 and state.last_token_s is not None:
                 # one more decode token (the common case: no loop, no first-token line fixing)
-                if not meets_envelope(state.envelope_slack_s(generated - 1, end_s)):
-                    state.late_tokens += 1
+                if end_s > state.on_time_until_s:
+                    state.judge_token(generated - 1, end_s)
                 state.generated_tokens = generated
                 state.last_token_s = end_s
             else:
                 state.note_tokens(generated, end_s)
         if req.finished_reason is not None:
             finished.append((state, req))
-    decode_rows = len(reqs) - num_prefill_rows
+    decode_rows = len(reqs)
     shape.new_tokens += decode_rows
     shape.num_seqs += decode_rows
     shape.sum_context += sum_context
     return shape, finished
+
+
+def _note_prefill_rows(states: dict, batch, rows: list, shape: BatchShape, end_s: float, finished: list) -> None:
+    """The prefill rows of an extend batch: chunk shapes, prefill progress, a first token."""
+    prefix_lens = batch.prefix_lens or []
+    extend_lens = batch.extend_lens or []
+    for index, req in enumerate(rows):
+        state = states.get(req.rid)
+        if index < len(extend_lens):
+            prefix = prefix_lens[index] if index < len(prefix_lens) else 0
+            shape.add_prefill(extend_lens[index], prefix)
+            if state is not None:
+                state.prefilled_tokens = min(prefix + extend_lens[index], state.prompt_tokens)
+        if state is None:
+            continue
+        generated = len(req.output_ids)
+        if generated != state.generated_tokens:
+            state.note_tokens(generated, end_s)
+        if req.finished_reason is not None:
+            finished.append((state, req))
 
 
 def release(scheduler, state: RuntimeRequestState, *, aborted: bool) -> None:
@@ -218,11 +247,14 @@ def release(scheduler, state: RuntimeRequestState, *, aborted: bool) -> None:
     state.handle = None
 
 
-def sweep(scheduler) -> None:
-    """Drop records of requests SGLang no longer holds (aborted while queued, etc.)."""
+def sweep(scheduler, processing=None) -> None:
+    """Drop records of requests SGLang no longer holds (aborted while queued, etc.).
+
+    ``processing`` is the batch whose result is being processed: its new prefills are in no queue
+    or running batch until the next iteration merges them, whoever drives the loop."""
     live = {id(req) for req in scheduler.waiting_queue}
     live.update(id(req) for req in scheduler.running_batch.reqs)
-    for batch in (scheduler.last_batch, scheduler.cur_batch_for_debug):
+    for batch in (scheduler.last_batch, scheduler.cur_batch_for_debug, processing):
         if batch is not None:
             live.update(id(req) for req in batch.reqs)
     if scheduler.chunked_req is not None:

@@ -1,0 +1,78 @@
+"""The runtime's per-token envelope bookkeeping (``runtime/records.py``), without a scheduler.
+
+``note_executed_batch`` judges a decode token only once the iteration's end passes the record's
+``on_time_until_s`` (a shortcut that keeps the hot path to one comparison per request): these tests
+check it counts exactly the tokens the envelope rule (``meets_envelope`` of ``envelope_slack_s``,
+token by token) calls late, whatever the emission times.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sglang_fair.policy.request import meets_envelope
+from sglang_fair.runtime.records import RuntimeRequestState, note_executed_batch
+
+
+class _Mode:
+    def __init__(self, extend: bool) -> None:
+        self.extend = extend
+
+    def is_extend(self) -> bool:
+        return self.extend
+
+
+def _batch(reqs, *, prefill_rows: int, extend_lens=()):
+    return SimpleNamespace(
+        reqs=reqs,
+        decoding_reqs=reqs[prefill_rows:] if prefill_rows else None,
+        forward_mode=_Mode(prefill_rows > 0),
+        prefix_lens=[0] * prefill_rows,
+        extend_lens=list(extend_lens),
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ttft_slo_s=st.floats(0.05, 3.0),
+    tpot_slo_s=st.floats(0.01, 0.5),
+    gaps_s=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=40),
+)
+def test_late_tokens_are_exactly_the_tokens_past_their_envelope_line(ttft_slo_s, tpot_slo_s, gaps_s):
+    prompt = 12
+    state = RuntimeRequestState("r", 0.0, prompt, ttft_slo_s, tpot_slo_s, max_new_tokens=len(gaps_s))
+    req = SimpleNamespace(rid="r", output_ids=[], origin_input_ids=[1] * prompt, finished_reason=None)
+    states = {"r": state}
+    emitted_s = 0.0
+    expected_late = 0
+    for index, gap_s in enumerate(gaps_s):
+        emitted_s += gap_s
+        req.output_ids.append(7)
+        if index == 0:  # the prefill that emits the first token
+            batch = _batch([req], prefill_rows=1, extend_lens=[prompt])
+        else:
+            batch = _batch([req], prefill_rows=0)
+        shape, _ = note_executed_batch(states, batch, emitted_s)
+        expected_late += not meets_envelope(state.envelope_slack_s(index, emitted_s))
+        assert state.generated_tokens == index + 1 and state.last_token_s == emitted_s
+        assert shape.new_tokens == (prompt if index == 0 else 1)
+    assert state.late_tokens == expected_late
+    assert state.met_envelope == (expected_late == 0)
+    assert state.first_token_s == gaps_s[0]
+
+
+def test_a_decode_shape_counts_every_row_and_its_context():
+    states = {}
+    reqs = []
+    for index in range(3):
+        states[f"r{index}"] = RuntimeRequestState(f"r{index}", 0.0, 10, 1.0, 0.1, max_new_tokens=9)
+        states[f"r{index}"].record_token(0.5)
+        reqs.append(SimpleNamespace(rid=f"r{index}", output_ids=[1, 2], origin_input_ids=[0] * 10,
+                                    finished_reason=None))
+    untracked = SimpleNamespace(rid="other", output_ids=[1] * 4, origin_input_ids=[0] * 5, finished_reason="x")
+    shape, finished = note_executed_batch(states, _batch(reqs + [untracked], prefill_rows=0), 0.6)
+    assert (shape.new_tokens, shape.num_seqs, shape.sum_context) == (4, 4, 3 * 12 + 9)
+    assert finished == [] and all(state.generated_tokens == 2 for state in states.values())
