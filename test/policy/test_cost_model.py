@@ -113,6 +113,29 @@ def test_online_refit_tracks_a_slower_engine(model):
     assert online.predict_shape(shape) == pytest.approx(slower.predict_shape(shape), rel=0.05)
 
 
+def test_online_refits_space_out_while_they_learn_nothing_and_a_change_resets_them(model):
+    """Refits cost scheduler CPU: on a steady (noisy) engine they double their spacing up to
+    ``max_refit_every``; an engine that changes is still caught by the bias trigger, and the refit
+    that learns the change puts the spacing back to ``refit_every``."""
+    online = OnlineCostModel(model, min_samples=32, refit_every=32, max_refit_every=256)
+    rng = np.random.default_rng(5)
+
+    def run(engine: CostModel, count: int) -> None:
+        for _ in range(count):
+            shape = _shape(int(rng.integers(1, 2048)), int(rng.integers(1000, 90_000)), int(rng.integers(1, 100)))
+            online.observe(shape, engine.predict_shape(shape) * (1 + 0.03 * rng.standard_normal()))
+
+    run(model, 1500)
+    assert online.refit_interval == 256
+    steady_refits = online.refits
+    slower = CostModel(*(model.coefficients()[:4] * 2.0), name="slower")
+    run(slower, 48)  # fewer observations than the spaced-out interval: only the bias trigger refits
+    assert online.refits > steady_refits and online.refit_interval == 32
+    run(slower, 152)
+    shape = _shape(1024, 50_000, 32)
+    assert online.predict_shape(shape) == pytest.approx(slower.predict_shape(shape), rel=0.1)
+
+
 def test_online_rejects_nan_negative_and_wild(model):
     online = OnlineCostModel(model, min_samples=4, refit_every=4)
     shape = _shape(100, 1000, 4)

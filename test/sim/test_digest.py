@@ -20,7 +20,7 @@ from sglang_fair.sim import EngineConfig, simulate
 PINNED = {
     "fairbatching": "e40f55d3fd1d0f408c79",
     "sarathi": "0c731f4cb3daf69c2d3a",
-    "fairbatching-noisy": "6e3e4d9ade09b54fb3af",
+    "fairbatching-noisy": "27b8303b58d61ba40def",  # refits spaced out while they learn nothing (2026-12-04)
     "fairbatching-pab4": "f168db1c51afc155a111",
 }
 

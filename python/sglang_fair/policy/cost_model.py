@@ -472,14 +472,27 @@ class _RecentGate:
 SETTLED_LOG_ERROR = math.log(1.02)
 
 
+def _within_for_nine_in_ten(values: np.ndarray, reference: np.ndarray, log_error: float) -> bool:
+    """Whether nine in ten of ``values`` are within ``log_error`` (in log) of ``reference``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        error = np.abs(np.log(values / reference))
+    if not np.all(np.isfinite(error)):
+        return False
+    k = int(0.9 * (len(error) - 1))
+    return float(np.partition(error, k)[k]) <= log_error
+
+
 class OnlineCostModel:
     """A cost model that keeps refitting itself from measured iteration times.
 
     Starts from ``prior`` (a preset, a profile or the start-up calibration) and, once
     ``min_samples`` good measurements are in, refits over a ring buffer of the last ``window``
-    accepted samples: every ``refit_every`` observations, or every ``fast_refit_every`` while the
+    accepted samples: every ``refit_interval`` observations, or every ``fast_refit_every`` while the
     current model is biased against what is measured (the median of ``log(measured/predicted)`` over
     recent samples is beyond ``log(bias_factor)``), so a wrong prior is left behind quickly.
+    ``refit_interval`` starts at ``refit_every`` and doubles, up to ``max_refit_every``, after each
+    refit that learned nothing (the recent samples were not biased, and the model was settled or the
+    new fit moves nine in ten of the window's predictions by under 2%); any other refit resets it.
 
     What is rejected (counted in ``rejected``):
 
@@ -515,6 +528,7 @@ class OnlineCostModel:
         window: int = 1024,
         min_samples: int = 32,
         refit_every: int = 64,
+        max_refit_every: int = 512,
         fast_refit_every: int = 16,
         bias_factor: float = 1.25,
         regime_factor: float = 2.0,
@@ -531,6 +545,10 @@ class OnlineCostModel:
         self.window = window
         self.min_samples = min_samples
         self.refit_every = refit_every
+        self.max_refit_every = max(max_refit_every, refit_every)
+        # Observations between two refits: doubles while refits learn nothing new (up to
+        # max_refit_every), back to refit_every as soon as one does.
+        self.refit_interval = refit_every
         self.fast_refit_every = fast_refit_every
         self.bias_log = math.log(bias_factor)
         self.regime_log = math.log(regime_factor)
@@ -589,7 +607,7 @@ class OnlineCostModel:
         if len(pending) >= self.window:
             _write_rows(self._window_features, pending, self._count)
         if self._count >= self.min_samples and (
-            self._since_refit >= self.refit_every
+            self._since_refit >= self.refit_interval
             or (self._since_refit >= self.fast_refit_every and self._biased())
         ):
             self.refit()
@@ -643,8 +661,11 @@ class OnlineCostModel:
         if n < self.min_samples:
             return self.current
         features, times = self._features[:n], self._times[:n]
+        # Recent samples off the model: whatever this refit does, the engine is not steady.
+        was_biased = self._biased()
         if self._settled(features, times):
             self._since_refit = 0
+            self._back_off(not was_biased)
             return self.current
         # A term with no sample in the window (no prefill seen) cannot be fitted: keep the prior's.
         seen = np.abs(features).max(axis=0) > 0
@@ -668,7 +689,11 @@ class OnlineCostModel:
             return self.current
         self._since_refit = 0
         # A fit that makes extra tokens free would let batches grow without bound.
-        if fitted.per_new_token_s > 0:
+        if fitted.per_new_token_s <= 0:
+            self._back_off(False)
+        else:
+            self._back_off(not was_biased and _within_for_nine_in_ten(
+                features @ fitted.coefficients(), features @ self.current.coefficients(), SETTLED_LOG_ERROR))
             self.current = fitted
             self.refits += 1
             self.prior_weight_used = prior_samples
@@ -688,16 +713,19 @@ class OnlineCostModel:
             self._biased_last_refit = biased
         return self.current
 
+    def _back_off(self, learned_nothing: bool) -> None:
+        """Refits cost milliseconds of scheduler CPU each: while they keep confirming the model,
+        space them out; the bias trigger (``fast_refit_every``) still catches a change at once."""
+        if learned_nothing:
+            self.refit_interval = min(2 * self.refit_interval, self.max_refit_every)
+        else:
+            self.refit_interval = self.refit_every
+
     def _settled(self, features: np.ndarray, times: np.ndarray) -> bool:
         """Whether the current model already predicts nine in ten of the window's samples within
         ``SETTLED_ERROR``: a refit would then learn nothing (it costs milliseconds per call, a
         simulator's whole run when the engine's times are the model's own)."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            error = np.abs(np.log(times / (features @ self.current.coefficients())))
-        if not np.all(np.isfinite(error)):
-            return False
-        k = int(0.9 * (len(error) - 1))
-        return float(np.partition(error, k)[k]) <= SETTLED_LOG_ERROR
+        return _within_for_nine_in_ten(times, features @ self.current.coefficients(), SETTLED_LOG_ERROR)
 
     def _keep_recent(self) -> None:
         """The window becomes the gate rings' samples: every recent finite measurement, those the
