@@ -72,6 +72,7 @@ def _step(scheduler):
     plan = scheduler.get_next_batch_to_run(running_batch=scheduler.running_batch, last_batch=scheduler.last_batch)
     scheduler.running_batch = plan.running_batch
     batch = plan.batch_to_run
+    scheduler.cur_batch_for_debug = batch  # as event_loop_normal sets it
     t1 = time.thread_time()
     if batch:
         result = scheduler.run_batch(batch)
@@ -105,18 +106,21 @@ def main(argv=None) -> None:
     max_running = max(args.running) + 64
     results: dict[tuple[str, int], list[float]] = {}
     kind_results: dict[tuple[str, int, str], list[tuple[int, float]]] = {}
-    for name in args.policies:
-        policy = "sglang" if name == "sglang-mixed" else name
-        scheduler = build_scheduler(
-            policy,
-            max_total_tokens=max_running * 1200,
-            chunked_prefill_size=2048,
-            max_running_requests=max_running,
-            enable_mixed_chunk=name == "sglang-mixed",
-            ttft_slo_s=5.0,
-            tpot_slo_s=0.5,
-        )
-        for repeat in range(args.repeats):
+    # Rounds interleave the policies (alternating their order, a fresh scheduler each), so the
+    # host's drift over minutes (it reaches 1.4x on the project's VM) falls on every policy alike.
+    for repeat in range(args.repeats):
+        order = args.policies if repeat % 2 == 0 else list(reversed(args.policies))
+        for name in order:
+            policy = "sglang" if name == "sglang-mixed" else name
+            scheduler = build_scheduler(
+                policy,
+                max_total_tokens=max_running * 1200,
+                chunked_prefill_size=2048,
+                max_running_requests=max_running,
+                enable_mixed_chunk=name == "sglang-mixed",
+                ttft_slo_s=5.0,
+                tpot_slo_s=0.5,
+            )
             for running in args.running:
                 mean_s, kinds = measure(
                     scheduler, running, args.iterations, args.warmup, f"{name}-{running}-{repeat}", args.arrivals
@@ -125,7 +129,7 @@ def main(argv=None) -> None:
                 for kind, count_and_mean in kinds.items():
                     kind_results.setdefault((name, running, kind), []).append(count_and_mean)
                 print(f"# {name} running={running} repeat={repeat}: {mean_s * 1e3:.3f} ms/iter", file=sys.stderr)
-        del scheduler
+            del scheduler
     for (name, running), values in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         row = {
             "policy": name,
