@@ -35,6 +35,7 @@ from sglang_fair.config import FairConfig
 from sglang_fair.policy import IterationView, Plan
 from sglang_fair.runtime import plan as plan_step
 from sglang_fair.runtime import records, state as state_report
+from sglang_fair.runtime.heap import IdleHeapTrimmer
 from sglang_fair.runtime.plan import MIN_CONTINUE_CHUNK_TOKENS, IterationRecord, PlanOrderedSchedulePolicy
 from sglang_fair.runtime.policy_setup import CPU_PRIOR_PRESET, GPU_PRIOR_PRESET, build_policy
 from sglang_fair.runtime.records import RuntimeRequestState, SloCounters
@@ -72,6 +73,7 @@ class FairBatchingMixin:
     def _fair_setup(self) -> None:
         config = self.fair_config
         self.fair_active = config.batch_policy != "sglang"
+        self.fair_heap = IdleHeapTrimmer()  # every policy: RSS flat across bursts (runtime/heap.py)
         self._fair_reset_records()
         on_cpu = str(getattr(self, "device", "cpu")).startswith("cpu")
         # Skipping needs a plain (non-overlap, non-speculative) loop: the overlap loop resolves a
@@ -242,6 +244,7 @@ class FairBatchingMixin:
 
     def process_batch_result(self, batch, result, *args, **kwargs):
         output = super().process_batch_result(batch, result, *args, **kwargs)
+        self.fair_heap.on_work()
         record = self.fair_iteration
         if self.fair_active and record is not None and record.started_s is not None:
             end_s = time.perf_counter()
@@ -255,7 +258,9 @@ class FairBatchingMixin:
     def on_idle(self):
         if self.fair_active and self.fair_states:
             records.sweep(self)
-        return super().on_idle()
+        output = super().on_idle()
+        self.fair_heap.on_idle(self.is_fully_idle())
+        return output
 
     # ------------------------------------------------------------------ data parallel
     def _fair_publish_pab_as_load(self) -> None:
