@@ -186,6 +186,15 @@ def rss_mb(process: psutil.Process) -> float:
     return process.memory_info().rss / 2**20
 
 
+def idle_rss_mb(process: psutil.Process) -> float:
+    """RSS once the server has sat idle past ``TRIM_AFTER_IDLE_S``, when the runtime has handed the
+    C heap's free pages back (``sglang_fair.runtime.heap``): memory in use, not fragmentation."""
+    from sglang_fair.runtime.heap import TRIM_AFTER_IDLE_S
+
+    time.sleep(3 * TRIM_AFTER_IDLE_S + 0.5)
+    return rss_mb(process)
+
+
 def server_load(base_url: str) -> dict:
     """Running + waiting requests and KV tokens in use, from SGLang's ``/v1/loads``."""
     data = requests.get(f"{base_url}/v1/loads", timeout=30).json()
