@@ -128,7 +128,15 @@ SCENARIOS = {
 }
 
 
+#: The scenarios as defined, before ``--policies`` narrows them: a search's key names the scenario
+#: with its full member list, so a run over a subset of the policies stores its searches where the
+#: full report looks them up (which members run does not change any one search).
+_DEFINED = dict(SCENARIOS)
+
+
 def _key(name: str, scenario: Scenario, seed: int, variant: Variant, tolerance: float) -> str:
+    defined = _DEFINED.get(name, scenario)
+    scenario = dataclasses.replace(scenario, policies=defined.policies, members=defined.members)
     text = json.dumps([name, asdict(scenario), seed, variant.policy, variant.router, variant.replicas,
                        sorted(variant.options.items()), variant.admission_control, variant.load_poll_s,
                        variant.retries, tolerance], default=str)
