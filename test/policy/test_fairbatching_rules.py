@@ -79,8 +79,8 @@ def test_the_order_assumes_prefills_get_what_decodes_leave():
 def test_a_prompt_with_slack_is_spread_over_its_iterations():
     decode = make_request("d", NOW - 10, 500, 1.0, 0.05, prefilled=500, generated=50, first_token_s=NOW - 9)
     prompt = _waiting("p", NOW, 4000, ttft=2.0)  # 2 s of slack, iterations of ~50 ms
-    spread = FairBatchingPolicy(GPU, budget_safety=1.0)
-    alone = FairBatchingPolicy(GPU, budget_safety=1.0, chunk_spread=0)
+    spread = FairBatchingPolicy(GPU, budget_safety=1.0, chunk_spread=0.5)
+    alone = FairBatchingPolicy(GPU, budget_safety=1.0)  # the default: no spreading
     efficient = GPU.efficient_chunk_tokens(0)
     with_decodes = IterationView(NOW, [decode], [prompt])
     spread_chunk = spread.plan(with_decodes).prefill_tokens
@@ -103,7 +103,7 @@ def test_no_spreading_without_decodes_slack_or_a_first_token_to_come(case):
         prompt.generated_tokens, prompt.first_token_s = 20, NOW - 1.5
         prompt.record_retraction()
     decodes = [] if case == "no decodes" else [decode]
-    policy = FairBatchingPolicy(GPU, budget_safety=1.0)
+    policy = FairBatchingPolicy(GPU, budget_safety=1.0, chunk_spread=0.5)
     assert policy._chunk_cap(GPU, prompt, NOW, policy.order_and_budget(IterationView(NOW, decodes, [prompt])).budget_s
                              if decodes else 0.0) == GPU.efficient_chunk_tokens(0)
 

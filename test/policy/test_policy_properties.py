@@ -53,7 +53,9 @@ def views(draw, roomy=False):
 
 
 def _options(name):
-    return {"sarathi": {"token_budget": 512}, "slai": {"token_budget": 256}}.get(name, {})
+    # FairBatching with spreading on: its capped chunks must still leave one prompt cut at most.
+    return {"sarathi": {"token_budget": 512}, "slai": {"token_budget": 256},
+            "fairbatching": {"chunk_spread": 0.5}}.get(name, {})
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -73,6 +75,8 @@ def test_plan_never_overcommits(view, name, model):
     for chunk in plan.prefills:
         assert id(chunk.request) in prefill_ids
         assert 1 <= chunk.tokens <= chunk.request.remaining_prefill_tokens
+    # What SGLang's adder can run: one chunked prompt, the last of the batch (every other whole).
+    assert all(chunk.tokens == chunk.request.remaining_prefill_tokens for chunk in plan.prefills[:-1])
     # Progress: work that fits must not produce an empty plan.
     if view.decodes and view.free_kv_tokens >= 1:
         assert not plan.empty

@@ -18,10 +18,10 @@ from sglang_fair.policy import build_policy
 from sglang_fair.sim import EngineConfig, simulate
 
 PINNED = {
-    "fairbatching": "e40f55d3fd1d0f408c79",
+    "fairbatching": "87f50e8b976c47bd1c8d",  # one chunked prompt at a time, no spreading (2026-12-06)
     "sarathi": "0c731f4cb3daf69c2d3a",
-    "fairbatching-noisy": "27b8303b58d61ba40def",  # refits spaced out while they learn nothing (2026-12-04)
-    "fairbatching-pab4": "f168db1c51afc155a111",
+    "fairbatching-noisy": "d50c7f5bdc6c6dfbf7dc",  # one chunked prompt at a time (2026-12-06)
+    "fairbatching-pab4": "3b345c6271239c3e2465",  # one chunked prompt at a time (2026-12-06)
 }
 
 

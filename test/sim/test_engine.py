@@ -25,6 +25,8 @@ class CheckedPolicy:
         held = sum(r.context_tokens for r in view.decodes) + sum(r.prefilled_tokens for r in view.prefills)
         assert held <= self.capacity
         assert view.free_kv_tokens >= len(view.decodes)
+        # One chunked prompt at a time, as SGLang's scheduler holds (``chunked_req``).
+        assert sum(1 for r in view.prefills if r.prefilled_tokens > 0) <= 1
         plan = self.inner.plan(view)
         assert len(plan.decodes) + plan.prefill_tokens <= view.free_kv_tokens
         # Admissions stay within SGLang's reservation estimate, as its prefill adder would allow.
@@ -82,6 +84,23 @@ def test_every_request_finishes_and_kv_holds(name, n, seed, kv, seats, model):
     assert (result.finish_s[fits] >= result.first_token_s[fits]).all()
     expected = np.minimum(outputs, np.maximum(kv - prompts - 2, 1))
     np.testing.assert_array_equal(result.generated_tokens[fits], expected[fits])
+
+
+def test_spreading_prompts_still_leaves_one_chunked_prompt_at_a_time():
+    """With ``chunk_spread`` on, FairBatching caps a prompt's chunk below what the budget allows;
+    the engine, like SGLang's adder, then runs nothing behind it that iteration."""
+    rng = np.random.default_rng(3)
+    n = 40
+    w = small_workload(rng.integers(500, 3000, n), rng.integers(5, 60, n), np.sort(rng.uniform(0, 1.0, n)),
+                       ttft=2.0, tpot=0.05)
+    checked = []
+
+    def factory():
+        checked.append(CheckedPolicy(make_policy("fairbatching", A100, chunk_spread=0.5), 200_000))
+        return checked[-1]
+
+    result = simulate(w, factory, config=EngineConfig(kv_capacity_tokens=200_000), warmup_fraction=0)
+    assert np.isfinite(result.finish_s).all() and checked[0].iterations > 0
 
 
 @pytest.mark.parametrize("router", ROUTER_NAMES)
@@ -257,10 +276,15 @@ def test_a_router_polling_loads_routes_on_stale_ones():
 
 
 def test_a_rejected_request_is_retried_on_another_replica():
+    """Round robin sends every long prompt to replica 0 and the short ones to the others: each
+    side runs out of PAB in its own way, and a rejection retried on another replica is served."""
     rng = np.random.default_rng(0)
     n = 300
-    w = small_workload(rng.integers(1000, 4000, n), rng.integers(5, 50, n), np.sort(rng.uniform(0, 3, n)))
+    prompts = np.where(np.arange(n) % 3 == 0, rng.integers(3000, 4000, n), rng.integers(100, 400, n))
+    w = small_workload(prompts, rng.integers(5, 50, n), np.sort(rng.uniform(0, 3, n)))
     runs = {retries: simulate(w, lambda: make_policy("fairbatching", A100), replicas=3, router="round_robin",
                               admission_control=True, retries=retries) for retries in (0, 2)}
     assert 0 < runs[2].rejected.sum() < runs[0].rejected.sum()
+    served_on = {k: np.bincount(run.replica[~run.rejected], minlength=3) for k, run in runs.items()}
+    assert np.ptp(served_on[2]) < np.ptp(served_on[0])  # the replicas' work evens out
     assert np.isfinite(runs[2].finish_s[~runs[2].rejected]).all()

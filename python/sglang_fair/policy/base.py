@@ -112,7 +112,7 @@ class BatchBuilder:
 
     __slots__ = ("plan", "model", "kv_left", "seats_left", "tokens_left", "prefill_tokens_left",
                  "time_budget_s", "predicted_s", "mixing_s", "prefill_work_s", "admission_left",
-                 "admission_seats_left", "admission_blocked")
+                 "admission_seats_left", "admission_blocked", "chunk_open")
 
     def __init__(
         self,
@@ -138,6 +138,11 @@ class BatchBuilder:
         #: Set once a waiting request did not fit the admission estimate: like SGLang's adder, no
         #: later waiting request is admitted this iteration (continuing chunks still are).
         self.admission_blocked = False
+        #: Set once a chunk leaves its prompt partly prefilled: nothing more is prefilled this
+        #: iteration.  SGLang 0.5.23 keeps one chunked request (``Scheduler.chunked_req``) and its
+        #: adder fills the iteration's token budget in queue order, the chunked request first and
+        #: every other prompt whole, so only the last prompt of a batch can be cut.
+        self.chunk_open = False
 
     @property
     def mixed(self) -> bool:
@@ -234,7 +239,7 @@ class BatchBuilder:
         A waiting request (nothing of it prefilled) is admitted only if it has a seat and SGLang's
         reservation for it fits the admission headroom; otherwise admission stops for this plan.
         """
-        if self.seats_left < 1:
+        if self.seats_left < 1 or self.chunk_open:
             return 0
         prefix = request.prefilled_tokens
         admitting = prefix == 0
@@ -270,6 +275,8 @@ class BatchBuilder:
         self.predicted_s += work_s
         plan.prefills.append(PrefillChunk(request, limit))
         plan.shape.add_prefill(limit, prefix)
+        if limit < remaining:
+            self.chunk_open = True
         return limit
 
     def finish(self, view: IterationView) -> Plan:

@@ -34,11 +34,13 @@ Where measurement and the paper disagree, the measurement decides (``docs/design
   even alone, is still scheduled to have its first token by ``late_ttft_factor`` (4) times its TTFT
   SLO, inside the 5x past which users consider a request hung, and when that is at risk more prompts
   give up their TTFT instead.
-* *Chunks from the cost model and the deadline.*  A chunk's attention grows with its square, so
-  within an iteration whose fixed cost the decodes already pay, several smaller chunks are cheaper
-  than one large one.  A prompt with slack is therefore prefilled over ``chunk_spread`` (half) of the
-  iterations its slack allows, never in pieces smaller than the size at which another batch row
-  costs more than the attention it saves, never larger than the most efficient chunk alone.  Decodes that missed their TTFT, or whose last possible token is past its line,
+* *Chunks from the cost model.*  A chunk's attention grows with its square, so no chunk is larger
+  than the most efficient chunk alone (:meth:`CostModel.efficient_chunk_tokens`).  Spreading a
+  prompt over several smaller chunks would cost less attention still, but SGLang runs one chunked
+  prompt at a time and cuts only the last prompt of a batch (``BatchBuilder.chunk_open``): a capped
+  chunk stops every prompt behind it, and measured that way spreading lost 6-9% of capacity
+  (``docs/design.md``).  ``chunk_spread`` (off by default) keeps it for an engine that can hold
+  several.  Decodes that missed their TTFT, or whose last possible token is past its line,
   stop pinning the budget and keep a slower line of their own (``lost_tpot_factor``).
 * *The extend path's overhead* (CPU engines, no CUDA graph): an iteration's prefill must carry at
   least as much work as the overhead it brings; a sliver of prefill waits, or the budget stretches.
@@ -132,7 +134,7 @@ class FairBatchingPolicy(BatchPolicy):
         demote_lost_requests: bool = True,
         lost_tpot_factor: float = 2.0,
         late_ttft_factor: float = 4.0,
-        chunk_spread: float = 0.5,
+        chunk_spread: float = 0.0,
     ) -> None:
         super().__init__(cost_model, default_ttft_slo_s=default_ttft_slo_s)
         if budget_safety is not None and not 0 < budget_safety <= 1:
@@ -261,6 +263,11 @@ class FairBatchingPolicy(BatchPolicy):
             return partial + sorted(waiting, key=first_token_deadline)
         return partial + self._most_on_time(partial, waiting, view, order)
 
+    def tail_deadline_s(self, request: RequestState) -> float:
+        """When a prompt that gave up its TTFT must still have its first token: ``late_ttft_factor``
+        TTFT SLOs after its arrival."""
+        return request.arrival_s + self.late_ttft_factor * request.ttft_slo_s
+
     def _most_on_time(self, partial, waiting, view: IterationView, order: IterationOrder) -> list[RequestState]:
         """Moore-Hodgson with a tail bound: deadline order; whenever a prompt would finish after its
         TTFT deadline, the longest prompt scheduled so far gives up its TTFT and takes a later
@@ -276,7 +283,6 @@ class FairBatchingPolicy(BatchPolicy):
         now_s = view.now_s
         finish_s = now_s + sum(model.prefill_cost_s(r.remaining_prefill_tokens, r.prefilled_tokens)
                                for r in partial) / share
-        tail = self.late_ttft_factor
         queue: list[tuple[float, int, bool]] = []  # (deadline, index, on its tail deadline)
         costs = []
         gave_up = 0
@@ -285,7 +291,7 @@ class FairBatchingPolicy(BatchPolicy):
             costs.append(cost_s)
             due_s = first_token_deadline(request)
             if now_s + cost_s > due_s:  # cannot make it even alone
-                queue.append((request.arrival_s + tail * request.ttft_slo_s, index, True))
+                queue.append((self.tail_deadline_s(request), index, True))
                 gave_up += 1
             else:
                 queue.append((due_s, index, False))
@@ -302,8 +308,7 @@ class FairBatchingPolicy(BatchPolicy):
                 negative_cost_s, slot, longest = heapq.heappop(holding)
                 finish_s += negative_cost_s
                 served[slot] = None
-                request = waiting[longest]
-                heapq.heappush(queue, (request.arrival_s + tail * request.ttft_slo_s, longest, True))
+                heapq.heappush(queue, (self.tail_deadline_s(waiting[longest]), longest, True))
                 gave_up += 1
         order.late_prompts = gave_up
         return [waiting[index] for index in served if index is not None]
@@ -361,21 +366,28 @@ class FairBatchingPolicy(BatchPolicy):
 
     def _grant_chunks(self, builder: BatchBuilder, view: IterationView, order: IterationOrder,
                       spread: bool = True) -> None:
-        """Chunks in prefill order; ``spread=False`` for a prefill-only iteration, where each chunk
-        pays an iteration's overhead of its own and spreading a prompt only multiplies it."""
+        """Prompts in prefill order, whole while they fit, the last one cut (SGLang runs one chunked
+        prompt, :attr:`BatchBuilder.chunk_open`), within the time budget and at most as many tokens
+        as the prompts' chunk caps (:meth:`_chunk_cap`) add up to: each prompt's most efficient
+        chunk, one after another, is what an iteration may carry.  ``spread=False`` for a
+        prefill-only iteration, where each chunk pays an iteration's overhead of its own and
+        spreading a prompt only multiplies it."""
         model = builder.model
+        now_s = view.now_s
+        # Iterations come about once per budget while decodes run; with none, nothing is spread.
+        period_s = order.budget_s if spread and view.decodes and math.isfinite(order.budget_s) else 0.0
+        capped_tokens = sum(min(request.remaining_prefill_tokens, self._chunk_cap(model, request, now_s, period_s))
+                            for request in order.prefills)
+        builder.prefill_tokens_left = min(builder.prefill_tokens_left, capped_tokens)
         prefills = order.prefills
         if self.clients is not None:  # lowest counter first, re-chosen after every charge
             prefills = itertools.chain(order.partial, self.clients.pick(order.waiting, key=first_token_deadline))
-        # Iterations come about once per budget while decodes run; with none, nothing is spread.
-        period_s = order.budget_s if spread and view.decodes and math.isfinite(order.budget_s) else 0.0
         for request in prefills:
-            granted = builder.add_prefill(request, min_chunk=self.min_chunk_tokens,
-                                          max_chunk=self._chunk_cap(model, request, view.now_s, period_s))
+            granted = builder.add_prefill(request, min_chunk=self.min_chunk_tokens)
             if granted and self.clients is not None:
                 self.clients.charge_prefill(request, granted)
             if (builder.time_left_s <= 0 or builder.kv_left <= 0 or builder.seats_left <= 0
-                    or builder.admission_blocked):
+                    or builder.admission_blocked or builder.chunk_open or builder.prefill_tokens_left <= 0):
                 return
 
     def _worthwhile_chunk_tokens(self, builder: BatchBuilder, view: IterationView, order: IterationOrder,
