@@ -18,10 +18,10 @@ from sglang_fair.policy import build_policy
 from sglang_fair.sim import EngineConfig, simulate
 
 PINNED = {
-    "fairbatching": "87f50e8b976c47bd1c8d",  # one chunked prompt at a time, no spreading (2026-12-06)
+    "fairbatching": "953fd097d25bc14781b7",  # one chunked prompt at a time, no spreading (2026-12-06)
     "sarathi": "0c731f4cb3daf69c2d3a",
-    "fairbatching-noisy": "d50c7f5bdc6c6dfbf7dc",  # one chunked prompt at a time (2026-12-06)
-    "fairbatching-pab4": "3b345c6271239c3e2465",  # one chunked prompt at a time (2026-12-06)
+    "fairbatching-noisy": "65c653bd77a42f248aff",  # one chunked prompt at a time (2026-12-06)
+    "fairbatching-pab4": "c0a77db1e7eddd6775d4",  # one chunked prompt at a time (2026-12-06)
 }
 
 

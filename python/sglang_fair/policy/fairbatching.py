@@ -366,24 +366,27 @@ class FairBatchingPolicy(BatchPolicy):
 
     def _grant_chunks(self, builder: BatchBuilder, view: IterationView, order: IterationOrder,
                       spread: bool = True) -> None:
-        """Prompts in prefill order, whole while they fit, the last one cut (SGLang runs one chunked
-        prompt, :attr:`BatchBuilder.chunk_open`), within the time budget and at most as many tokens
-        as the prompts' chunk caps (:meth:`_chunk_cap`) add up to: each prompt's most efficient
-        chunk, one after another, is what an iteration may carry.  ``spread=False`` for a
-        prefill-only iteration, where each chunk pays an iteration's overhead of its own and
-        spreading a prompt only multiplies it."""
+        """Prompts in prefill order, each up to its chunk cap (:meth:`_chunk_cap`), while time, KV
+        and seats last; a prompt cut short ends the batch (SGLang runs one chunked prompt,
+        :attr:`BatchBuilder.chunk_open`).  ``spread=False`` for a prefill-only iteration, whose room
+        was sized for the prompts' caps added up (:meth:`separate_iteration`): there prompts fill
+        that many tokens whole, in order, and the last one is cut where they end, as SGLang's adder
+        cuts its chunked prompt (each such chunk pays an iteration's overhead of its own, and
+        spreading a prompt only multiplies it)."""
         model = builder.model
         now_s = view.now_s
         # Iterations come about once per budget while decodes run; with none, nothing is spread.
         period_s = order.budget_s if spread and view.decodes and math.isfinite(order.budget_s) else 0.0
-        capped_tokens = sum(min(request.remaining_prefill_tokens, self._chunk_cap(model, request, now_s, period_s))
-                            for request in order.prefills)
-        builder.prefill_tokens_left = min(builder.prefill_tokens_left, capped_tokens)
+        if not spread:
+            builder.prefill_tokens_left = min(builder.prefill_tokens_left, sum(
+                min(request.remaining_prefill_tokens, self._chunk_cap(model, request, now_s, 0.0))
+                for request in order.prefills))
         prefills = order.prefills
         if self.clients is not None:  # lowest counter first, re-chosen after every charge
             prefills = itertools.chain(order.partial, self.clients.pick(order.waiting, key=first_token_deadline))
         for request in prefills:
-            granted = builder.add_prefill(request, min_chunk=self.min_chunk_tokens)
+            cap = self._chunk_cap(model, request, now_s, period_s) if spread else UNLIMITED
+            granted = builder.add_prefill(request, min_chunk=self.min_chunk_tokens, max_chunk=cap)
             if granted and self.clients is not None:
                 self.clients.charge_prefill(request, granted)
             if (builder.time_left_s <= 0 or builder.kv_left <= 0 or builder.seats_left <= 0
