@@ -249,3 +249,33 @@ def test_builder_charges_the_first_chunk_the_mixing_cost():
     assert builder.add_decodes(decodes[9:]) == 1
     assert builder.predicted_s == pytest.approx(CPU_LIKE.predict_shape(builder.plan.shape))
     assert builder.predicted_s <= 0.2
+
+
+def test_a_decode_run_observed_in_one_call_is_each_step_observed_in_turn(model):
+    """``observe_decode_steps`` (the simulator's decode runs) is the per-step ``observe`` of each
+    step's plan, bit for bit: the online model's state, its refits mid-run (a slower, noisy engine
+    makes some), and FairBatching's error ring and safety."""
+    from sglang_fair.policy import BatchPolicy, build_policy
+
+    slower = CostModel(*(model.coefficients() * 1.6), name="slower")
+    rng = np.random.default_rng(7)
+    runs = []
+    for _ in range(400):
+        count, context = int(rng.integers(1, 120)), int(rng.integers(100, 90_000))
+        steps = int(rng.integers(1, 12))
+        measured = [slower.predict(count, context + k * count, count) * float(rng.lognormal(0, 0.05))
+                    for k in range(steps)]
+        if rng.uniform() < 0.02:
+            measured[0] = float("nan")  # garbage is rejected alike
+        runs.append((count, context, measured))
+    one_call, stepwise = build_policy("fairbatching", model), build_policy("fairbatching", model)
+    for count, context, measured in runs:
+        decodes = [object()] * count  # only their number matters to the model
+        one_call.observe_decode_steps(decodes, context, measured)
+        BatchPolicy.observe_decode_steps(stepwise, decodes, context, measured)  # plan by plan
+    fast, slow = one_call.online, stepwise.online
+    assert fast.refits > 0 and fast.rejected > 0
+    assert fast.snapshot() == slow.snapshot()
+    assert (fast._count, fast._since_refit, fast.refit_interval) == (slow._count, slow._since_refit, slow.refit_interval)
+    assert np.array_equal(fast._features, slow._features) and np.array_equal(fast._times, slow._times)
+    assert one_call._ratios == stepwise._ratios and one_call.budget_safety == stepwise.budget_safety

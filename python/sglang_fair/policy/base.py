@@ -315,6 +315,19 @@ class BatchPolicy:
         if self.online is not None:
             self.online.observe(plan.shape, measured_s)
 
+    def observe_decode_steps(self, decodes: Sequence[RequestState], sum_context: int,
+                             measured_s: Sequence[float]) -> None:
+        """:meth:`observe` of decode steps run back to back, each the plan :meth:`plan_decode_step`
+        makes (every one of ``decodes``), the k-th attending to ``sum_context + k * len(decodes)``
+        KV tokens and measured at ``measured_s[k]``: a driver's run of decode-only iterations
+        reported in one call.  This is those calls, one per step; a policy may do the same faster."""
+        count = len(decodes)
+        for k, step_s in enumerate(measured_s):
+            shape = BatchShape()
+            shape.new_tokens = shape.num_seqs = count
+            shape.sum_context = sum_context + k * count
+            self.observe(Plan(decodes, [], shape, math.inf, self.cost_model.predict_shape(shape)), step_s)
+
     def admission_budget(self, view: IterationView) -> AdmissionBudget:
         return prefill_admission_budget(view, self.cost_model, self.default_ttft_slo_s)
 

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import statistics
+from array import array
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 
@@ -381,21 +382,24 @@ def fit_physical_cost_model(
     return fitted
 
 
-def _write_rows(ring: np.ndarray, pending: list, count: int) -> None:
-    """Write ``pending``, the feature rows of samples ``count - len(pending)`` .. ``count - 1``, into
-    ``ring`` (row ``sample % len(ring)``) and empty it.
+def _write_rows(ring: np.ndarray, pending: array, count: int) -> None:
+    """Write ``pending``, the feature rows (flat, ``ring``'s width each) of samples
+    ``count - rows`` .. ``count - 1``, into ``ring`` (row ``sample % len(ring)``) and empty it.
 
-    Rows are buffered and written in blocks because one numpy row assignment from a tuple costs
-    about a microsecond, as much as the rest of ``observe``; the ring reads the same either way."""
+    Rows are buffered as doubles and written in blocks because one numpy row assignment from a tuple
+    costs about a microsecond, as much as the rest of ``observe``, and converting a list of tuples
+    about as much per row; the doubles are the same either way (int to float rounds alike)."""
     if not pending:
         return
+    rows = np.frombuffer(pending, dtype=np.float64).reshape(-1, ring.shape[1])
     size = len(ring)
-    start = (count - len(pending)) % size
-    first = min(len(pending), size - start)
-    ring[start:start + first] = pending[:first]
-    if first < len(pending):
-        ring[:len(pending) - first] = pending[first:]
-    pending.clear()
+    start = (count - len(rows)) % size
+    first = min(len(rows), size - start)
+    ring[start:start + first] = rows[:first]
+    if first < len(rows):
+        ring[:len(rows) - first] = rows[first:]
+    del rows  # the view must go before the buffer can shrink
+    del pending[:]
 
 
 class _RecentGate:
@@ -557,7 +561,8 @@ class OnlineCostModel:
         self.max_iteration_s = max_iteration_s
         self.terms = terms
         self._window_features = np.zeros((window, len(FEATURE_NAMES)))
-        self._pending: list[tuple] = []  # feature rows not yet in the window (see _write_rows)
+        self._pending = array("d")  # feature rows not yet in the window, flat (see _write_rows)
+        self._pending_limit = window * len(FEATURE_NAMES)  # a window's worth of rows
         self._times = np.zeros(window)
         self._count = 0  # total accepted samples (ring index = count % window)
         self._since_refit = 0
@@ -581,30 +586,55 @@ class OnlineCostModel:
 
     def observe(self, shape: BatchShape, measured_s: float) -> bool:
         """Record one measured iteration; returns whether it was accepted into the fit window."""
+        if shape.num_seqs == 0:
+            self.observed += 1
+            self.rejected += 1
+            return False
+        return self._observe(shape.features(), shape.num_prefills > 0, self.current.predict_shape(shape), measured_s)
+
+    def observe_decode_steps(self, num_seqs: int, sum_context: int, measured_s) -> list[float]:
+        """:meth:`observe` of decode-only batches of ``num_seqs`` sequences, one after another, the
+        k-th attending to ``sum_context + k * num_seqs`` KV tokens and measured at ``measured_s[k]``
+        (a simulator's run of decode steps, without a shape object per step).  Returns what the model
+        predicted for each step: the model as it stood when that step was observed, before any
+        refit the step caused (what a plan made just before it would have predicted)."""
+        predicted = []
+        for k, step_s in enumerate(measured_s):
+            context = sum_context + k * num_seqs
+            # The arguments predict_shape passes for that shape (BatchShape.add_decode's totals).
+            predicted_s = self.current.predict(num_seqs, context, num_seqs, 0, 0, 0)
+            predicted.append(predicted_s)
+            if num_seqs:
+                self._observe(feature_row(num_seqs, context, num_seqs, 0, False, 0), False, predicted_s, step_s)
+            else:
+                self.observed += 1
+                self.rejected += 1
+        return predicted
+
+    def _observe(self, features: tuple, extend: bool, predicted: float, measured_s: float) -> bool:
+        """:meth:`observe` of a non-empty batch with these ``features`` (with a prefill chunk when
+        ``extend``) that the current model predicts at ``predicted`` seconds."""
         self.observed += 1
         if (
-            shape.num_seqs == 0
-            or isinstance(measured_s, bool)
+            isinstance(measured_s, bool)
             or not isinstance(measured_s, (int, float))
             or not 0.0 < measured_s <= self.max_iteration_s  # False for NaN too
         ):
             self.rejected += 1
             return False
-        features = shape.features()
-        predicted = self.current.predict_shape(shape)
         # Decode-only and extend-path batches are gated apart: a model that is wrong about one
         # class only must not make that whole class look like outliers of the other.
-        gate = self._gates[shape.num_prefills > 0]
+        gate = self._gates[extend]
         if predicted > 0 and gate.is_outlier(features, measured_s, math.log(measured_s / predicted)):
             self.rejected += 1
             self.rejected_outliers += 1
             return False
         pending = self._pending
-        pending.append(features)
+        pending.extend(features)
         self._times[self._count % self.window] = measured_s
         self._count += 1
         self._since_refit += 1
-        if len(pending) >= self.window:
+        if len(pending) >= self._pending_limit:
             _write_rows(self._window_features, pending, self._count)
         if self._count >= self.min_samples and (
             self._since_refit >= self.refit_interval

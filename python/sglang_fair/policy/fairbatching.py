@@ -534,11 +534,26 @@ class FairBatchingPolicy(BatchPolicy):
         if self.clients is not None:  # output tokens are charged as the decodes that ran make them
             for request in plan.decodes:
                 self.clients.charge_output(request)
-        if self.fixed_safety is not None or not plan.predicted_s > 0:
+        self._track_error(plan.predicted_s, measured_s)
+
+    def observe_decode_steps(self, decodes, sum_context: int, measured_s) -> None:
+        """:meth:`observe` of each step of a decode run, with the online model taking the whole run
+        in one call; the error ring needs only each step's prediction, which that call returns."""
+        if self.clients is not None or self.online is None:
+            super().observe_decode_steps(decodes, sum_context, measured_s)
+            return
+        predicted = self.online.observe_decode_steps(len(decodes), sum_context, measured_s)
+        for predicted_s, step_s in zip(predicted, measured_s):
+            self._track_error(predicted_s, step_s)
+
+    def _track_error(self, predicted_s: float, measured_s: float) -> None:
+        """One iteration's measured-over-predicted ratio into the ring the adaptive safety reads
+        (the ring is the policy's alone, so it may be fed after the online model's observes)."""
+        if self.fixed_safety is not None or not predicted_s > 0:
             return
         if not isinstance(measured_s, (int, float)) or not 0 < measured_s < math.inf:
             return
-        self._ratios[self._observed % ERROR_WINDOW] = measured_s / plan.predicted_s
+        self._ratios[self._observed % ERROR_WINDOW] = measured_s / predicted_s
         self._observed += 1
         if self._observed >= ERROR_MIN_SAMPLES and self._observed % ERROR_REFRESH == 0:
             # Leave room for the model's 90th-percentile under-prediction: an iteration predicted

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..policy.base import UNLIMITED, BatchPolicy, IterationView, Plan
-from ..policy.cost_model import BatchShape, CostModel
+from ..policy.cost_model import CostModel
 from ..policy.kv import (
     CLIP_MAX_NEW_TOKENS,
     NewTokenRatio,
@@ -258,22 +258,18 @@ class Replica:
         if steps_left < 2:
             return now_s
         config = self.config
-        model = self.true_model
+        predict = self.true_model.predict
         noise = self.noise if config.noise_sigma > 0 else None
-        policy = self.policy
         context = self._running_context
         ends: list[float] = []
+        measured: list[float] = []
         end_s = now_s
         busy_s = 0.0
+        # The engine's times do not depend on the policy (its own model, its own noise stream), so
+        # the run is timed first and the policy observes the steps after, in one call, in order.
         while len(ends) < steps_left:
-            shape = BatchShape()
-            shape.new_tokens = shape.num_seqs = count
-            shape.sum_context = context
-            measured_s = model.predict_shape(shape)
-            # What the policy predicted: the engine's own time when it plans with the same model
-            # (one prediction fewer per step; a refit makes it another model).
-            plan_model = policy.cost_model
-            predicted_s = measured_s if plan_model is model else plan_model.predict_shape(shape)
+            # The arguments predict_shape passes for the decode step's shape (BatchShape.add_decode).
+            measured_s = predict(count, context, count, 0, 0, 0)
             if noise is not None:
                 measured_noise = noise()
                 measured_s *= measured_noise
@@ -285,12 +281,15 @@ class Replica:
             end_s += measured_s
             busy_s += measured_s
             ends.append(end_s)
-            policy.observe(Plan(running, [], shape, math.inf, predicted_s), measured_s)
-            self.new_token_ratio.decode_step()
+            measured.append(measured_s)
             context += count
         steps = len(ends)
         if not steps:
             return now_s
+        self.policy.observe_decode_steps(running, self._running_context, measured)
+        new_token_ratio = self.new_token_ratio
+        for _ in range(steps):
+            new_token_ratio.decode_step()
         sim = self.sim
         # The gaps every request shares (steps 2..K), and each one's own first gap.
         shared_gaps = [later - earlier for earlier, later in zip(ends, ends[1:])]
