@@ -279,3 +279,24 @@ def test_a_decode_run_observed_in_one_call_is_each_step_observed_in_turn(model):
     assert (fast._count, fast._since_refit, fast.refit_interval) == (slow._count, slow._since_refit, slow.refit_interval)
     assert np.array_equal(fast._features, slow._features) and np.array_equal(fast._times, slow._times)
     assert one_call._ratios == stepwise._ratios and one_call.budget_safety == stepwise.budget_safety
+
+
+def test_the_outlier_gate_center_and_width_are_statistics_medians():
+    """The gate's medians (taken from sorted copies) are ``statistics.median``'s, bit for bit."""
+    import random
+    import statistics
+
+    from sglang_fair.policy.cost_model import _RecentGate
+
+    rng = random.Random(3)
+    gate = _RecentGate(64, math.log(10.0), 6.0)
+    for sample in range(300):
+        log_ratio = rng.gauss(0.0, 0.1) if sample % 17 else rng.uniform(-3, 3)
+        gate.is_outlier((1.0,) * len(FEATURE_NAMES), 0.01, log_ratio)
+        gate._update()
+        logs = gate.logs[: min(gate.count, 64)]
+        center = statistics.median(logs)
+        assert gate.center == center
+        if len(logs) >= gate.MIN_SAMPLES:
+            spread = 1.4826 * statistics.median([abs(x - center) for x in logs])
+            assert gate.width == max(gate.mads * spread, gate.min_log)

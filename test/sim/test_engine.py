@@ -25,6 +25,8 @@ class CheckedPolicy:
         held = sum(r.context_tokens for r in view.decodes) + sum(r.prefilled_tokens for r in view.prefills)
         assert held <= self.capacity
         assert view.free_kv_tokens >= len(view.decodes)
+        # The engine's running total of the decodes' context is their sum (policies read it instead).
+        assert view.decode_context_tokens in (None, sum(r.context_tokens for r in view.decodes))
         plan = self.inner.plan(view)
         assert len(plan.decodes) + plan.prefill_tokens <= view.free_kv_tokens
         # Admissions stay within SGLang's reservation estimate, as its prefill adder would allow.

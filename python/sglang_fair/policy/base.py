@@ -368,7 +368,7 @@ def prefill_admission_budget(
     over those checks, in seconds and converted to prompt tokens.  O(n log n).
     """
     now = view.now_s
-    utilisation = decode_utilisation(view.decodes, model)
+    utilisation = decode_utilisation(view.decodes, model, view.decode_context_tokens)
     spare_share = 1.0 - utilisation
     margin_s = math.inf
     cumulative_s = 0.0
@@ -384,13 +384,15 @@ def prefill_admission_budget(
     return AdmissionBudget(margin_s, tokens, horizon_s, utilisation)
 
 
-def decode_utilisation(decodes: Sequence[RequestState], model: CostModel) -> float:
+def decode_utilisation(decodes: Sequence[RequestState], model: CostModel, sum_context: int | None = None) -> float:
     """Share of the machine running decodes take at the pace their TPOT asks (a decode step every
-    ``min tpot``), the rest being what prefills can count on."""
+    ``min tpot``), the rest being what prefills can count on.  ``sum_context``: the decodes' summed
+    ``context_tokens`` when the caller has it (:attr:`IterationView.decode_context_tokens`)."""
     if not decodes:
         return 0.0
-    min_tpot_s = min(r.tpot_slo_s for r in decodes)
-    sum_context = sum(r.context_tokens for r in decodes)
+    min_tpot_s = min([r.tpot_slo_s for r in decodes])
+    if sum_context is None:
+        sum_context = sum(r.context_tokens for r in decodes)
     return min(1.0, model.predict(len(decodes), sum_context, len(decodes)) / min_tpot_s)
 
 

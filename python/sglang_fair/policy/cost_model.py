@@ -29,8 +29,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 from array import array
+from itertools import chain
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 
@@ -382,24 +382,24 @@ def fit_physical_cost_model(
     return fitted
 
 
-def _write_rows(ring: np.ndarray, pending: array, count: int) -> None:
-    """Write ``pending``, the feature rows (flat, ``ring``'s width each) of samples
-    ``count - rows`` .. ``count - 1``, into ``ring`` (row ``sample % len(ring)``) and empty it.
+def _write_rows(ring: np.ndarray, pending: list, count: int) -> None:
+    """Write ``pending``, the feature rows of samples ``count - len(pending)`` .. ``count - 1``, into
+    ``ring`` (row ``sample % len(ring)``) and empty it.
 
-    Rows are buffered as doubles and written in blocks because one numpy row assignment from a tuple
-    costs about a microsecond, as much as the rest of ``observe``, and converting a list of tuples
-    about as much per row; the doubles are the same either way (int to float rounds alike)."""
+    Rows are buffered and written in blocks because one numpy row assignment from a tuple costs
+    about a microsecond, as much as the rest of ``observe``; ``fromiter`` over the flattened rows
+    converts them a third cheaper than assigning the list of tuples (the same doubles)."""
     if not pending:
         return
-    rows = np.frombuffer(pending, dtype=np.float64).reshape(-1, ring.shape[1])
+    rows = np.fromiter(chain.from_iterable(pending), np.float64, len(pending) * ring.shape[1])
+    rows = rows.reshape(len(pending), ring.shape[1])
     size = len(ring)
-    start = (count - len(rows)) % size
-    first = min(len(rows), size - start)
+    start = (count - len(pending)) % size
+    first = min(len(pending), size - start)
     ring[start:start + first] = rows[:first]
-    if first < len(rows):
-        ring[:len(rows) - first] = rows[first:]
-    del rows  # the view must go before the buffer can shrink
-    del pending[:]
+    if first < len(pending):
+        ring[:len(pending) - first] = rows[first:]
+    pending.clear()
 
 
 class _RecentGate:
@@ -411,7 +411,7 @@ class _RecentGate:
     real change of regime moves the median and stops being rejected.
     """
 
-    __slots__ = ("_features", "_rows", "times", "logs", "count", "center", "width", "min_log", "mads")
+    __slots__ = ("_features", "_rows", "_time_ring", "times", "logs", "count", "center", "width", "min_log", "mads")
 
     #: Fewer samples than this call nothing an outlier.
     MIN_SAMPLES = 16
@@ -422,7 +422,10 @@ class _RecentGate:
         # The rows as given: they are read only after a refit, so they are converted then (a numpy
         # row assignment per sample would cost as much as the rest of observe).
         self._rows: list[tuple] = [(0.0,) * len(FEATURE_NAMES)] * size
-        self.times = np.ones(size)
+        # Times in an array("d") (a numpy scalar store costs several times a plain one); ``times``
+        # reads it as a numpy array, no copy.
+        self._time_ring = array("d", [1.0]) * size
+        self.times = np.frombuffer(self._time_ring, dtype=np.float64)
         self.logs = [0.0] * size  # a list: _update reads it as one every few samples
         self.count = 0
         self.center = 0.0
@@ -434,7 +437,7 @@ class _RecentGate:
         outlier = abs(log_ratio - self.center) > self.width  # judged before it moves the ring
         slot = self.count % len(self.times)
         self._rows[slot] = features
-        self.times[slot] = measured_s
+        self._time_ring[slot] = measured_s
         self.logs[slot] = log_ratio
         self.count += 1
         # The median moves slowly: recomputing it every few samples keeps observe() cheap (it runs
@@ -461,15 +464,26 @@ class _RecentGate:
         self._update()
 
     def _update(self) -> None:
-        # statistics.median on a list of <= gate_window floats: several times cheaper than
-        # numpy's at this size, and it runs every few iterations.
-        logs = self.logs[: min(self.count, len(self.times))]
-        center = self.center = statistics.median(logs)
-        if len(logs) < self.MIN_SAMPLES:
+        # Medians of <= gate_window floats in plain Python: several times cheaper than numpy's at
+        # this size, and it runs every few iterations.  The deviations are taken in sorted order:
+        # a falling run then a rising one, which sorted() merges in one pass.
+        ordered = sorted(self.logs if self.count >= len(self.times) else self.logs[: self.count])
+        center = self.center = _median_of_sorted(ordered)
+        if len(ordered) < self.MIN_SAMPLES:
             self.width = math.inf
             return
-        spread = 1.4826 * statistics.median([abs(x - center) for x in logs])
+        spread = 1.4826 * _median_of_sorted(sorted([abs(x - center) for x in ordered]))
         self.width = max(self.mads * spread, self.min_log)
+
+
+def _median_of_sorted(values: list[float]) -> float:
+    """``statistics.median`` of values already in order (its very expression: the middle one, or
+    the mean of the two middle ones)."""
+    n = len(values)
+    if n % 2 == 1:
+        return values[n // 2]
+    i = n // 2
+    return (values[i - 1] + values[i]) / 2
 
 
 #: A model within 2% (in log) of nine in ten recent samples is settled: no refit until it is not.
@@ -561,9 +575,11 @@ class OnlineCostModel:
         self.max_iteration_s = max_iteration_s
         self.terms = terms
         self._window_features = np.zeros((window, len(FEATURE_NAMES)))
-        self._pending = array("d")  # feature rows not yet in the window, flat (see _write_rows)
-        self._pending_limit = window * len(FEATURE_NAMES)  # a window's worth of rows
-        self._times = np.zeros(window)
+        self._pending: list[tuple] = []  # feature rows not yet in the window (see _write_rows)
+        # Times in an array("d"), stored into per sample (a numpy scalar store costs several times
+        # a plain one); _times is a numpy view of it, no copy.
+        self._time_ring = array("d", [0.0]) * window
+        self._times = np.frombuffer(self._time_ring, dtype=np.float64)
         self._count = 0  # total accepted samples (ring index = count % window)
         self._since_refit = 0
         self._gates = tuple(_RecentGate(gate_window, math.log(outlier_factor), outlier_mads)
@@ -630,11 +646,11 @@ class OnlineCostModel:
             self.rejected_outliers += 1
             return False
         pending = self._pending
-        pending.extend(features)
-        self._times[self._count % self.window] = measured_s
+        pending.append(features)
+        self._time_ring[self._count % self.window] = measured_s
         self._count += 1
         self._since_refit += 1
-        if len(pending) >= self._pending_limit:
+        if len(pending) >= self.window:
             _write_rows(self._window_features, pending, self._count)
         if self._count >= self.min_samples and (
             self._since_refit >= self.refit_interval

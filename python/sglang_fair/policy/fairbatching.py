@@ -170,6 +170,8 @@ class FairBatchingPolicy(BatchPolicy):
             raise ValueError("chunk_spread must be in [0, 1] (0: no spreading)")
         # A prompt with slack is prefilled over that share of the iterations its slack allows.
         self.chunk_spread = chunk_spread
+        self._chunk_model: CostModel | None = None  # the model _chunk_sizes was computed for
+        self._chunk_sizes: dict[int, tuple[int | None, int | None]] = {}
 
     # ================================================================== the iteration, step by step
     def plan(self, view: IterationView) -> Plan:
@@ -272,7 +274,7 @@ class FairBatchingPolicy(BatchPolicy):
         that cannot make its TTFT even if served next starts on its tail deadline.  O(m log m).
         """
         model = self.cost_model
-        share = max(MIN_PREFILL_SHARE, 1.0 - decode_utilisation(view.decodes, model))
+        share = max(MIN_PREFILL_SHARE, 1.0 - decode_utilisation(view.decodes, model, view.decode_context_tokens))
         now_s = view.now_s
         finish_s = now_s + sum(model.prefill_cost_s(r.remaining_prefill_tokens, r.prefilled_tokens)
                                for r in partial) / share
@@ -437,16 +439,31 @@ class FairBatchingPolicy(BatchPolicy):
         if self.max_chunk_tokens is not None:
             return self.max_chunk_tokens or UNLIMITED
         prefix = request.prefilled_tokens
-        efficient = model.efficient_chunk_tokens(prefix)
+        efficient, in_batch = self._efficient_chunks(model, prefix)
         if efficient is None:
             return UNLIMITED
         cap = efficient
         slack_s = first_token_deadline(request) - now_s
         if self.chunk_spread > 0 and period_s > 0 and slack_s > period_s and request.generated_tokens == 0:
             iterations = self.chunk_spread * slack_s / period_s
-            in_batch = model.efficient_chunk_tokens(prefix, overhead_s=model.per_seq_s + model.per_mixed_seq_s)
             cap = min(cap, max(in_batch, int(math.ceil(request.remaining_prefill_tokens / iterations))))
         return max(cap, self.min_chunk_tokens)
+
+    def _efficient_chunks(self, model: CostModel, prefix: int) -> tuple[int | None, int | None]:
+        """``model``'s most efficient chunk after ``prefix`` tokens, alone and joining a batch
+        (:meth:`CostModel.efficient_chunk_tokens`), remembered per model: most prompts start at
+        prefix 0, and every plan asks again (a model is never changed in place; a refit is a new
+        one, which starts a new memo)."""
+        if model is not self._chunk_model:
+            self._chunk_model, self._chunk_sizes = model, {}
+        sizes = self._chunk_sizes.get(prefix)
+        if sizes is None:
+            if len(self._chunk_sizes) >= 4096:  # prefixes of chunked prompts: keep it small
+                self._chunk_sizes.clear()
+            sizes = self._chunk_sizes[prefix] = (
+                model.efficient_chunk_tokens(prefix),
+                model.efficient_chunk_tokens(prefix, overhead_s=model.per_seq_s + model.per_mixed_seq_s))
+        return sizes
 
     # ------------------------------------------------------------------ 2'. prefills apart
     def keeps_prefills_apart(self, view: IterationView) -> bool:

@@ -176,7 +176,7 @@ class Replica:
         return IterationView(  # every field by position (the cheapest call; once per iteration)
             now_s, self.running, prefills, self.free_kv_tokens, config.kv_capacity_tokens,
             config.max_running_requests, config.max_prefill_tokens, self._admission_kv_tokens(),
-            config.max_running_requests - len(self.running) - len(self.partial),
+            config.max_running_requests - len(self.running) - len(self.partial), self._running_context,
         )
 
     def _admission_kv_tokens(self) -> float:
@@ -253,7 +253,7 @@ class Replica:
         count = len(running)
         if not self.decode_runs:
             return now_s
-        steps_left = min(r.output_tokens - r.generated_tokens for r in running) - 1
+        steps_left = min([r.output_tokens - r.generated_tokens for r in running]) - 1
         steps_left = min(steps_left, self.free_kv_tokens // count - 1)
         if steps_left < 2:
             return now_s
