@@ -266,3 +266,30 @@ def test_a_rejected_request_is_retried_on_another_replica():
                               admission_control=True, retries=retries) for retries in (0, 2)}
     assert 0 < runs[2].rejected.sum() < runs[0].rejected.sum()
     assert np.isfinite(runs[2].finish_s[~runs[2].rejected]).all()
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.1])
+def test_a_runs_last_step_played_with_the_run_is_the_step_played_alone(noise):
+    """The step an arrival comes during, played with its decode run (one replica), gives every
+    result bit for bit as when it is planned and completed on its own (a wrapped policy, whose type
+    does not say how it plans decode steps, never has it folded)."""
+    from sglang_fair.policy import build_policy
+
+    class Wrapped:
+        def __init__(self, inner):
+            self.inner, self.name = inner, inner.name
+
+        def __getattr__(self, item):
+            return getattr(self.inner, item)
+
+    rng = np.random.default_rng(9)
+    n = 300
+    w = small_workload(rng.integers(20, 1500, n), rng.integers(1, 200, n), np.sort(rng.uniform(0, 30, n)))
+    config = EngineConfig(kv_capacity_tokens=60_000, noise_sigma=noise)
+    folded = simulate(w, lambda: build_policy("fairbatching", A100), config=config, seed=3)
+    alone = simulate(w, lambda: Wrapped(build_policy("fairbatching", A100)), config=config, seed=3)
+    for name in ("first_token_s", "finish_s", "worst_slack_s", "max_tbt_s", "generated_tokens", "tbt_gaps_s",
+                 "tbt_counts"):
+        exact = np.asarray(getattr(folded, name), dtype=float), np.asarray(getattr(alone, name), dtype=float)
+        assert np.array_equal(*exact, equal_nan=True), name
+    assert (folded.iterations, folded.busy_s, folded.end_s) == (alone.iterations, alone.busy_s, alone.end_s)

@@ -57,6 +57,9 @@ __all__ = [
 ]
 
 ROUTER_NAMES = ("round_robin", "least_load", "power_of_two", "pab")
+#: The in-flight marker of a decode step already played with its run (Replica._decode_run):
+#: completing it does nothing.
+_PLAYED = Plan()
 
 
 @dataclass
@@ -120,6 +123,9 @@ class Replica:
 
     #: Play runs of decode steps in one go (False: one step at a time; a test compares the two).
     decode_runs = True
+    #: Play a run's last step, the one an arrival comes during, with the run (set by Simulation.run
+    #: where nothing reads the replica meanwhile; see _decode_run).
+    fold_last_step = False
 
     def __init__(self, index: int, policy: BatchPolicy, config: EngineConfig, sim: "Simulation") -> None:
         self.index = index
@@ -215,6 +221,8 @@ class Replica:
                 self.next_s = math.inf
                 return
             now_s = self._decode_run(now_s, horizon_s)
+            if now_s is None:  # the run's last step is in flight, already played (_decode_run)
+                return
             started = time.perf_counter()
             plan = self.policy.plan_decode_step(self._decode_view(now_s))
         else:
@@ -241,14 +249,20 @@ class Replica:
         self.inflight = plan
         self.next_s = now_s + measured_s
 
-    def _decode_run(self, now_s: float, horizon_s: float) -> float:
+    def _decode_run(self, now_s: float, horizon_s: float) -> float | None:
         """Play decode steps back to back from ``now_s`` while each ends before ``horizon_s``, no
         request reaches its length and KV lasts; return when the last one ended.
 
         Every running request decodes in each of them, so they differ only in the context that
         grows by one token per request per step: the engine's times, the policy's ``observe`` and
         every metric come out as they would one step at a time (the test suite checks it), without
-        a pass over the requests per step."""
+        a pass over the requests per step.
+
+        With :attr:`fold_last_step`, the step that runs past ``horizon_s`` (the decode step
+        ``plan_decode_step`` would start next, every request in it, nobody finishing) is played
+        too, and left in flight until it ends: return None.  Only where nothing reads this replica
+        until then (one replica, no admission control, no early stop): an arrival then only joins
+        the queue."""
         running = self.running
         count = len(running)
         if not self.decode_runs:
@@ -265,6 +279,7 @@ class Replica:
         measured: list[float] = []
         end_s = now_s
         busy_s = 0.0
+        last_s = None  # the folded last step's time (see fold_last_step)
         # The engine's times do not depend on the policy (its own model, its own noise stream), so
         # the run is timed first and the policy observes the steps after, in one call, in order.
         while len(ends) < steps_left:
@@ -275,7 +290,10 @@ class Replica:
                 measured_s *= measured_noise
             measured_s = max(measured_s, 1e-6)
             if end_s + measured_s >= horizon_s:
-                if noise is not None:  # keep the stream in step with one-at-a-time play
+                if (ends and self.fold_last_step and count <= config.max_running_requests
+                        and count <= self.free_kv_tokens - count * len(ends)):
+                    last_s = measured_s  # the step plan_decode_step would start next: played too
+                elif noise is not None:  # keep the stream in step with one-at-a-time play
                     self._noise_buffer.append(measured_noise)
                 break
             end_s += measured_s
@@ -286,9 +304,12 @@ class Replica:
         steps = len(ends)
         if not steps:
             return now_s
+        if last_s is not None:
+            measured.append(last_s)
+            last_end_s = end_s + last_s
         self.policy.observe_decode_steps(running, self._running_context, measured)
         new_token_ratio = self.new_token_ratio
-        for _ in range(steps):
+        for _ in range(len(measured)):
             new_token_ratio.decode_step()
         sim = self.sim
         # The gaps every request shares (steps 2..K), and each one's own first gap.
@@ -299,29 +320,67 @@ class Replica:
         # + (k - 1) * tpot - ends[k-1]; the minimum over k depends on the request only by its TPOT.
         lowest_by_tpot: dict[float, float] = {}
         record_gap = sim.tbt_gaps_s.append
-        for request, slack_at_zero in zip(running, envelope_slacks_s(running, 0.0)):
-            tpot_s = request.tpot_slo_s
-            lowest = lowest_by_tpot.get(tpot_s)
-            if lowest is None:
-                lowest = lowest_by_tpot[tpot_s] = min(k * tpot_s - end for k, end in enumerate(ends))
-            slack = slack_at_zero + lowest
-            if slack < request.worst_slack_s:
-                request.worst_slack_s = slack
-            gap = first_end_s - request.last_token_s
-            record_gap(gap)
-            if gap > request.max_tbt_s:
-                request.max_tbt_s = gap
-            if longest_shared_s > request.max_tbt_s:
-                request.max_tbt_s = longest_shared_s
-            request.generated_tokens += steps
-            request.last_token_s = end_s
+        if last_s is None:
+            for request, slack_at_zero in zip(running, envelope_slacks_s(running, 0.0)):
+                tpot_s = request.tpot_slo_s
+                lowest = lowest_by_tpot.get(tpot_s)
+                if lowest is None:
+                    lowest = lowest_by_tpot[tpot_s] = min(k * tpot_s - end for k, end in enumerate(ends))
+                slack = slack_at_zero + lowest
+                if slack < request.worst_slack_s:
+                    request.worst_slack_s = slack
+                gap = first_end_s - request.last_token_s
+                record_gap(gap)
+                if gap > request.max_tbt_s:
+                    request.max_tbt_s = gap
+                if longest_shared_s > request.max_tbt_s:
+                    request.max_tbt_s = longest_shared_s
+                request.generated_tokens += steps
+                request.last_token_s = end_s
+        else:
+            # The same, and the folded step as _complete would end it: its token's envelope slack
+            # (the token `steps` after each one's next, out at last_end_s) and its gap, one for all.
+            last_gap_s = last_end_s - end_s
+            for request, slack_at_zero, last_slack in zip(running, envelope_slacks_s(running, 0.0),
+                                                          envelope_slacks_s(running, last_end_s, steps)):
+                tpot_s = request.tpot_slo_s
+                lowest = lowest_by_tpot.get(tpot_s)
+                if lowest is None:
+                    lowest = lowest_by_tpot[tpot_s] = min(k * tpot_s - end for k, end in enumerate(ends))
+                slack = slack_at_zero + lowest
+                if slack < request.worst_slack_s:
+                    request.worst_slack_s = slack
+                if last_slack < request.worst_slack_s:
+                    request.worst_slack_s = last_slack
+                gap = first_end_s - request.last_token_s
+                record_gap(gap)
+                if gap > request.max_tbt_s:
+                    request.max_tbt_s = gap
+                if longest_shared_s > request.max_tbt_s:
+                    request.max_tbt_s = longest_shared_s
+                if last_gap_s > request.max_tbt_s:
+                    request.max_tbt_s = last_gap_s
+                request.generated_tokens += steps + 1
+                request.last_token_s = last_end_s
         sim.record_shared_gaps(shared_gaps, count)
         self._running_context = context
         self._running_generated += count * steps
         self.free_kv_tokens -= count * steps
         self.iterations += steps
         self.busy_s += busy_s
-        return end_s
+        if last_s is None:
+            return end_s
+        # The folded step's bookkeeping, in the order step() and _complete() keep it: its gaps go
+        # after the run's (nothing else records one before it ends: one replica).
+        sim.tbt_gaps_s.extend([last_gap_s] * count)
+        self._running_context += count
+        self._running_generated += count
+        self.free_kv_tokens -= count
+        self.iterations += 1
+        self.busy_s += last_s
+        self.inflight = _PLAYED
+        self.next_s = last_end_s
+        return None
 
     def _decode_view(self, now_s: float) -> IterationView:
         config = self.config
@@ -638,6 +697,13 @@ class Simulation:
         requests = self.requests
         next_index = 0
         early_stop = self.stop_after_misses is not None or self.stop_after_tail_misses is not None
+        # A run's last decode step may be played with the run where nothing reads the replica until
+        # it ends (no other replica's router, no admission control, no stop before it ends) and
+        # the policy plans decode steps as BatchPolicy does.
+        fold = single is not None and not self.admission_control and not early_stop
+        for replica in replicas:
+            replica.fold_last_step = fold and (
+                getattr(type(replica.policy), "plan_decode_step", None) is BatchPolicy.plan_decode_step)
         stopped = False
         now_s = 0.0
         while True:
