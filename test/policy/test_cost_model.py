@@ -300,3 +300,28 @@ def test_the_outlier_gate_center_and_width_are_statistics_medians():
         if len(logs) >= gate.MIN_SAMPLES:
             spread = 1.4826 * statistics.median([abs(x - center) for x in logs])
             assert gate.width == max(gate.mads * spread, gate.min_log)
+
+
+def test_a_plan_says_which_model_predicted_it_and_observe_reuses_only_that(model):
+    """BatchBuilder.finish records the model behind ``predicted_s``; observe reuses the prediction
+    only while that model is the online model's current one (the engine likewise for its own)."""
+    from sglang_fair.policy import IterationView, RequestState, build_policy
+
+    policy = build_policy("fairbatching", model)
+    decodes = []
+    for i in range(6):
+        request = RequestState(str(i), 0.0, 300 + i, 1.0, 0.05, max_new_tokens=100)
+        request.prefilled_tokens = request.fill_tokens
+        request.first_token_s = 0.5
+        request.generated_tokens = 3
+        decodes.append(request)
+    plan = policy.plan(IterationView(1.0, decodes, [RequestState("p", 0.9, 700, 1.0, 0.05, max_new_tokens=50)]))
+    assert plan.predicted_by is policy.cost_model
+    assert plan.predicted_s == policy.cost_model.predict_shape(plan.shape)
+    stale = OnlineCostModel(model)
+    stale.current = CostModel(*(model.coefficients() * 2), name="other")  # a refit came in between
+    fresh = OnlineCostModel(model)
+    fresh.current = stale.current
+    stale.observe(plan.shape, 0.05, plan.predicted_s if plan.predicted_by is stale.current else None)
+    fresh.observe(plan.shape, 0.05)
+    assert stale.snapshot() == fresh.snapshot() and stale._gates[1].logs == fresh._gates[1].logs

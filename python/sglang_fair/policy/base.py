@@ -83,6 +83,9 @@ class Plan:
     predicted_s: float = 0.0
     urgent_decodes: int = 0
     skipped_decodes: int = 0
+    #: The model whose prediction for ``shape`` ``predicted_s`` is (set by BatchBuilder.finish), so
+    #: a reader asking that model about that shape need not ask again; None: not known.
+    predicted_by: CostModel | None = None
 
     @property
     def empty(self) -> bool:
@@ -274,7 +277,11 @@ class BatchBuilder:
 
     def finish(self, view: IterationView) -> Plan:
         plan = self.plan
-        plan.predicted_s = self.model.predict_shape(plan.shape) if not plan.empty else 0.0
+        if plan.empty:
+            plan.predicted_s = 0.0
+        else:
+            plan.predicted_s = self.model.predict_shape(plan.shape)
+            plan.predicted_by = self.model
         plan.skipped_decodes = len(view.decodes) - len(plan.decodes)
         return plan
 
@@ -312,8 +319,10 @@ class BatchPolicy:
         return builder.finish(view)
 
     def observe(self, plan: Plan, measured_s: float) -> None:
-        if self.online is not None:
-            self.online.observe(plan.shape, measured_s)
+        online = self.online
+        if online is not None:
+            # The plan's own prediction when the model that made it is still the current one.
+            online.observe(plan.shape, measured_s, plan.predicted_s if plan.predicted_by is online.current else None)
 
     def observe_decode_steps(self, decodes: Sequence[RequestState], sum_context: int,
                              measured_s: Sequence[float]) -> None:

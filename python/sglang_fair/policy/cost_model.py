@@ -600,13 +600,16 @@ class OnlineCostModel:
     def predict_shape(self, shape: BatchShape) -> float:
         return self.current.predict_shape(shape)
 
-    def observe(self, shape: BatchShape, measured_s: float) -> bool:
-        """Record one measured iteration; returns whether it was accepted into the fit window."""
+    def observe(self, shape: BatchShape, measured_s: float, predicted_s: float | None = None) -> bool:
+        """Record one measured iteration; returns whether it was accepted into the fit window.
+        ``predicted_s``: the current model's ``predict_shape(shape)``, when the caller has it."""
         if shape.num_seqs == 0:
             self.observed += 1
             self.rejected += 1
             return False
-        return self._observe(shape.features(), shape.num_prefills > 0, self.current.predict_shape(shape), measured_s)
+        if predicted_s is None:
+            predicted_s = self.current.predict_shape(shape)
+        return self._observe(shape.features(), shape.num_prefills > 0, predicted_s, measured_s)
 
     def observe_decode_steps(self, num_seqs: int, sum_context: int, measured_s) -> list[float]:
         """:meth:`observe` of decode-only batches of ``num_seqs`` sequences, one after another, the

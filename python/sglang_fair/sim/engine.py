@@ -237,7 +237,9 @@ class Replica:
             )
         if plan.decodes:
             self.new_token_ratio.decode_step()
-        measured_s = self.true_model.predict_shape(plan.shape)
+        # The engine's time: the plan's own prediction when the engine's model made it.
+        true_model = self.true_model
+        measured_s = plan.predicted_s if plan.predicted_by is true_model else true_model.predict_shape(plan.shape)
         if self.config.noise_sigma > 0:
             measured_s *= self.noise()
         measured_s = max(measured_s, 1e-6)
