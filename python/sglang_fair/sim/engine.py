@@ -57,9 +57,10 @@ __all__ = [
 ]
 
 ROUTER_NAMES = ("round_robin", "least_load", "power_of_two", "pab")
-#: The in-flight marker of a decode step already played with its run (Replica._decode_run):
-#: completing it does nothing.
+#: In-flight markers of a decode step already played with its run (Replica._decode_run):
+#: completing it does nothing, or (the second) only releases the requests it finished.
 _PLAYED = Plan()
+_PLAYED_FINISHING = Plan()
 
 
 @dataclass
@@ -261,10 +262,11 @@ class Replica:
         a pass over the requests per step.
 
         With :attr:`fold_last_step`, the step that runs past ``horizon_s`` (the decode step
-        ``plan_decode_step`` would start next, every request in it, nobody finishing) is played
-        too, and left in flight until it ends: return None.  Only where nothing reads this replica
-        until then (one replica, no admission control, no early stop): an arrival then only joins
-        the queue."""
+        ``plan_decode_step`` would start next, every request in it) is played too, as is the step
+        after a run that stops because a request reaches its length, and left in flight until it
+        ends (the requests it finishes are released then): return None.  Only where nothing reads
+        this replica until then (one replica, no admission control, no early stop): an arrival
+        then only joins the queue."""
         running = self.running
         count = len(running)
         if not self.decode_runs:
@@ -306,6 +308,14 @@ class Replica:
         steps = len(ends)
         if not steps:
             return now_s
+        if (steps == steps_left and self.fold_last_step and count <= config.max_running_requests
+                and count <= self.free_kv_tokens - count * steps):
+            # The run stopped because the next step reaches a request's length (or the pool's
+            # end): that step, timed as step() would time it, is played with the run too.
+            last_s = predict(count, context, count, 0, 0, 0)
+            if noise is not None:
+                last_s *= noise()
+            last_s = max(last_s, 1e-6)
         if last_s is not None:
             measured.append(last_s)
             last_end_s = end_s + last_s
@@ -343,6 +353,7 @@ class Replica:
             # The same, and the folded step as _complete would end it: its token's envelope slack
             # (the token `steps` after each one's next, out at last_end_s) and its gap, one for all.
             last_gap_s = last_end_s - end_s
+            finishing = False
             for request, slack_at_zero, last_slack in zip(running, envelope_slacks_s(running, 0.0),
                                                           envelope_slacks_s(running, last_end_s, steps)):
                 tpot_s = request.tpot_slo_s
@@ -362,8 +373,11 @@ class Replica:
                     request.max_tbt_s = longest_shared_s
                 if last_gap_s > request.max_tbt_s:
                     request.max_tbt_s = last_gap_s
-                request.generated_tokens += steps + 1
+                generated = request.generated_tokens + steps + 1
+                request.generated_tokens = generated
                 request.last_token_s = last_end_s
+                if generated >= request.output_tokens:
+                    finishing = True
         sim.record_shared_gaps(shared_gaps, count)
         self._running_context = context
         self._running_generated += count * steps
@@ -380,7 +394,7 @@ class Replica:
         self.free_kv_tokens -= count
         self.iterations += 1
         self.busy_s += last_s
-        self.inflight = _PLAYED
+        self.inflight = _PLAYED_FINISHING if finishing else _PLAYED
         self.next_s = last_end_s
         return None
 
@@ -449,6 +463,9 @@ class Replica:
 
     # --- iteration end ------------------------------------------------------------------------
     def _complete(self, plan: Plan, end_s: float) -> None:
+        if plan is _PLAYED_FINISHING:  # played with its run: only the release is left
+            self._release_finished(end_s)
+            return
         sim = self.sim
         record_gap = sim.tbt_gaps_s.append
         finished = False
@@ -501,17 +518,22 @@ class Replica:
         if filled:
             self.partial = [r for r in self.partial if r.is_prefilling]
         if finished:
-            keep = []
-            for request in self.running:
-                if request.generated_tokens >= request.output_tokens:
-                    request.finish_s = end_s
-                    self.free_kv_tokens += request.held_kv_tokens
-                    self._leave_running(request)
-                    self.policy.release(request)
-                    sim.finished(request)
-                else:
-                    keep.append(request)
-            self.running = keep
+            self._release_finished(end_s)
+
+    def _release_finished(self, end_s: float) -> None:
+        """The running requests that reached their length at ``end_s`` finish: KV freed, released."""
+        sim = self.sim
+        keep = []
+        for request in self.running:
+            if request.generated_tokens >= request.output_tokens:
+                request.finish_s = end_s
+                self.free_kv_tokens += request.held_kv_tokens
+                self._leave_running(request)
+                self.policy.release(request)
+                sim.finished(request)
+            else:
+                keep.append(request)
+        self.running = keep
 
 
 @dataclass
