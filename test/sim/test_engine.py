@@ -271,9 +271,8 @@ def test_a_rejected_request_is_retried_on_another_replica():
 @pytest.mark.parametrize("noise", [0.0, 0.1])
 def test_a_runs_last_step_played_with_the_run_is_the_step_played_alone(noise):
     """The step an arrival comes during, or the one that finishes a request, played with its decode
-    run (one replica), gives every
-    result bit for bit as when it is planned and completed on its own (a wrapped policy, whose type
-    does not say how it plans decode steps, never has it folded)."""
+    run (one replica), gives every result bit for bit as when it is planned and completed on its own
+    (a wrapped policy, whose type does not say how it plans decode steps, never has it folded)."""
     from sglang_fair.policy import build_policy
 
     class Wrapped:
