@@ -293,3 +293,20 @@ def test_a_runs_last_step_played_with_the_run_is_the_step_played_alone(noise):
         exact = np.asarray(getattr(folded, name), dtype=float), np.asarray(getattr(alone, name), dtype=float)
         assert np.array_equal(*exact, equal_nan=True), name
     assert (folded.iterations, folded.busy_s, folded.end_s) == (alone.iterations, alone.busy_s, alone.end_s)
+
+
+def test_gaps_packed_in_blocks_keep_their_order(monkeypatch):
+    """The gaps between tokens are buffered and packed every GAP_BLOCK: any block size gives the
+    same array, in the same order."""
+    from sglang_fair.sim import engine
+
+    rng = np.random.default_rng(2)
+    n = 120
+    w = small_workload(rng.integers(20, 900, n), rng.integers(1, 150, n), np.sort(rng.uniform(0, 10, n)))
+    results = []
+    for block in (engine.GAP_BLOCK, 7):
+        monkeypatch.setattr(engine, "GAP_BLOCK", block)
+        results.append(simulate(w, lambda: make_policy("fairbatching", A100)))
+    assert len(results[0].tbt_gaps_s) > 100
+    assert np.array_equal(results[0].tbt_gaps_s, results[1].tbt_gaps_s)
+    assert np.array_equal(results[0].tbt_counts, results[1].tbt_counts)
