@@ -325,3 +325,30 @@ def test_a_plan_says_which_model_predicted_it_and_observe_reuses_only_that(model
     stale.observe(plan.shape, 0.05, plan.predicted_s if plan.predicted_by is stale.current else None)
     fresh.observe(plan.shape, 0.05)
     assert stale.snapshot() == fresh.snapshot() and stale._gates[1].logs == fresh._gates[1].logs
+
+
+def test_add_decodes_adds_what_add_decode_one_at_a_time_would(model):
+    """The batched hot path and the one-request rule stop at the same request: time, KV, seats."""
+    import random
+
+    from sglang_fair.policy import BatchBuilder, IterationView, RequestState
+
+    rng = random.Random(4)
+    for case in range(300):
+        requests = []
+        for i in range(rng.randint(0, 40)):
+            request = RequestState(str(i), 0.0, rng.randint(1, 4000), 1.0, 0.05)
+            request.prefilled_tokens = request.fill_tokens
+            request.generated_tokens = rng.randint(1, 500)
+            requests.append(request)
+        view = IterationView(0.0, requests, [], free_kv_tokens=rng.choice([0, 5, 30, 10**6]),
+                             max_batch_requests=rng.choice([0, 3, 25, 256]))
+        budget_s = rng.choice([math.inf, 0.0, 0.005, 0.012, 0.03])
+        batched, single = (BatchBuilder(view, model, time_budget_s=budget_s) for _ in range(2))
+        added = batched.add_decodes(requests)
+        for request in requests:
+            if not single.add_decode(request):
+                break
+        assert added == len(single.plan.decodes) and batched.plan.decodes == single.plan.decodes
+        assert (batched.kv_left, batched.seats_left, batched.plan.shape.sum_context) == (
+            single.kv_left, single.seats_left, single.plan.shape.sum_context)

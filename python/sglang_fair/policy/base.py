@@ -185,17 +185,16 @@ class BatchBuilder:
         room_s = math.inf if force else self.time_budget_s - self.predicted_s
         added_s = 0.0
         added_context = 0
-        count = 0
-        for request in requests:
-            if count >= limit:
-                break
+        head = requests if len(requests) <= limit else requests[:max(limit, 0)]
+        count = len(head)  # unless one does not fit
+        for index, request in enumerate(head):
             context = request.prefilled_tokens + request.generated_tokens
             cost_s = per_decode_s + per_context_s * context
             if cost_s > room_s - added_s:
+                count = index
                 break
             added_s += cost_s
             added_context += context
-            count += 1
         if count:
             self.plan.decodes.extend(requests[:count] if count < len(requests) else requests)
             self.kv_left -= count
