@@ -249,3 +249,106 @@ def test_builder_charges_the_first_chunk_the_mixing_cost():
     assert builder.add_decodes(decodes[9:]) == 1
     assert builder.predicted_s == pytest.approx(CPU_LIKE.predict_shape(builder.plan.shape))
     assert builder.predicted_s <= 0.2
+
+
+def test_a_decode_run_observed_in_one_call_is_each_step_observed_in_turn(model):
+    """``observe_decode_steps`` (the simulator's decode runs) is the per-step ``observe`` of each
+    step's plan, bit for bit: the online model's state, its refits mid-run (a slower, noisy engine
+    makes some), and FairBatching's error ring and safety."""
+    from sglang_fair.policy import BatchPolicy, build_policy
+
+    slower = CostModel(*(model.coefficients() * 1.6), name="slower")
+    rng = np.random.default_rng(7)
+    runs = []
+    for _ in range(400):
+        count, context = int(rng.integers(1, 120)), int(rng.integers(100, 90_000))
+        steps = int(rng.integers(1, 12))
+        measured = [slower.predict(count, context + k * count, count) * float(rng.lognormal(0, 0.05))
+                    for k in range(steps)]
+        if rng.uniform() < 0.02:
+            measured[0] = float("nan")  # garbage is rejected alike
+        runs.append((count, context, measured))
+    one_call, stepwise = build_policy("fairbatching", model), build_policy("fairbatching", model)
+    for count, context, measured in runs:
+        decodes = [object()] * count  # only their number matters to the model
+        one_call.observe_decode_steps(decodes, context, measured)
+        BatchPolicy.observe_decode_steps(stepwise, decodes, context, measured)  # plan by plan
+    fast, slow = one_call.online, stepwise.online
+    assert fast.refits > 0 and fast.rejected > 0
+    assert fast.snapshot() == slow.snapshot()
+    assert (fast._count, fast._since_refit, fast.refit_interval) == (slow._count, slow._since_refit, slow.refit_interval)
+    assert np.array_equal(fast._features, slow._features) and np.array_equal(fast._times, slow._times)
+    assert one_call._ratios == stepwise._ratios and one_call.budget_safety == stepwise.budget_safety
+
+
+def test_the_outlier_gate_center_and_width_are_statistics_medians():
+    """The gate's medians (taken from sorted copies) are ``statistics.median``'s, bit for bit."""
+    import random
+    import statistics
+
+    from sglang_fair.policy.cost_model import _RecentGate
+
+    rng = random.Random(3)
+    gate = _RecentGate(64, math.log(10.0), 6.0)
+    for sample in range(300):
+        log_ratio = rng.gauss(0.0, 0.1) if sample % 17 else rng.uniform(-3, 3)
+        gate.is_outlier((1.0,) * len(FEATURE_NAMES), 0.01, log_ratio)
+        gate._update()
+        logs = gate.logs[: min(gate.count, 64)]
+        center = statistics.median(logs)
+        assert gate.center == center
+        if len(logs) >= gate.MIN_SAMPLES:
+            spread = 1.4826 * statistics.median([abs(x - center) for x in logs])
+            assert gate.width == max(gate.mads * spread, gate.min_log)
+
+
+def test_a_plan_says_which_model_predicted_it_and_observe_reuses_only_that(model):
+    """BatchBuilder.finish records the model behind ``predicted_s``; observe reuses the prediction
+    only while that model is the online model's current one (the engine likewise for its own)."""
+    from sglang_fair.policy import IterationView, RequestState, build_policy
+
+    policy = build_policy("fairbatching", model)
+    decodes = []
+    for i in range(6):
+        request = RequestState(str(i), 0.0, 300 + i, 1.0, 0.05, max_new_tokens=100)
+        request.prefilled_tokens = request.fill_tokens
+        request.first_token_s = 0.5
+        request.generated_tokens = 3
+        decodes.append(request)
+    plan = policy.plan(IterationView(1.0, decodes, [RequestState("p", 0.9, 700, 1.0, 0.05, max_new_tokens=50)]))
+    assert plan.predicted_by is policy.cost_model
+    assert plan.predicted_s == policy.cost_model.predict_shape(plan.shape)
+    stale = OnlineCostModel(model)
+    stale.current = CostModel(*(model.coefficients() * 2), name="other")  # a refit came in between
+    fresh = OnlineCostModel(model)
+    fresh.current = stale.current
+    stale.observe(plan.shape, 0.05, plan.predicted_s if plan.predicted_by is stale.current else None)
+    fresh.observe(plan.shape, 0.05)
+    assert stale.snapshot() == fresh.snapshot() and stale._gates[1].logs == fresh._gates[1].logs
+
+
+def test_add_decodes_adds_what_add_decode_one_at_a_time_would(model):
+    """The batched hot path and the one-request rule stop at the same request: time, KV, seats."""
+    import random
+
+    from sglang_fair.policy import BatchBuilder, IterationView, RequestState
+
+    rng = random.Random(4)
+    for case in range(300):
+        requests = []
+        for i in range(rng.randint(0, 40)):
+            request = RequestState(str(i), 0.0, rng.randint(1, 4000), 1.0, 0.05)
+            request.prefilled_tokens = request.fill_tokens
+            request.generated_tokens = rng.randint(1, 500)
+            requests.append(request)
+        view = IterationView(0.0, requests, [], free_kv_tokens=rng.choice([0, 5, 30, 10**6]),
+                             max_batch_requests=rng.choice([0, 3, 25, 256]))
+        budget_s = rng.choice([math.inf, 0.0, 0.005, 0.012, 0.03])
+        batched, single = (BatchBuilder(view, model, time_budget_s=budget_s) for _ in range(2))
+        added = batched.add_decodes(requests)
+        for request in requests:
+            if not single.add_decode(request):
+                break
+        assert added == len(single.plan.decodes) and batched.plan.decodes == single.plan.decodes
+        assert (batched.kv_left, batched.seats_left, batched.plan.shape.sum_context) == (
+            single.kv_left, single.seats_left, single.plan.shape.sum_context)

@@ -101,6 +101,9 @@ def test_the_many_request_forms_match_the_methods_bit_for_bit():
     now_s = 110.0
     assert next_deadlines_s(requests) == [r.next_deadline_s for r in requests]
     assert envelope_slacks_s(requests, now_s) == [r.envelope_slack_s(r.generated_tokens, now_s) for r in requests]
+    for ahead in (1, 7):
+        assert envelope_slacks_s(requests, now_s, ahead) == [r.envelope_slack_s(r.generated_tokens + ahead, now_s)
+                                                            for r in requests]
     assert any_lost(requests, now_s) == any(r.is_lost(now_s) for r in requests)
     assert any_lost(requests, now_s)
     assert not any_lost([r for r in requests if not r.is_lost(now_s)], now_s)

@@ -27,6 +27,8 @@ class CheckedPolicy:
         assert view.free_kv_tokens >= len(view.decodes)
         # One chunked prompt at a time, as SGLang's scheduler holds (``chunked_req``).
         assert sum(1 for r in view.prefills if r.prefilled_tokens > 0) <= 1
+        # The engine's running total of the decodes' context is their sum (policies read it instead).
+        assert view.decode_context_tokens in (None, sum(r.context_tokens for r in view.decodes))
         plan = self.inner.plan(view)
         assert len(plan.decodes) + plan.prefill_tokens <= view.free_kv_tokens
         # Admissions stay within SGLang's reservation estimate, as its prefill adder would allow.
@@ -288,3 +290,47 @@ def test_a_rejected_request_is_retried_on_another_replica():
     served_on = {k: np.bincount(run.replica[~run.rejected], minlength=3) for k, run in runs.items()}
     assert np.ptp(served_on[2]) < np.ptp(served_on[0])  # the replicas' work evens out
     assert np.isfinite(runs[2].finish_s[~runs[2].rejected]).all()
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.1])
+def test_a_runs_last_step_played_with_the_run_is_the_step_played_alone(noise):
+    """The step an arrival comes during, or the one that finishes a request, played with its decode
+    run (one replica), gives every result bit for bit as when it is planned and completed on its own
+    (a wrapped policy, whose type does not say how it plans decode steps, never has it folded)."""
+    from sglang_fair.policy import build_policy
+
+    class Wrapped:
+        def __init__(self, inner):
+            self.inner, self.name = inner, inner.name
+
+        def __getattr__(self, item):
+            return getattr(self.inner, item)
+
+    rng = np.random.default_rng(9)
+    n = 300
+    w = small_workload(rng.integers(20, 1500, n), rng.integers(1, 200, n), np.sort(rng.uniform(0, 30, n)))
+    config = EngineConfig(kv_capacity_tokens=60_000, noise_sigma=noise)
+    folded = simulate(w, lambda: build_policy("fairbatching", A100), config=config, seed=3)
+    alone = simulate(w, lambda: Wrapped(build_policy("fairbatching", A100)), config=config, seed=3)
+    for name in ("first_token_s", "finish_s", "worst_slack_s", "max_tbt_s", "generated_tokens", "tbt_gaps_s",
+                 "tbt_counts"):
+        exact = np.asarray(getattr(folded, name), dtype=float), np.asarray(getattr(alone, name), dtype=float)
+        assert np.array_equal(*exact, equal_nan=True), name
+    assert (folded.iterations, folded.busy_s, folded.end_s) == (alone.iterations, alone.busy_s, alone.end_s)
+
+
+def test_gaps_packed_in_blocks_keep_their_order(monkeypatch):
+    """The gaps between tokens are buffered and packed every GAP_BLOCK: any block size gives the
+    same array, in the same order."""
+    from sglang_fair.sim import engine
+
+    rng = np.random.default_rng(2)
+    n = 120
+    w = small_workload(rng.integers(20, 900, n), rng.integers(1, 150, n), np.sort(rng.uniform(0, 10, n)))
+    results = []
+    for block in (engine.GAP_BLOCK, 7):
+        monkeypatch.setattr(engine, "GAP_BLOCK", block)
+        results.append(simulate(w, lambda: make_policy("fairbatching", A100)))
+    assert len(results[0].tbt_gaps_s) > 100
+    assert np.array_equal(results[0].tbt_gaps_s, results[1].tbt_gaps_s)
+    assert np.array_equal(results[0].tbt_counts, results[1].tbt_counts)

@@ -34,6 +34,10 @@ def test_sharegpt_lengths(tmp_path):
     ("a,b\n1,2\n", "expected columns"),
     ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,x,3\n", "bad value on line 2"),
     ("TIMESTAMP,ContextTokens,GeneratedTokens\n", "no requests"),
+    # Read as csv.DictReader reads rows: a blank row is skipped and not counted, a short row is bad.
+    ("TIMESTAMP,ContextTokens,GeneratedTokens\n\n2023-11-16 18:15:46.1,5,3\n2023-11-16 18:15:47.1,5\n",
+     "bad value on line 3"),
+    ("", "expected columns"),
 ])
 def test_trace_errors_are_one_line(tmp_path, content, match):
     path = tmp_path / "bad.csv"
@@ -41,6 +45,13 @@ def test_trace_errors_are_one_line(tmp_path, content, match):
     with pytest.raises(TraceError, match=match) as info:
         load_trace(path)
     assert "\n" not in str(info.value)
+
+
+def test_a_column_named_twice_is_read_from_its_last_occurrence(tmp_path):
+    path = tmp_path / "twice.csv"
+    path.write_text("ContextTokens,GeneratedTokens,ContextTokens\n1,2,30\n\n4,5,60\n")
+    trace = load_trace(path)
+    assert trace.prompt_tokens.tolist() == [30, 60] and trace.output_tokens.tolist() == [2, 5]
 
 
 def test_missing_trace():

@@ -83,6 +83,9 @@ class Plan:
     predicted_s: float = 0.0
     urgent_decodes: int = 0
     skipped_decodes: int = 0
+    #: The model whose prediction for ``shape`` ``predicted_s`` is (set by BatchBuilder.finish), so
+    #: a reader asking that model about that shape need not ask again; None: not known.
+    predicted_by: CostModel | None = None
 
     @property
     def empty(self) -> bool:
@@ -187,17 +190,16 @@ class BatchBuilder:
         room_s = math.inf if force else self.time_budget_s - self.predicted_s
         added_s = 0.0
         added_context = 0
-        count = 0
-        for request in requests:
-            if count >= limit:
-                break
+        head = requests if len(requests) <= limit else requests[:max(limit, 0)]
+        count = len(head)  # unless one does not fit
+        for index, request in enumerate(head):
             context = request.prefilled_tokens + request.generated_tokens
             cost_s = per_decode_s + per_context_s * context
             if cost_s > room_s - added_s:
+                count = index
                 break
             added_s += cost_s
             added_context += context
-            count += 1
         if count:
             self.plan.decodes.extend(requests[:count] if count < len(requests) else requests)
             self.kv_left -= count
@@ -281,7 +283,11 @@ class BatchBuilder:
 
     def finish(self, view: IterationView) -> Plan:
         plan = self.plan
-        plan.predicted_s = self.model.predict_shape(plan.shape) if not plan.empty else 0.0
+        if plan.empty:
+            plan.predicted_s = 0.0
+        else:
+            plan.predicted_s = self.model.predict_shape(plan.shape)
+            plan.predicted_by = self.model
         plan.skipped_decodes = len(view.decodes) - len(plan.decodes)
         return plan
 
@@ -319,8 +325,23 @@ class BatchPolicy:
         return builder.finish(view)
 
     def observe(self, plan: Plan, measured_s: float) -> None:
-        if self.online is not None:
-            self.online.observe(plan.shape, measured_s)
+        online = self.online
+        if online is not None:
+            # The plan's own prediction when the model that made it is still the current one.
+            online.observe(plan.shape, measured_s, plan.predicted_s if plan.predicted_by is online.current else None)
+
+    def observe_decode_steps(self, decodes: Sequence[RequestState], sum_context: int,
+                             measured_s: Sequence[float]) -> None:
+        """:meth:`observe` of decode steps run back to back, each the plan :meth:`plan_decode_step`
+        makes (every one of ``decodes``), the k-th attending to ``sum_context + k * len(decodes)``
+        KV tokens and measured at ``measured_s[k]``: a driver's run of decode-only iterations
+        reported in one call.  This is those calls, one per step; a policy may do the same faster."""
+        count = len(decodes)
+        for k, step_s in enumerate(measured_s):
+            shape = BatchShape()
+            shape.new_tokens = shape.num_seqs = count
+            shape.sum_context = sum_context + k * count
+            self.observe(Plan(decodes, [], shape, math.inf, self.cost_model.predict_shape(shape)), step_s)
 
     def admission_budget(self, view: IterationView) -> AdmissionBudget:
         return prefill_admission_budget(view, self.cost_model, self.default_ttft_slo_s)
@@ -362,7 +383,7 @@ def prefill_admission_budget(
     over those checks, in seconds and converted to prompt tokens.  O(n log n).
     """
     now = view.now_s
-    utilisation = decode_utilisation(view.decodes, model)
+    utilisation = decode_utilisation(view.decodes, model, view.decode_context_tokens)
     spare_share = 1.0 - utilisation
     margin_s = math.inf
     cumulative_s = 0.0
@@ -378,13 +399,15 @@ def prefill_admission_budget(
     return AdmissionBudget(margin_s, tokens, horizon_s, utilisation)
 
 
-def decode_utilisation(decodes: Sequence[RequestState], model: CostModel) -> float:
+def decode_utilisation(decodes: Sequence[RequestState], model: CostModel, sum_context: int | None = None) -> float:
     """Share of the machine running decodes take at the pace their TPOT asks (a decode step every
-    ``min tpot``), the rest being what prefills can count on."""
+    ``min tpot``), the rest being what prefills can count on.  ``sum_context``: the decodes' summed
+    ``context_tokens`` when the caller has it (:attr:`IterationView.decode_context_tokens`)."""
     if not decodes:
         return 0.0
-    min_tpot_s = min(r.tpot_slo_s for r in decodes)
-    sum_context = sum(r.context_tokens for r in decodes)
+    min_tpot_s = min([r.tpot_slo_s for r in decodes])
+    if sum_context is None:
+        sum_context = sum(r.context_tokens for r in decodes)
     return min(1.0, model.predict(len(decodes), sum_context, len(decodes)) / min_tpot_s)
 
 

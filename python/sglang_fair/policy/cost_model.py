@@ -29,7 +29,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
+from array import array
+from itertools import chain
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 
@@ -386,15 +387,18 @@ def _write_rows(ring: np.ndarray, pending: list, count: int) -> None:
     ``ring`` (row ``sample % len(ring)``) and empty it.
 
     Rows are buffered and written in blocks because one numpy row assignment from a tuple costs
-    about a microsecond, as much as the rest of ``observe``; the ring reads the same either way."""
+    about a microsecond, as much as the rest of ``observe``; ``fromiter`` over the flattened rows
+    converts them a third cheaper than assigning the list of tuples (the same doubles)."""
     if not pending:
         return
+    rows = np.fromiter(chain.from_iterable(pending), np.float64, len(pending) * ring.shape[1])
+    rows = rows.reshape(len(pending), ring.shape[1])
     size = len(ring)
     start = (count - len(pending)) % size
     first = min(len(pending), size - start)
-    ring[start:start + first] = pending[:first]
+    ring[start:start + first] = rows[:first]
     if first < len(pending):
-        ring[:len(pending) - first] = pending[first:]
+        ring[:len(pending) - first] = rows[first:]
     pending.clear()
 
 
@@ -407,7 +411,7 @@ class _RecentGate:
     real change of regime moves the median and stops being rejected.
     """
 
-    __slots__ = ("_features", "_rows", "times", "logs", "count", "center", "width", "min_log", "mads")
+    __slots__ = ("_features", "_rows", "_time_ring", "times", "logs", "count", "center", "width", "min_log", "mads")
 
     #: Fewer samples than this call nothing an outlier.
     MIN_SAMPLES = 16
@@ -418,7 +422,10 @@ class _RecentGate:
         # The rows as given: they are read only after a refit, so they are converted then (a numpy
         # row assignment per sample would cost as much as the rest of observe).
         self._rows: list[tuple] = [(0.0,) * len(FEATURE_NAMES)] * size
-        self.times = np.ones(size)
+        # Times in an array("d") (a numpy scalar store costs several times a plain one); ``times``
+        # reads it as a numpy array, no copy.
+        self._time_ring = array("d", [1.0]) * size
+        self.times = np.frombuffer(self._time_ring, dtype=np.float64)
         self.logs = [0.0] * size  # a list: _update reads it as one every few samples
         self.count = 0
         self.center = 0.0
@@ -430,7 +437,7 @@ class _RecentGate:
         outlier = abs(log_ratio - self.center) > self.width  # judged before it moves the ring
         slot = self.count % len(self.times)
         self._rows[slot] = features
-        self.times[slot] = measured_s
+        self._time_ring[slot] = measured_s
         self.logs[slot] = log_ratio
         self.count += 1
         # The median moves slowly: recomputing it every few samples keeps observe() cheap (it runs
@@ -457,15 +464,26 @@ class _RecentGate:
         self._update()
 
     def _update(self) -> None:
-        # statistics.median on a list of <= gate_window floats: several times cheaper than
-        # numpy's at this size, and it runs every few iterations.
-        logs = self.logs[: min(self.count, len(self.times))]
-        center = self.center = statistics.median(logs)
-        if len(logs) < self.MIN_SAMPLES:
+        # Medians of <= gate_window floats in plain Python: several times cheaper than numpy's at
+        # this size, and it runs every few iterations.  The deviations are taken in sorted order:
+        # a falling run then a rising one, which sorted() merges in one pass.
+        ordered = sorted(self.logs if self.count >= len(self.times) else self.logs[: self.count])
+        center = self.center = _median_of_sorted(ordered)
+        if len(ordered) < self.MIN_SAMPLES:
             self.width = math.inf
             return
-        spread = 1.4826 * statistics.median([abs(x - center) for x in logs])
+        spread = 1.4826 * _median_of_sorted(sorted([abs(x - center) for x in ordered]))
         self.width = max(self.mads * spread, self.min_log)
+
+
+def _median_of_sorted(values: list[float]) -> float:
+    """``statistics.median`` of values already in order (its very expression: the middle one, or
+    the mean of the two middle ones)."""
+    n = len(values)
+    if n % 2 == 1:
+        return values[n // 2]
+    i = n // 2
+    return (values[i - 1] + values[i]) / 2
 
 
 #: A model within 2% (in log) of nine in ten recent samples is settled: no refit until it is not.
@@ -558,7 +576,10 @@ class OnlineCostModel:
         self.terms = terms
         self._window_features = np.zeros((window, len(FEATURE_NAMES)))
         self._pending: list[tuple] = []  # feature rows not yet in the window (see _write_rows)
-        self._times = np.zeros(window)
+        # Times in an array("d"), stored into per sample (a numpy scalar store costs several times
+        # a plain one); _times is a numpy view of it, no copy.
+        self._time_ring = array("d", [0.0]) * window
+        self._times = np.frombuffer(self._time_ring, dtype=np.float64)
         self._count = 0  # total accepted samples (ring index = count % window)
         self._since_refit = 0
         self._gates = tuple(_RecentGate(gate_window, math.log(outlier_factor), outlier_mads)
@@ -579,29 +600,57 @@ class OnlineCostModel:
     def predict_shape(self, shape: BatchShape) -> float:
         return self.current.predict_shape(shape)
 
-    def observe(self, shape: BatchShape, measured_s: float) -> bool:
-        """Record one measured iteration; returns whether it was accepted into the fit window."""
+    def observe(self, shape: BatchShape, measured_s: float, predicted_s: float | None = None) -> bool:
+        """Record one measured iteration; returns whether it was accepted into the fit window.
+        ``predicted_s``: the current model's ``predict_shape(shape)``, when the caller has it."""
+        if shape.num_seqs == 0:
+            self.observed += 1
+            self.rejected += 1
+            return False
+        if predicted_s is None:
+            predicted_s = self.current.predict_shape(shape)
+        return self._observe(shape.features(), shape.num_prefills > 0, predicted_s, measured_s)
+
+    def observe_decode_steps(self, num_seqs: int, sum_context: int, measured_s) -> list[float]:
+        """:meth:`observe` of decode-only batches of ``num_seqs`` sequences, one after another, the
+        k-th attending to ``sum_context + k * num_seqs`` KV tokens and measured at ``measured_s[k]``
+        (a simulator's run of decode steps, without a shape object per step).  Returns what the model
+        predicted for each step: the model as it stood when that step was observed, before any
+        refit the step caused (what a plan made just before it would have predicted)."""
+        predicted = []
+        for k, step_s in enumerate(measured_s):
+            context = sum_context + k * num_seqs
+            # The arguments predict_shape passes for that shape (BatchShape.add_decode's totals).
+            predicted_s = self.current.predict(num_seqs, context, num_seqs, 0, 0, 0)
+            predicted.append(predicted_s)
+            if num_seqs:
+                self._observe(feature_row(num_seqs, context, num_seqs, 0, False, 0), False, predicted_s, step_s)
+            else:
+                self.observed += 1
+                self.rejected += 1
+        return predicted
+
+    def _observe(self, features: tuple, extend: bool, predicted: float, measured_s: float) -> bool:
+        """:meth:`observe` of a non-empty batch with these ``features`` (with a prefill chunk when
+        ``extend``) that the current model predicts at ``predicted`` seconds."""
         self.observed += 1
         if (
-            shape.num_seqs == 0
-            or isinstance(measured_s, bool)
+            isinstance(measured_s, bool)
             or not isinstance(measured_s, (int, float))
             or not 0.0 < measured_s <= self.max_iteration_s  # False for NaN too
         ):
             self.rejected += 1
             return False
-        features = shape.features()
-        predicted = self.current.predict_shape(shape)
         # Decode-only and extend-path batches are gated apart: a model that is wrong about one
         # class only must not make that whole class look like outliers of the other.
-        gate = self._gates[shape.num_prefills > 0]
+        gate = self._gates[extend]
         if predicted > 0 and gate.is_outlier(features, measured_s, math.log(measured_s / predicted)):
             self.rejected += 1
             self.rejected_outliers += 1
             return False
         pending = self._pending
         pending.append(features)
-        self._times[self._count % self.window] = measured_s
+        self._time_ring[self._count % self.window] = measured_s
         self._count += 1
         self._since_refit += 1
         if len(pending) >= self.window:

@@ -172,6 +172,8 @@ class FairBatchingPolicy(BatchPolicy):
             raise ValueError("chunk_spread must be in [0, 1] (0: no spreading)")
         # A prompt with slack is prefilled over that share of the iterations its slack allows.
         self.chunk_spread = chunk_spread
+        self._chunk_model: CostModel | None = None  # the model _chunk_sizes was computed for
+        self._chunk_sizes: dict[int, tuple[int | None, int | None]] = {}
 
     # ================================================================== the iteration, step by step
     def plan(self, view: IterationView) -> Plan:
@@ -279,7 +281,7 @@ class FairBatchingPolicy(BatchPolicy):
         that cannot make its TTFT even if served next starts on its tail deadline.  O(m log m).
         """
         model = self.cost_model
-        share = max(MIN_PREFILL_SHARE, 1.0 - decode_utilisation(view.decodes, model))
+        share = max(MIN_PREFILL_SHARE, 1.0 - decode_utilisation(view.decodes, model, view.decode_context_tokens))
         now_s = view.now_s
         finish_s = now_s + sum(model.prefill_cost_s(r.remaining_prefill_tokens, r.prefilled_tokens)
                                for r in partial) / share
@@ -452,16 +454,31 @@ class FairBatchingPolicy(BatchPolicy):
         if self.max_chunk_tokens is not None:
             return self.max_chunk_tokens or UNLIMITED
         prefix = request.prefilled_tokens
-        efficient = model.efficient_chunk_tokens(prefix)
+        efficient, in_batch = self._efficient_chunks(model, prefix)
         if efficient is None:
             return UNLIMITED
         cap = efficient
         slack_s = first_token_deadline(request) - now_s
         if self.chunk_spread > 0 and period_s > 0 and slack_s > period_s and request.generated_tokens == 0:
             iterations = self.chunk_spread * slack_s / period_s
-            in_batch = model.efficient_chunk_tokens(prefix, overhead_s=model.per_seq_s + model.per_mixed_seq_s)
             cap = min(cap, max(in_batch, int(math.ceil(request.remaining_prefill_tokens / iterations))))
         return max(cap, self.min_chunk_tokens)
+
+    def _efficient_chunks(self, model: CostModel, prefix: int) -> tuple[int | None, int | None]:
+        """``model``'s most efficient chunk after ``prefix`` tokens, alone and joining a batch
+        (:meth:`CostModel.efficient_chunk_tokens`), remembered per model: most prompts start at
+        prefix 0, and every plan asks again (a model is never changed in place; a refit is a new
+        one, which starts a new memo)."""
+        if model is not self._chunk_model:
+            self._chunk_model, self._chunk_sizes = model, {}
+        sizes = self._chunk_sizes.get(prefix)
+        if sizes is None:
+            if len(self._chunk_sizes) >= 4096:  # prefixes of chunked prompts: keep it small
+                self._chunk_sizes.clear()
+            sizes = self._chunk_sizes[prefix] = (
+                model.efficient_chunk_tokens(prefix),
+                model.efficient_chunk_tokens(prefix, overhead_s=model.per_seq_s + model.per_mixed_seq_s))
+        return sizes
 
     # ------------------------------------------------------------------ 2'. prefills apart
     def keeps_prefills_apart(self, view: IterationView) -> bool:
@@ -549,11 +566,26 @@ class FairBatchingPolicy(BatchPolicy):
         if self.clients is not None:  # output tokens are charged as the decodes that ran make them
             for request in plan.decodes:
                 self.clients.charge_output(request)
-        if self.fixed_safety is not None or not plan.predicted_s > 0:
+        self._track_error(plan.predicted_s, measured_s)
+
+    def observe_decode_steps(self, decodes, sum_context: int, measured_s) -> None:
+        """:meth:`observe` of each step of a decode run, with the online model taking the whole run
+        in one call; the error ring needs only each step's prediction, which that call returns."""
+        if self.clients is not None or self.online is None:
+            super().observe_decode_steps(decodes, sum_context, measured_s)
+            return
+        predicted = self.online.observe_decode_steps(len(decodes), sum_context, measured_s)
+        for predicted_s, step_s in zip(predicted, measured_s):
+            self._track_error(predicted_s, step_s)
+
+    def _track_error(self, predicted_s: float, measured_s: float) -> None:
+        """One iteration's measured-over-predicted ratio into the ring the adaptive safety reads
+        (the ring is the policy's alone, so it may be fed after the online model's observes)."""
+        if self.fixed_safety is not None or not predicted_s > 0:
             return
         if not isinstance(measured_s, (int, float)) or not 0 < measured_s < math.inf:
             return
-        self._ratios[self._observed % ERROR_WINDOW] = measured_s / plan.predicted_s
+        self._ratios[self._observed % ERROR_WINDOW] = measured_s / predicted_s
         self._observed += 1
         if self._observed >= ERROR_MIN_SAMPLES and self._observed % ERROR_REFRESH == 0:
             # Leave room for the model's 90th-percentile under-prediction: an iteration predicted

@@ -242,9 +242,12 @@ def next_deadlines_s(requests) -> list[float]:
     return [r.line_start_s + r.generated_tokens * r.tpot_slo_s for r in requests]
 
 
-def envelope_slacks_s(requests, emitted_s: float) -> list[float]:
-    """Each request's :meth:`RequestState.envelope_slack_s` for its next token (``generated_tokens``)
-    out at ``emitted_s``."""
+def envelope_slacks_s(requests, emitted_s: float, ahead_tokens: int = 0) -> list[float]:
+    """Each request's :meth:`RequestState.envelope_slack_s` for its next token (``generated_tokens``),
+    or the token ``ahead_tokens`` after it, out at ``emitted_s``."""
+    if ahead_tokens:
+        return [r.arrival_s + r.ttft_slo_s + (r.generated_tokens + ahead_tokens) * r.tpot_slo_s - emitted_s
+                for r in requests]
     return [r.arrival_s + r.ttft_slo_s + r.generated_tokens * r.tpot_slo_s - emitted_s for r in requests]
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..policy.base import UNLIMITED, BatchPolicy, IterationView, Plan
-from ..policy.cost_model import BatchShape, CostModel
+from ..policy.cost_model import CostModel
 from ..policy.kv import (
     CLIP_MAX_NEW_TOKENS,
     NewTokenRatio,
@@ -57,6 +58,12 @@ __all__ = [
 ]
 
 ROUTER_NAMES = ("round_robin", "least_load", "power_of_two", "pab")
+#: Gaps between tokens kept as Python floats before they are packed (Simulation.flush_gaps).
+GAP_BLOCK = 1 << 16
+#: In-flight markers of a decode step already played with its run (Replica._decode_run):
+#: completing it does nothing, or (the second) only releases the requests it finished.
+_PLAYED = Plan()
+_PLAYED_FINISHING = Plan()
 
 
 @dataclass
@@ -120,6 +127,9 @@ class Replica:
 
     #: Play runs of decode steps in one go (False: one step at a time; a test compares the two).
     decode_runs = True
+    #: Play a run's last step, the one an arrival comes during, with the run (set by Simulation.run
+    #: where nothing reads the replica meanwhile; see _decode_run).
+    fold_last_step = False
 
     def __init__(self, index: int, policy: BatchPolicy, config: EngineConfig, sim: "Simulation") -> None:
         self.index = index
@@ -176,7 +186,7 @@ class Replica:
         return IterationView(  # every field by position (the cheapest call; once per iteration)
             now_s, self.running, prefills, self.free_kv_tokens, config.kv_capacity_tokens,
             config.max_running_requests, config.max_prefill_tokens, self._admission_kv_tokens(),
-            config.max_running_requests - len(self.running) - len(self.partial),
+            config.max_running_requests - len(self.running) - len(self.partial), self._running_context,
         )
 
     def _admission_kv_tokens(self) -> float:
@@ -215,6 +225,8 @@ class Replica:
                 self.next_s = math.inf
                 return
             now_s = self._decode_run(now_s, horizon_s)
+            if now_s is None:  # the run's last step is in flight, already played (_decode_run)
+                return
             started = time.perf_counter()
             plan = self.policy.plan_decode_step(self._decode_view(now_s))
         else:
@@ -229,7 +241,9 @@ class Replica:
             )
         if plan.decodes:
             self.new_token_ratio.decode_step()
-        measured_s = self.true_model.predict_shape(plan.shape)
+        # The engine's time: the plan's own prediction when the engine's model made it.
+        true_model = self.true_model
+        measured_s = plan.predicted_s if plan.predicted_by is true_model else true_model.predict_shape(plan.shape)
         if self.config.noise_sigma > 0:
             measured_s *= self.noise()
         measured_s = max(measured_s, 1e-6)
@@ -241,56 +255,77 @@ class Replica:
         self.inflight = plan
         self.next_s = now_s + measured_s
 
-    def _decode_run(self, now_s: float, horizon_s: float) -> float:
+    def _decode_run(self, now_s: float, horizon_s: float) -> float | None:
         """Play decode steps back to back from ``now_s`` while each ends before ``horizon_s``, no
         request reaches its length and KV lasts; return when the last one ended.
 
         Every running request decodes in each of them, so they differ only in the context that
         grows by one token per request per step: the engine's times, the policy's ``observe`` and
         every metric come out as they would one step at a time (the test suite checks it), without
-        a pass over the requests per step."""
+        a pass over the requests per step.
+
+        With :attr:`fold_last_step`, the step that runs past ``horizon_s`` (the decode step
+        ``plan_decode_step`` would start next, every request in it) is played too, as is the step
+        after a run that stops because a request reaches its length, and left in flight until it
+        ends (the requests it finishes are released then): return None.  Only where nothing reads
+        this replica until then (one replica, no admission control, no early stop): an arrival
+        then only joins the queue."""
         running = self.running
         count = len(running)
         if not self.decode_runs:
             return now_s
-        steps_left = min(r.output_tokens - r.generated_tokens for r in running) - 1
+        steps_left = min([r.output_tokens - r.generated_tokens for r in running]) - 1
         steps_left = min(steps_left, self.free_kv_tokens // count - 1)
         if steps_left < 2:
             return now_s
         config = self.config
-        model = self.true_model
+        predict = self.true_model.predict
         noise = self.noise if config.noise_sigma > 0 else None
-        policy = self.policy
         context = self._running_context
         ends: list[float] = []
+        measured: list[float] = []
         end_s = now_s
         busy_s = 0.0
+        last_s = None  # the folded last step's time (see fold_last_step)
+        # The engine's times do not depend on the policy (its own model, its own noise stream), so
+        # the run is timed first and the policy observes the steps after, in one call, in order.
         while len(ends) < steps_left:
-            shape = BatchShape()
-            shape.new_tokens = shape.num_seqs = count
-            shape.sum_context = context
-            measured_s = model.predict_shape(shape)
-            # What the policy predicted: the engine's own time when it plans with the same model
-            # (one prediction fewer per step; a refit makes it another model).
-            plan_model = policy.cost_model
-            predicted_s = measured_s if plan_model is model else plan_model.predict_shape(shape)
+            # The arguments predict_shape passes for the decode step's shape (BatchShape.add_decode).
+            measured_s = predict(count, context, count, 0, 0, 0)
             if noise is not None:
                 measured_noise = noise()
                 measured_s *= measured_noise
             measured_s = max(measured_s, 1e-6)
             if end_s + measured_s >= horizon_s:
-                if noise is not None:  # keep the stream in step with one-at-a-time play
+                if (ends and self.fold_last_step and count <= config.max_running_requests
+                        and count <= self.free_kv_tokens - count * len(ends)):
+                    last_s = measured_s  # the step plan_decode_step would start next: played too
+                elif noise is not None:  # keep the stream in step with one-at-a-time play
                     self._noise_buffer.append(measured_noise)
                 break
             end_s += measured_s
             busy_s += measured_s
             ends.append(end_s)
-            policy.observe(Plan(running, [], shape, math.inf, predicted_s), measured_s)
-            self.new_token_ratio.decode_step()
+            measured.append(measured_s)
             context += count
         steps = len(ends)
         if not steps:
             return now_s
+        if (steps == steps_left and self.fold_last_step and count <= config.max_running_requests
+                and count <= self.free_kv_tokens - count * steps):
+            # The run stopped because the next step reaches a request's length (or the pool's
+            # end): that step, timed as step() would time it, is played with the run too.
+            last_s = predict(count, context, count, 0, 0, 0)
+            if noise is not None:
+                last_s *= noise()
+            last_s = max(last_s, 1e-6)
+        if last_s is not None:
+            measured.append(last_s)
+            last_end_s = end_s + last_s
+        self.policy.observe_decode_steps(running, self._running_context, measured)
+        new_token_ratio = self.new_token_ratio
+        for _ in range(len(measured)):
+            new_token_ratio.decode_step()
         sim = self.sim
         # The gaps every request shares (steps 2..K), and each one's own first gap.
         shared_gaps = [later - earlier for earlier, later in zip(ends, ends[1:])]
@@ -300,29 +335,71 @@ class Replica:
         # + (k - 1) * tpot - ends[k-1]; the minimum over k depends on the request only by its TPOT.
         lowest_by_tpot: dict[float, float] = {}
         record_gap = sim.tbt_gaps_s.append
-        for request, slack_at_zero in zip(running, envelope_slacks_s(running, 0.0)):
-            tpot_s = request.tpot_slo_s
-            lowest = lowest_by_tpot.get(tpot_s)
-            if lowest is None:
-                lowest = lowest_by_tpot[tpot_s] = min(k * tpot_s - end for k, end in enumerate(ends))
-            slack = slack_at_zero + lowest
-            if slack < request.worst_slack_s:
-                request.worst_slack_s = slack
-            gap = first_end_s - request.last_token_s
-            record_gap(gap)
-            if gap > request.max_tbt_s:
-                request.max_tbt_s = gap
-            if longest_shared_s > request.max_tbt_s:
-                request.max_tbt_s = longest_shared_s
-            request.generated_tokens += steps
-            request.last_token_s = end_s
+        if last_s is None:
+            for request, slack_at_zero in zip(running, envelope_slacks_s(running, 0.0)):
+                tpot_s = request.tpot_slo_s
+                lowest = lowest_by_tpot.get(tpot_s)
+                if lowest is None:
+                    lowest = lowest_by_tpot[tpot_s] = min(k * tpot_s - end for k, end in enumerate(ends))
+                slack = slack_at_zero + lowest
+                if slack < request.worst_slack_s:
+                    request.worst_slack_s = slack
+                gap = first_end_s - request.last_token_s
+                record_gap(gap)
+                if gap > request.max_tbt_s:
+                    request.max_tbt_s = gap
+                if longest_shared_s > request.max_tbt_s:
+                    request.max_tbt_s = longest_shared_s
+                request.generated_tokens += steps
+                request.last_token_s = end_s
+        else:
+            # The same, and the folded step as _complete would end it: its token's envelope slack
+            # (the token `steps` after each one's next, out at last_end_s) and its gap, one for all.
+            last_gap_s = last_end_s - end_s
+            finishing = False
+            for request, slack_at_zero, last_slack in zip(running, envelope_slacks_s(running, 0.0),
+                                                          envelope_slacks_s(running, last_end_s, steps)):
+                tpot_s = request.tpot_slo_s
+                lowest = lowest_by_tpot.get(tpot_s)
+                if lowest is None:
+                    lowest = lowest_by_tpot[tpot_s] = min(k * tpot_s - end for k, end in enumerate(ends))
+                slack = slack_at_zero + lowest
+                if slack < request.worst_slack_s:
+                    request.worst_slack_s = slack
+                if last_slack < request.worst_slack_s:
+                    request.worst_slack_s = last_slack
+                gap = first_end_s - request.last_token_s
+                record_gap(gap)
+                if gap > request.max_tbt_s:
+                    request.max_tbt_s = gap
+                if longest_shared_s > request.max_tbt_s:
+                    request.max_tbt_s = longest_shared_s
+                if last_gap_s > request.max_tbt_s:
+                    request.max_tbt_s = last_gap_s
+                generated = request.generated_tokens + steps + 1
+                request.generated_tokens = generated
+                request.last_token_s = last_end_s
+                if generated >= request.output_tokens:
+                    finishing = True
         sim.record_shared_gaps(shared_gaps, count)
         self._running_context = context
         self._running_generated += count * steps
         self.free_kv_tokens -= count * steps
         self.iterations += steps
         self.busy_s += busy_s
-        return end_s
+        if last_s is None:
+            return end_s
+        # The folded step's bookkeeping, in the order step() and _complete() keep it: its gaps go
+        # after the run's (nothing else records one before it ends: one replica).
+        sim.tbt_gaps_s.extend([last_gap_s] * count)
+        self._running_context += count
+        self._running_generated += count
+        self.free_kv_tokens -= count
+        self.iterations += 1
+        self.busy_s += last_s
+        self.inflight = _PLAYED_FINISHING if finishing else _PLAYED
+        self.next_s = last_end_s
+        return None
 
     def _decode_view(self, now_s: float) -> IterationView:
         config = self.config
@@ -389,6 +466,9 @@ class Replica:
 
     # --- iteration end ------------------------------------------------------------------------
     def _complete(self, plan: Plan, end_s: float) -> None:
+        if plan is _PLAYED_FINISHING:  # played with its run: only the release is left
+            self._release_finished(end_s)
+            return
         sim = self.sim
         record_gap = sim.tbt_gaps_s.append
         finished = False
@@ -441,17 +521,22 @@ class Replica:
         if filled:
             self.partial = [r for r in self.partial if r.is_prefilling]
         if finished:
-            keep = []
-            for request in self.running:
-                if request.generated_tokens >= request.output_tokens:
-                    request.finish_s = end_s
-                    self.free_kv_tokens += request.held_kv_tokens
-                    self._leave_running(request)
-                    self.policy.release(request)
-                    sim.finished(request)
-                else:
-                    keep.append(request)
-            self.running = keep
+            self._release_finished(end_s)
+
+    def _release_finished(self, end_s: float) -> None:
+        """The running requests that reached their length at ``end_s`` finish: KV freed, released."""
+        sim = self.sim
+        keep = []
+        for request in self.running:
+            if request.generated_tokens >= request.output_tokens:
+                request.finish_s = end_s
+                self.free_kv_tokens += request.held_kv_tokens
+                self._leave_running(request)
+                self.policy.release(request)
+                sim.finished(request)
+            else:
+                keep.append(request)
+        self.running = keep
 
 
 @dataclass
@@ -526,10 +611,15 @@ class Simulation:
         self._snapshot: dict[int, float] = {}
         self.retried = 0
         self.random = random.Random(seed)
-        self.tbt_gaps_s = array("d")
-        # Gaps between tokens shared by several requests (decode runs): value, how many.
-        self.tbt_shared_gaps_s = array("d")
-        self.tbt_shared_counts = array("q")
+        # Every gap between tokens, in order: the latest in a list (appending a float to an
+        # array("d") parses it, several times the cost of a list append), packed into an array
+        # every GAP_BLOCK of them (flush_gaps), so memory stays 8 bytes a gap.
+        self.tbt_gaps_s: list[float] = []
+        self._packed_gaps_s = array("d")
+        # Gaps between tokens shared by several requests (decode runs): value, how many (lists: a
+        # few per run, converted once at the end).
+        self.tbt_shared_gaps_s: list[float] = []
+        self.tbt_shared_counts: list[int] = []
         self.warmup_requests = int(len(workload) * warmup_fraction)
         # Early stop (capacity probes): misses of the judged definition, and first tokens later than
         # ``max_ttft_factor`` x their SLO (the tail bound), counted as they become certain.
@@ -541,6 +631,14 @@ class Simulation:
         self.tail_misses = 0
         self._rr_next = 0
         self.requests: list[SimRequest] = []
+
+    def flush_gaps(self) -> None:
+        """Pack the gaps recorded since the last flush into the array (struct packs a list of
+        floats several times faster than array("d").extend parses one)."""
+        gaps = self.tbt_gaps_s
+        if gaps:
+            self._packed_gaps_s.frombytes(struct.pack(f"{len(gaps)}d", *gaps))
+            gaps.clear()  # the same list: replicas may hold its append
 
     def record_shared_gaps(self, gaps: list[float], count: int) -> None:
         self.tbt_shared_gaps_s.extend(gaps)
@@ -639,6 +737,13 @@ class Simulation:
         requests = self.requests
         next_index = 0
         early_stop = self.stop_after_misses is not None or self.stop_after_tail_misses is not None
+        # A run's last decode step may be played with the run where nothing reads the replica until
+        # it ends (no other replica's router, no admission control, no stop before it ends) and
+        # the policy plans decode steps as BatchPolicy does.
+        fold = single is not None and not self.admission_control and not early_stop
+        for replica in replicas:
+            replica.fold_last_step = fold and (
+                getattr(type(replica.policy), "plan_decode_step", None) is BatchPolicy.plan_decode_step)
         stopped = False
         now_s = 0.0
         while True:
@@ -669,12 +774,15 @@ class Simulation:
             else:
                 now_s = replica_s
                 replica.step(now_s, arrival_s)
+                if len(self.tbt_gaps_s) >= GAP_BLOCK:
+                    self.flush_gaps()
             if early_stop and self.should_stop():
                 stopped = True
                 break
         return self._result(started, now_s, stopped)
 
     def _result(self, started: float, end_s: float, stopped: bool) -> SimResult:
+        self.flush_gaps()
         w = self.workload
         n = len(w)
         first = np.full(n, np.nan)
@@ -704,11 +812,10 @@ class Simulation:
             max_tbt_s=max_tbt,
             rejected=rejected,
             replica=replica,
-            tbt_gaps_s=np.concatenate([np.frombuffer(self.tbt_gaps_s, dtype=float) if self.tbt_gaps_s else np.zeros(0),
-                                       np.frombuffer(self.tbt_shared_gaps_s, dtype=float) if self.tbt_shared_gaps_s else np.zeros(0)]),
-            tbt_counts=np.concatenate([np.ones(len(self.tbt_gaps_s), dtype=np.int64),
-                                       np.frombuffer(self.tbt_shared_counts, dtype=np.int64) if self.tbt_shared_counts
-                                       else np.zeros(0, dtype=np.int64)]),
+            tbt_gaps_s=np.concatenate([np.frombuffer(self._packed_gaps_s, dtype=float) if self._packed_gaps_s else np.zeros(0),
+                                       np.array(self.tbt_shared_gaps_s, dtype=float)]),
+            tbt_counts=np.concatenate([np.ones(len(self._packed_gaps_s), dtype=np.int64),
+                                       np.array(self.tbt_shared_counts, dtype=np.int64)]),
             iterations=sum(r.iterations for r in reps),
             plan_cpu_s=sum(r.plan_cpu_s for r in reps),
             busy_s=sum(r.busy_s for r in reps),

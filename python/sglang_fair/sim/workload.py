@@ -76,8 +76,12 @@ def load_trace(path: str | os.PathLike, *, limit: int | None = None) -> Trace:
     stamps: list[float] = []
     try:
         with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            fields = set(reader.fieldnames or ())
+            # csv.reader, reading each row as csv.DictReader would (its cost was a dict per row):
+            # blank rows skipped (and not counted in the line number), a column named twice read
+            # from its last occurrence, a short row a bad value.
+            reader = csv.reader(handle)
+            header = next(reader, None) or []
+            fields = set(header)
             if {"ContextTokens", "GeneratedTokens"} <= fields:
                 prompt_key, output_key = "ContextTokens", "GeneratedTokens"
             elif {"num_prefill_tokens", "num_decode_tokens"} <= fields:
@@ -87,16 +91,20 @@ def load_trace(path: str | os.PathLike, *, limit: int | None = None) -> Trace:
                     f"--trace {path}: expected columns TIMESTAMP,ContextTokens,GeneratedTokens"
                     " (Azure) or num_prefill_tokens,num_decode_tokens (ShareGPT lengths)"
                 )
+            column = {name: index for index, name in enumerate(header)}  # the last one of a name
+            prompt_at, output_at = column[prompt_key], column[output_key]
             has_time = "TIMESTAMP" in fields
-            for line, row in enumerate(reader, start=2):
+            time_at = column.get("TIMESTAMP", -1)
+            rows = (row for row in reader if row != [])
+            for line, row in enumerate(rows, start=2):
                 if limit is not None and len(prompts) >= limit:
                     break
                 try:
-                    prompt = int(float(row[prompt_key]))
-                    output = int(float(row[output_key]))
+                    prompt = int(float(row[prompt_at]))
+                    output = int(float(row[output_at]))
                     if has_time:
-                        stamps.append(_parse_timestamp(row["TIMESTAMP"]))
-                except (TypeError, ValueError):
+                        stamps.append(_parse_timestamp(row[time_at]))
+                except (TypeError, ValueError, IndexError):
                     raise TraceError(f"--trace {path}: bad value on line {line}") from None
                 # A request needs at least one prompt token and produces at least one token.
                 prompts.append(max(1, prompt))
