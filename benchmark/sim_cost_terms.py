@@ -10,11 +10,17 @@ carried a prefill, so a capacity gap can be read off the terms (docs/results-sim
     .venv/bin/python benchmark/sim_cost_terms.py --scenario llama3-poisson --seeds 0,1,2
     .venv/bin/python benchmark/sim_cost_terms.py --scenario llama3-poisson --seeds 1 \\
         --schedulers fairbatching@6.99,sarathi:token_budget=1024@6.99
+
+``--window START,END`` (simulated seconds) adds the same split over the plans made in that stretch
+of the run only, with the prompt and decode tokens they carried: a trace whose load changes along
+the run (Azure conv's prompts are longest from about 250 s to 550 s) is decided by its overload,
+and this shows whether a scheduler did more work there or only served it in another order.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import sys
 from pathlib import Path
@@ -35,20 +41,31 @@ class _PlanTotals:
     """Sums the shapes of every plan a policy makes (decode runs the engine plays in one go carry
     no chunk, so chunk terms are complete; the fixed cost is counted from the iteration total)."""
 
-    def __init__(self) -> None:
+    def __init__(self, window_s: tuple[float, float] = (-math.inf, math.inf)) -> None:
+        #: Only plans made at a simulated time in ``[start, end)`` are counted.
+        self.window_s = window_s
         self.plans = 0
         self.prefill_plans = 0
         self.prefill_plan_seqs = 0
         self.sum_chunk_sq = 0
         self.sum_chunk_prefix = 0
+        self.prefill_tokens = 0
+        self.decode_tokens = 0
+        self.planned_s = 0.0
 
     def wrap(self, policy):
         plan = policy.plan
+        start_s, end_s = self.window_s
 
         def counted(view):
             out = plan(view)
+            if not start_s <= view.now_s < end_s:
+                return out
             shape = out.shape
             self.plans += 1
+            self.decode_tokens += len(out.decodes)
+            self.prefill_tokens += out.prefill_tokens
+            self.planned_s += out.predicted_s
             if shape.num_prefills:
                 self.prefill_plans += 1
                 self.prefill_plan_seqs += shape.num_seqs
@@ -60,21 +77,36 @@ class _PlanTotals:
         return policy
 
 
-def cost_terms(scenario: sim_compare.Scenario, seed: int, policy: str, options: dict, rate_rps: float) -> dict:
-    """One run of ``policy`` at ``rate_rps`` on ``scenario``: its metrics and its busy time by term."""
+def cost_terms(scenario: sim_compare.Scenario, seed: int, policy: str, options: dict, rate_rps: float,
+               window_s: tuple[float, float] | None = None) -> dict:
+    """One run of ``policy`` at ``rate_rps`` on ``scenario``: its metrics and its busy time by term
+    (and, with ``window_s``, the same over the plans made in that stretch of simulated time)."""
     model, config, trace = sim_compare._engine(scenario)
     workload = make_workload(trace, num_requests=scenario.num_requests, rate_rps=rate_rps, seed=seed,
                              ttft_slo_s=scenario.ttft_slo_s, tpot_slo_s=scenario.tpot_slo_s,
                              **scenario.workload_options())
     totals = _PlanTotals()
+    windowed = _PlanTotals(window_s) if window_s else None
     settings = {"default_ttft_slo_s": scenario.ttft_slo_s}
-    result = simulate(workload, lambda: totals.wrap(build_policy(policy, model, settings=settings, options=options)),
-                      config=config, seed=seed)
+    def make():
+        built = totals.wrap(build_policy(policy, model, settings=settings, options=options))
+        return windowed.wrap(built) if windowed else built
+
+    result = simulate(workload, make, config=config, seed=seed)
     summary = summarize(result, max_ttft_p99_factor=5.0)
     fixed_s = model.fixed_s * result.iterations
     attention_s = model.per_chunk_sq_s * totals.sum_chunk_sq + model.per_chunk_prefix_s * totals.sum_chunk_prefix
     extend_s = model.per_prefill_iteration_s * totals.prefill_plans + model.per_mixed_seq_s * totals.prefill_plan_seqs
     busy_s = result.busy_s
+    window = None
+    if windowed:
+        window = {
+            "start_s": window_s[0], "end_s": window_s[1], "plans": windowed.plans,
+            "prefill_tokens": windowed.prefill_tokens, "decode_tokens": windowed.decode_tokens,
+            "planned_s": windowed.planned_s, "fixed_s": model.fixed_s * windowed.plans,
+            "chunk_attention_s": model.per_chunk_sq_s * windowed.sum_chunk_sq
+            + model.per_chunk_prefix_s * windowed.sum_chunk_prefix,
+        }
     return {
         "policy": policy, "options": options, "rate_rps": rate_rps, "seed": seed,
         "attainment": summary["attainment"], "ttft_p99_s": summary["ttft_p99_s"], "tbt_p99_s": summary["tbt_p99_s"],
@@ -82,6 +114,7 @@ def cost_terms(scenario: sim_compare.Scenario, seed: int, policy: str, options: 
         "plans_with_prefill": totals.prefill_plans,
         "busy_s": busy_s, "fixed_s": fixed_s, "chunk_attention_s": attention_s, "extend_path_s": extend_s,
         "per_token_s": busy_s - fixed_s - attention_s - extend_s,
+        "window": window,
     }
 
 
@@ -114,7 +147,18 @@ def main(argv=None) -> int:
                         help="policies at their stored capacity, or policy[:key=value,...]@rate each")
     parser.add_argument("--store", default=str(REPO / "benchmark" / "results" / "sim_compare_searches.jsonl"))
     parser.add_argument("--out", default=None, help="write the rows here (strict JSON)")
+    parser.add_argument("--window", default=None, metavar="START,END",
+                        help="also split the plans made between these simulated seconds")
     args = parser.parse_args(argv)
+    window_s = None
+    if args.window:
+        try:
+            start_s, end_s = (float(x) for x in args.window.split(","))
+        except ValueError:
+            parser.error("--window: give START,END in simulated seconds, e.g. 300,550")
+        if not start_s < end_s:
+            parser.error("--window: START must be before END")
+        window_s = (start_s, end_s)
     scenario = sim_compare.SCENARIOS[args.scenario]
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -126,7 +170,7 @@ def main(argv=None) -> int:
                 (options, rate), policy = stored[item], item
             else:
                 parser.error(f"no stored capacity for {item!r} on {args.scenario} seed {seed}: give policy@rate")
-            row = cost_terms(scenario, seed, policy, options, rate)
+            row = cost_terms(scenario, seed, policy, options, rate, window_s)
             rows.append(row)
             busy = row["busy_s"]
             print(f"seed {seed} {policy} {options or ''} at {rate:.3f} rps: attainment {row['attainment']:.3f}, "
@@ -134,6 +178,12 @@ def main(argv=None) -> int:
                   f"({row['fixed_s'] / busy:.1%}) + chunk attention {row['chunk_attention_s']:.0f} "
                   f"({row['chunk_attention_s'] / busy:.1%}) + extend path {row['extend_path_s']:.0f} + per token "
                   f"{row['per_token_s']:.0f} ({row['per_token_s'] / busy:.1%})", flush=True)
+            if row["window"]:
+                w = row["window"]
+                print(f"  {w['start_s']:g}-{w['end_s']:g} s: {w['plans']} plans, {w['planned_s']:.0f} s planned "
+                      f"({1000 * w['planned_s'] / max(w['plans'], 1):.0f} ms each), {w['prefill_tokens']:,} prompt "
+                      f"and {w['decode_tokens']:,} decode tokens, fixed {w['fixed_s']:.1f} s, chunk attention "
+                      f"{w['chunk_attention_s']:.1f} s", flush=True)
     if args.out:
         strict_json.write(args.out, {"scenario": args.scenario, "rows": rows}, indent=1)
     return 0
