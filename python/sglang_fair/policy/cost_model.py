@@ -30,8 +30,8 @@ import json
 import math
 import os
 from array import array
+from dataclasses import asdict, dataclass, field, fields
 from itertools import chain
-from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 
 import numpy as np
@@ -281,48 +281,92 @@ def fit_cost_model(
     robust standard deviations out are dropped and the fit repeated once.  The fit minimises
     relative error (rows weighted by 1/time) so small decode steps count as much as big prefills.
     """
+    features, times_s = _finite_samples(features, times_s)
+    base = prior.coefficients() if prior is not None else np.zeros(len(FEATURE_NAMES))
+    coef = _fit_coefficients(features, times_s, terms, base, prior_weight if prior is not None else 0.0, trim_sigma)
+    return _fitted_model(coef, features, times_s, name, terms)
+
+
+def _median(values: np.ndarray) -> np.float64:
+    """``np.median`` of a 1-d float array, bit for bit (the same order statistics, the same mean of
+    the middle two), without its generic-axis machinery: a refit takes over a dozen medians, and
+    numpy's costs about three times the partition itself at the online window's size."""
+    n = len(values)
+    if n == 0:
+        return np.median(values)  # (nan, with numpy's warning)
+    k = n // 2
+    part = np.partition(values, (k - 1, k, -1) if n % 2 == 0 else (k, -1))
+    if part[-1] != part[-1]:  # a NaN sorts last; numpy's NaN handling then
+        return np.median(values)
+    # numpy's mean of the middle starts its sum from +0.0, so a -0.0 median comes out +0.0
+    return (0.0 + part[k - 1] + part[k]) / 2 if n % 2 == 0 else 0.0 + part[k]
+
+
+def _finite_samples(features, times_s) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``features``/``times_s`` with a finite, positive time and finite features."""
     features = np.asarray(features, dtype=float)
     times_s = np.asarray(times_s, dtype=float)
     if features.ndim != 2 or features.shape[1] != len(FEATURE_NAMES):
         raise ValueError(f"features must be n x {len(FEATURE_NAMES)}")
     ok = np.isfinite(times_s) & (times_s > 0) & np.isfinite(features).all(axis=1)
-    features, times_s = features[ok], times_s[ok]
+    if not ok.all():  # (a copy of every row costs as much as the test; the online window is clean)
+        features, times_s = features[ok], times_s[ok]
     if len(times_s) == 0:
         raise ValueError("no finite, positive samples to fit")
+    return features, times_s
+
+
+def _fit_coefficients(features: np.ndarray, times_s: np.ndarray, terms, base: np.ndarray,
+                      prior_weight: float, trim_sigma: float = 3.5) -> np.ndarray:
+    """:func:`fit_cost_model`'s coefficients over clean samples (``_finite_samples``), the terms not
+    in ``terms`` held at ``base`` (and the ridge pulling toward ``base`` when ``prior_weight > 0``).
+
+    The online refit runs this several times per refit, every few iterations while the model is
+    biased: the arithmetic is the straightforward one's, step for step, with the per-call numpy
+    overheads (row copies of every sample, a repeated median, ``np.isin``) taken out."""
     unknown = set(terms) - set(FEATURE_NAMES)
     if unknown:
         raise ValueError(f"unknown cost-model terms: {sorted(unknown)}")
     active = [FEATURE_NAMES.index(t) for t in terms]
-    base = prior.coefficients() if prior is not None else np.zeros(len(FEATURE_NAMES))
-    is_active = np.isin(range(len(FEATURE_NAMES)), active)
+    is_active = np.zeros(len(FEATURE_NAMES), dtype=bool)
+    is_active[active] = True
+    held = np.where(is_active, 0.0, base)  # the inactive terms' fixed contribution per feature
 
-    def solve(rows: np.ndarray) -> np.ndarray:
-        x = features[rows][:, active]
-        y = times_s[rows] - features[rows] @ np.where(is_active, 0.0, base)
-        weights = 1.0 / times_s[rows]
-        xw, yw = x * weights[:, None], y * weights
-        if prior is not None and prior_weight > 0:
+    def solve(x_rows: np.ndarray, rows_features: np.ndarray, rows_times_s: np.ndarray) -> np.ndarray:
+        y = rows_times_s - rows_features @ held
+        weights = 1.0 / rows_times_s
+        xw, yw = x_rows * weights[:, None], y * weights
+        if prior_weight > 0:
             # Scale each column so the ridge treats terms of different magnitude alike.
             scale = np.sqrt((xw**2).mean(axis=0)) + 1e-30
             reg = np.diag(scale) * math.sqrt(prior_weight * len(y))
             xw = np.vstack([xw, reg])
             yw = np.concatenate([yw, reg @ base[active]])
         coef, *_ = np.linalg.lstsq(xw, yw, rcond=None)
-        full = np.where(is_active, 0.0, base)
+        full = held.copy()
         full[active] = coef
         return full
 
-    rows = np.arange(len(times_s))
-    coef = solve(rows)
-    if len(rows) > 2 * len(active):
+    x = features[:, active]
+    coef = solve(x, features, times_s)
+    if len(times_s) > 2 * len(active):
         residual = (features @ coef - times_s) / times_s
-        mad = np.median(np.abs(residual - np.median(residual))) * 1.4826
+        deviation = np.abs(residual - _median(residual))
+        mad = _median(deviation) * 1.4826
         if mad > 1e-9:  # below that the residuals are rounding, not outliers
-            keep = np.abs(residual - np.median(residual)) <= trim_sigma * mad
+            keep = deviation <= trim_sigma * mad
             # Trim only if the rows kept still determine every term.
-            if (not keep.all()
-                    and np.linalg.matrix_rank(features[keep][:, active]) == len(active)):
-                coef = solve(np.nonzero(keep)[0])
+            if not keep.all():
+                kept = features[keep]
+                # (indexed from the kept rows, not from ``x``: the memory layout of a fancy-indexed
+                # array depends on the indexing, and the column means below sum in layout order)
+                kept_x = kept[:, active]
+                if np.linalg.matrix_rank(kept_x) == len(active):
+                    coef = solve(kept_x, kept, times_s[keep])
+    return coef
+
+
+def _fitted_model(coef: np.ndarray, features: np.ndarray, times_s: np.ndarray, name: str, terms) -> CostModel:
     predicted = features @ coef
     mape = float(np.mean(np.abs(predicted - times_s) / times_s))
     return CostModel(
@@ -357,27 +401,28 @@ def fit_physical_cost_model(
     lists them.  ``new_tokens`` should never
     be among them: the model rests on it, and a caller must check ``per_new_token_s > 0``.
     """
+    raw_features = np.asarray(features, dtype=float)
+    features, times_s = _finite_samples(raw_features, times_s)
     terms = list(terms)
     dropped = []
+    base = prior.coefficients() if prior is not None else np.zeros(len(FEATURE_NAMES))
+    prior_weight = prior_weight if prior is not None else 0.0
     while True:
-        base = prior
-        if dropped:
-            base = replace(prior or CostModel(0.0, 0.0, 0.0),
-                           **{_COEFFICIENT_FIELDS[FEATURE_NAMES.index(t)]: 0.0 for t in dropped})
-        fitted = fit_cost_model(features, times_s, terms=tuple(terms), name=name, prior=base,
-                                prior_weight=prior_weight if prior is not None else 0.0)
-        coefficients = fitted.coefficients()
+        coefficients = _fit_coefficients(features, times_s, terms, base, prior_weight)
         negative = [term for term in terms if term in nonnegative
                     and coefficients[FEATURE_NAMES.index(term)] < 0]
         if not negative:
             break
         # The most negative (relative to its scale in the data) first; refit after each drop.
-        features_array = np.asarray(features, dtype=float)
-        weight = np.abs(features_array).mean(axis=0)
+        weight = np.abs(raw_features).mean(axis=0)
         worst = min(negative, key=lambda t: coefficients[FEATURE_NAMES.index(t)]
                     * weight[FEATURE_NAMES.index(t)])
         terms.remove(worst)
         dropped.append(worst)
+        # A dropped term is 0, also as the ridge's target (terms out of ``terms`` keep ``base``).
+        base = base.copy()
+        base[FEATURE_NAMES.index(worst)] = 0.0
+    fitted = _fitted_model(coefficients, features, times_s, name, terms)
     fitted.info["dropped"] = dropped
     return fitted
 
@@ -689,7 +734,7 @@ class OnlineCostModel:
         logs = logs[np.isfinite(logs)]
         if len(logs) < n // 2:  # the prior predicts <= 0 for most samples: nothing to anchor
             return self.prior, math.inf, 1.0
-        level = float(np.median(logs))
+        level = float(_median(logs))
         shape_error = float(np.quantile(np.abs(logs - level), 0.9))
         anchored = self.prior if level == 0 else CostModel(
             *(self.prior.coefficients() * math.exp(level)), name=self.prior.name, info={})
