@@ -132,9 +132,9 @@ def test_a_prior_100x_off_reaches_the_fit_error_of_the_calibrated_one_within_200
     wrong = policy.online
     observe = wrong.observe
 
-    def both(shape, measured_s):
+    def both(shape, measured_s, *prediction):
         right.observe(shape, measured_s)
-        return observe(shape, measured_s)
+        return observe(shape, measured_s, *prediction)
 
     wrong.observe = both
     saved = calibrated.fair_policy
