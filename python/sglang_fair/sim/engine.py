@@ -32,6 +32,7 @@ import struct
 import time
 from array import array
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 
@@ -336,51 +337,37 @@ class Replica:
         lowest_by_tpot: dict[float, float] = {}
         record_gap = sim.tbt_gaps_s.append
         if last_s is None:
-            for request, slack_at_zero in zip(running, envelope_slacks_s(running, 0.0)):
-                tpot_s = request.tpot_slo_s
-                lowest = lowest_by_tpot.get(tpot_s)
-                if lowest is None:
-                    lowest = lowest_by_tpot[tpot_s] = min(k * tpot_s - end for k, end in enumerate(ends))
-                slack = slack_at_zero + lowest
-                if slack < request.worst_slack_s:
-                    request.worst_slack_s = slack
-                gap = first_end_s - request.last_token_s
-                record_gap(gap)
-                if gap > request.max_tbt_s:
-                    request.max_tbt_s = gap
-                if longest_shared_s > request.max_tbt_s:
-                    request.max_tbt_s = longest_shared_s
-                request.generated_tokens += steps
-                request.last_token_s = end_s
+            # Nothing folded: no last token to judge, no last gap, tokens up to the run's end.
+            last_slacks, last_gap_s, last_tokens, last_token_s = repeat(math.inf), -math.inf, steps, end_s
         else:
-            # The same, and the folded step as _complete would end it: its token's envelope slack
-            # (the token `steps` after each one's next, out at last_end_s) and its gap, one for all.
-            last_gap_s = last_end_s - end_s
-            finishing = False
-            for request, slack_at_zero, last_slack in zip(running, envelope_slacks_s(running, 0.0),
-                                                          envelope_slacks_s(running, last_end_s, steps)):
-                tpot_s = request.tpot_slo_s
-                lowest = lowest_by_tpot.get(tpot_s)
-                if lowest is None:
-                    lowest = lowest_by_tpot[tpot_s] = min(k * tpot_s - end for k, end in enumerate(ends))
-                slack = slack_at_zero + lowest
-                if slack < request.worst_slack_s:
-                    request.worst_slack_s = slack
-                if last_slack < request.worst_slack_s:
-                    request.worst_slack_s = last_slack
-                gap = first_end_s - request.last_token_s
-                record_gap(gap)
-                if gap > request.max_tbt_s:
-                    request.max_tbt_s = gap
-                if longest_shared_s > request.max_tbt_s:
-                    request.max_tbt_s = longest_shared_s
-                if last_gap_s > request.max_tbt_s:
-                    request.max_tbt_s = last_gap_s
-                generated = request.generated_tokens + steps + 1
-                request.generated_tokens = generated
-                request.last_token_s = last_end_s
-                if generated >= request.output_tokens:
-                    finishing = True
+            # The folded step as _complete would end it: its token's envelope slack (the token
+            # `steps` after each one's next, out at last_end_s) and its gap, one for all.
+            last_slacks = envelope_slacks_s(running, last_end_s, steps)
+            last_gap_s, last_tokens, last_token_s = last_end_s - end_s, steps + 1, last_end_s
+        finishing = False
+        for request, slack_at_zero, last_slack in zip(running, envelope_slacks_s(running, 0.0), last_slacks):
+            tpot_s = request.tpot_slo_s
+            lowest = lowest_by_tpot.get(tpot_s)
+            if lowest is None:
+                lowest = lowest_by_tpot[tpot_s] = min(k * tpot_s - end for k, end in enumerate(ends))
+            slack = slack_at_zero + lowest
+            if slack < request.worst_slack_s:
+                request.worst_slack_s = slack
+            if last_slack < request.worst_slack_s:
+                request.worst_slack_s = last_slack
+            gap = first_end_s - request.last_token_s
+            record_gap(gap)
+            if gap > request.max_tbt_s:
+                request.max_tbt_s = gap
+            if longest_shared_s > request.max_tbt_s:
+                request.max_tbt_s = longest_shared_s
+            if last_gap_s > request.max_tbt_s:
+                request.max_tbt_s = last_gap_s
+            generated = request.generated_tokens + last_tokens
+            request.generated_tokens = generated
+            request.last_token_s = last_token_s
+            if generated >= request.output_tokens:
+                finishing = True
         sim.record_shared_gaps(shared_gaps, count)
         self._running_context = context
         self._running_generated += count * steps
