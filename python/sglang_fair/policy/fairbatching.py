@@ -38,7 +38,7 @@ Where measurement and the paper disagree, the measurement decides (``docs/design
   than the most efficient chunk alone (:meth:`CostModel.efficient_chunk_tokens`).  Spreading a
   prompt over several smaller chunks would cost less attention still, but SGLang runs one chunked
   prompt at a time and cuts only the last prompt of a batch (``BatchBuilder.chunk_open``): a capped
-  chunk stops every prompt behind it, and measured that way spreading lost 6-9% of capacity
+  chunk stops every prompt behind it, and measured that way spreading lost 7-9% of capacity
   (``docs/design.md``).  ``chunk_spread`` (off by default) keeps it for an engine that can hold
   several.  Decodes that missed their TTFT, or whose last possible token is past its line,
   stop pinning the budget and keep a slower line of their own (``lost_tpot_factor``).
