@@ -181,3 +181,43 @@ def test_pab_load_goes_into_the_load_snapshot_for_dp_balancing(fair):
     assert expected > 0 and abs(snapshot.num_total_tokens - expected) <= 0.05 * expected
     run_until_idle(fair, [waiting])
     assert fair.load_inquirer.get_loads().num_total_tokens == 0
+
+
+@pytest.mark.parametrize("chunk_cap", [None, 128], ids=["time-budget", "capped-chunks"])
+def test_the_adder_runs_exactly_the_prefills_the_plan_made(fair, chunk_cap):
+    """The plan's shape is what SGLang's adder can run (one prompt cut, the last), so every
+    iteration's prompt rows carry exactly the tokens the plan gave them, with decodes beside them;
+    also where each chunk is capped below what the time budget allows (several capped prompts
+    in one plan used to reach SGLang as one long chunk of the first)."""
+    tag = f"{chunk_cap}"
+    _decoding(fair, [make_req(f"ad{tag}{i}", 30, 60) for i in range(4)])
+    prompts = [make_req(f"ap{tag}{i}", tokens, 4) for i, tokens in enumerate((300, 1400, 90, 700, 1100))]
+    plans = []
+    plan = fair.fair_policy.plan
+    saved_cap, fair.fair_policy.max_chunk_tokens = fair.fair_policy.max_chunk_tokens, chunk_cap
+
+    def recorded(view):
+        plans.append(plan(view))
+        return plans[-1]
+
+    fair.fair_policy.plan = recorded
+    try:
+        for req in prompts:
+            fair._add_request_to_queue(req)
+        compared = 0
+        for _ in range(120):
+            plans.clear()
+            batch = step(fair)
+            if batch is None or not batch.forward_mode.is_extend() or not plans or not plans[-1].prefills:
+                continue
+            decoding = {id(req) for req in (batch.decoding_reqs or ())}
+            ran = {req.rid: tokens for req, tokens in zip(batch.reqs, batch.extend_lens) if id(req) not in decoding}
+            assert ran == {chunk.request.rid: chunk.tokens for chunk in plans[-1].prefills}
+            compared += 1
+            if all(len(req.output_ids) >= 1 for req in prompts):
+                break
+        assert compared >= 2 and all(len(req.output_ids) >= 1 for req in prompts)
+    finally:
+        fair.fair_policy.plan = plan
+        fair.fair_policy.max_chunk_tokens = saved_cap
+    run_until_idle(fair, prompts)
