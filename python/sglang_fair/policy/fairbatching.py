@@ -370,19 +370,15 @@ class FairBatchingPolicy(BatchPolicy):
                       spread: bool = True) -> None:
         """Prompts in prefill order, each up to its chunk cap (:meth:`_chunk_cap`), while time, KV
         and seats last; a prompt cut short ends the batch (SGLang runs one chunked prompt,
-        :attr:`BatchBuilder.chunk_open`).  ``spread=False`` for a prefill-only iteration, whose room
-        was sized for the prompts' caps added up (:meth:`separate_iteration`): there prompts fill
-        that many tokens whole, in order, and the last one is cut where they end, as SGLang's adder
-        cuts its chunked prompt (each such chunk pays an iteration's overhead of its own, and
-        spreading a prompt only multiplies it)."""
+        :attr:`BatchBuilder.chunk_open`).  ``spread=False`` for a prefill-only iteration, whose
+        builder already carries its token total (:meth:`separate_iteration`): there prompts fill it
+        whole, in order, and the last one is cut where it ends, as SGLang's adder cuts its chunked
+        prompt (each such chunk pays an iteration's overhead of its own, and spreading a prompt only
+        multiplies it)."""
         model = builder.model
         now_s = view.now_s
         # Iterations come about once per budget while decodes run; with none, nothing is spread.
         period_s = order.budget_s if spread and view.decodes and math.isfinite(order.budget_s) else 0.0
-        if not spread:
-            builder.prefill_tokens_left = min(builder.prefill_tokens_left, sum(
-                min(request.remaining_prefill_tokens, self._chunk_cap(model, request, now_s, 0.0))
-                for request in order.prefills))
         prefills = order.prefills
         if self.clients is not None:  # lowest counter first, re-chosen after every charge
             prefills = itertools.chain(order.partial, self.clients.pick(order.waiting, key=first_token_deadline))
@@ -543,6 +539,8 @@ class FairBatchingPolicy(BatchPolicy):
                 needed = worthwhile
             room_s = overhead_s + model.prefill_cost_s(needed, 0)
         prefill_only = BatchBuilder(view, model, time_budget_s=room_s)
+        # The prompts' caps added up, what the room was sized for, filled in order (one cut).
+        prefill_only.prefill_tokens_left = min(prefill_only.prefill_tokens_left, waiting_tokens)
         self._grant_chunks(prefill_only, view, order, spread=False)
         return prefill_only if prefill_only.mixed else decode_only  # else memory or seats keep them out
 
