@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from policy_helpers import CPU_LIKE
+from policy_helpers import CPU_LIKE, CPU_MIXED_CONTEXT
 from sglang_fair.policy import CostModel
 from sglang_fair.policy.calibration import (
     CALIBRATION_VERSION,
@@ -65,6 +65,8 @@ def test_grid_covers_every_class_and_holds_some_out():
     rng = np.random.default_rng(0)
     features = np.array([_executed_features(s, rng) for s in grid if not s.holdout])
     assert np.linalg.matrix_rank(features) == len(FEATURE_NAMES)
+    gpu = np.array([_executed_features(s, rng) for s in calibration_grid("gpu", SERVER, visits=4) if not s.holdout])
+    assert np.linalg.matrix_rank(gpu) == len(FEATURE_NAMES)
 
 
 def test_grid_fits_the_engine_limits():
@@ -80,19 +82,22 @@ def test_grid_fits_the_engine_limits():
     assert len(calibration_grid("gpu", SERVER, visits=4)) > 0
 
 
-def test_fit_recovers_the_engine_from_noisy_timings():
+@pytest.mark.parametrize("engine", [CPU_LIKE, CPU_MIXED_CONTEXT], ids=lambda m: m.name)
+def test_fit_recovers_the_engine_from_noisy_timings(engine):
     rng = np.random.default_rng(1)
     grid = calibration_grid("cpu", SERVER, visits=4)
-    fit = fit_calibration(_timed(grid, CPU_LIKE, rng), name="t")
+    fit = fit_calibration(_timed(grid, engine, rng), name="t")
     assert fit.fit_mape < 0.05 and fit.holdout_mape is not None and fit.holdout_mape < 0.05
     for shape in (CalibrationShape("mixed", 12, 200, 300), CalibrationShape("prefill", chunk=700, prefix=100),
                   CalibrationShape("decode", 40, 500)):
         features = _executed_features(shape, rng)
         assert float(np.dot(features, fit.model.coefficients())) == pytest.approx(
-            float(np.dot(features, CPU_LIKE.coefficients())), rel=0.08)
+            float(np.dot(features, engine.coefficients())), rel=0.08)
     # the extend-path terms, which no kernel profile sees, come out of the engine's own timings
-    assert fit.model.per_prefill_iteration_s == pytest.approx(CPU_LIKE.per_prefill_iteration_s, rel=0.25)
-    assert fit.model.per_mixed_seq_s == pytest.approx(CPU_LIKE.per_mixed_seq_s, rel=0.25)
+    # (the mixed shapes' decode groups sit at several contexts, which tells the two per-row terms apart)
+    assert fit.model.per_prefill_iteration_s == pytest.approx(engine.per_prefill_iteration_s, rel=0.25)
+    assert fit.model.per_mixed_seq_s == pytest.approx(engine.per_mixed_seq_s, rel=0.25)
+    assert fit.model.per_mixed_context_s == pytest.approx(engine.per_mixed_context_s, rel=0.25, abs=1e-7)
     assert {row["shape"] for row in fit.table} == {s.label for s in grid}
     assert sum(row["holdout"] for row in fit.table) == sum(s.holdout for s in grid)
     assert fit.model.info["holdout_mape"] == fit.holdout_mape

@@ -15,8 +15,10 @@ iteration, so the fastest is the best estimate of what the shape itself costs; t
 repeats is kept beside it.
 Some shapes are held out of the fit and only predicted, which gives the honest error
 (``holdout_mape``).  The fit is :func:`fit_physical_cost_model` over every term the grid
-identifies, the extend-path ones (``prefill_iteration``, ``mixed_seqs``) included: they are
-properties of the running engine, which only timing the engine itself can measure.
+identifies, the extend-path ones (``prefill_iteration``, ``mixed_seqs``, ``mixed_context``)
+included: they are properties of the running engine, which only timing the engine itself can
+measure (``mixed_context`` apart from ``mixed_seqs`` because the mixed shapes come at several
+decode contexts).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ __all__ = [
 ]
 
 #: Bump when what is timed, or how it is fitted, changes: cached calibrations then stop matching.
-CALIBRATION_VERSION = 1
+#: 2: the ninth term, ``mixed_context`` (a version-1 model would load with it at 0).
+CALIBRATION_VERSION = 2
 
 
 class CalibrationError(RuntimeError):
