@@ -180,3 +180,27 @@ def test_cache_round_trip_and_bad_entries(tmp_path):
     assert load_cached(tmp_path / "sub", key) is None
     (tmp_path / "sub" / f"calibration-{key}.json").write_text(json.dumps({**text, "model": {"fixed_s": "x"}}))
     assert load_cached(tmp_path / "sub", key) is None
+
+
+def test_a_fit_whose_extend_context_takes_every_token_cost_is_refitted_without_it(monkeypatch):
+    """On a noisy grid the decode rows' context (nearly proportional to their count within a group)
+    can absorb the whole per-token cost; the calibration then fits without ``mixed_context``
+    instead of failing the start-up."""
+    from sglang_fair.policy import calibration
+
+    real_fit = calibration.fit_physical_cost_model
+    seen_terms = []
+
+    def fit_that_zeroes_tokens_with_the_term(features, times_s, *, terms, **kwargs):
+        seen_terms.append(terms)
+        model = real_fit(features, times_s, terms=terms, **kwargs)
+        if "mixed_context" in terms:
+            model.per_new_token_s = model.per_context_token_s = 0.0
+        return model
+
+    monkeypatch.setattr(calibration, "fit_physical_cost_model", fit_that_zeroes_tokens_with_the_term)
+    grid = calibration_grid("cpu", SERVER, visits=4)
+    fit = fit_calibration(_timed(grid, CPU_MIXED_CONTEXT, np.random.default_rng(4)), name="t")
+    assert [("mixed_context" in terms) for terms in seen_terms] == [True, False]
+    assert fit.model.per_new_token_s + fit.model.per_context_token_s > 0
+    assert fit.model.per_mixed_context_s == 0.0
