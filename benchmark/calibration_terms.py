@@ -1,14 +1,18 @@
-"""Would one more cost-model term explain the start-up calibration better?  Refit cached calibrations.
+"""What the ``mixed_context`` term does for a start-up calibration: refit cached calibrations.
 
 Reads calibration cache files (``$SGLANG_FAIR_CALIBRATION_CACHE/calibration-*.json``, or the paths
-given), rebuilds each shape's features from its label (mean contexts: the runtime's ragged
-contexts average the nominal length, plus about 5 tokens of growth over a visit), and refits the
-measured times by non-negative least squares on relative error, held-out shapes left out, with the
-seven terms of ``FEATURE_NAMES`` and with an eighth candidate, ``mixed_context``: the decode rows'
-context in a batch that holds a prefill chunk (SGLang's CPU extend path walks each row's whole KV
-per sequence, dearer than its decode path).  Prints fit and held-out MAPE for both.
+given), rebuilds each shape's features from its label with the policy's own ``BatchShape`` (mean
+contexts: the runtime's ragged contexts average the nominal length, plus about 5 tokens of growth
+over a visit), and refits the measured times with the calibration's own fit
+(``policy.calibration.fit_calibration``, held-out shapes left out) twice: with every term of
+``FEATURE_NAMES`` (the model as it is) and without ``mixed_context`` (the decode rows' context in a
+batch that holds a prefill chunk, the model before that term).  Prints fit and held-out MAPE for
+both.
 
     python benchmark/calibration_terms.py ~/.cache/sglang_fair/calibration/calibration-*.json
+
+(docs/results-cpu.md's table of 2026-12-01 came from this script's first version: an NNLS refit,
+outside the model, of seven terms with and without the then candidate term.)
 """
 
 from __future__ import annotations
@@ -18,42 +22,53 @@ import glob
 import json
 import os
 import re
+import sys
+from pathlib import Path
 
-import numpy as np
-from scipy.optimize import nnls
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+
+from sglang_fair.policy.calibration import CalibrationShape, fit_calibration  # noqa: E402
+from sglang_fair.policy.cost_model import FEATURE_NAMES, BatchShape  # noqa: E402
 
 #: Tokens a decode's context grows by, on average, between its prefill and a timed visit.
 GROWTH_TOKENS = 5
+#: The two fits compared: the model's terms, and the same without the ninth.
+TERM_SETS = {
+    "without mixed_context": tuple(t for t in FEATURE_NAMES if t != "mixed_context"),
+    "model (with mixed_context)": FEATURE_NAMES,
+}
 
 
-def features(label: str) -> tuple[list[float], float]:
-    """(the seven FEATURE_NAMES values, mixed_context) of a calibration shape label."""
+def shape_of(label: str, holdout: bool) -> tuple[CalibrationShape, tuple[float, ...]]:
+    """The calibration shape a table label names, and its features (``BatchShape`` at mean contexts)."""
+    batch = BatchShape()
     if match := re.fullmatch(r"decode (\d+)x(\d+)", label):
         decodes, context = map(int, match.groups())
-        ctx = decodes * (context + GROWTH_TOKENS)
-        return [1, decodes, ctx, decodes, 0, 0, 0], 0.0
-    if match := re.fullmatch(r"mixed (\d+)x(\d+) \+ chunk (\d+)", label):
+        shape = CalibrationShape("decode", decodes, context, holdout=holdout)
+    elif match := re.fullmatch(r"mixed (\d+)x(\d+) \+ chunk (\d+)", label):
         decodes, context, chunk = map(int, match.groups())
-        ctx = decodes * (context + GROWTH_TOKENS)
-        return [1, decodes + chunk, ctx + chunk, decodes + 1, chunk * chunk, 1, decodes + 1], float(ctx)
-    if match := re.fullmatch(r"prefill chunk (\d+) after (\d+)", label):
+        shape = CalibrationShape("mixed", decodes, context, chunk, holdout=holdout)
+    elif match := re.fullmatch(r"prefill chunk (\d+) after (\d+)", label):
         chunk, prefix = map(int, match.groups())
-        return [1, chunk, chunk + prefix, 1, chunk * chunk, 1, 1], 0.0
-    raise ValueError(f"unknown shape label {label!r}")
+        shape = CalibrationShape("prefill", chunk=chunk, prefix=prefix, holdout=holdout)
+    else:
+        raise ValueError(f"unknown shape label {label!r}")
+    for _ in range(shape.decodes):
+        batch.add_decode(shape.context + GROWTH_TOKENS)
+    if shape.chunk:
+        batch.add_prefill(shape.chunk, shape.prefix)
+    return shape, batch.features()
 
 
 def refit(entry: dict) -> dict:
-    rows = entry["table"]
-    base = np.array([features(r["shape"])[0] for r in rows], dtype=float)
-    mixed_context = np.array([features(r["shape"])[1] for r in rows], dtype=float)
-    times = np.array([r["measured_ms"] for r in rows]) / 1e3
-    held = np.array([r["holdout"] for r in rows], dtype=bool)
+    samples = {}
+    for row in entry["table"]:
+        shape, features = shape_of(row["shape"], bool(row["holdout"]))
+        samples[shape] = [(features, row["measured_ms"] / 1e3)]
     out = {}
-    for name, x in (("7 terms", base), ("+ mixed_context", np.column_stack([base, mixed_context]))):
-        weights = 1.0 / times
-        coef, _ = nnls(x[~held] * weights[~held, None], times[~held] * weights[~held])
-        errors = np.abs(x @ coef - times) / times
-        out[name] = {"fit_mape": float(errors[~held].mean()), "holdout_mape": float(errors[held].mean())}
+    for name, terms in TERM_SETS.items():
+        fit = fit_calibration(samples, terms=terms)
+        out[name] = {"fit_mape": fit.fit_mape, "holdout_mape": fit.holdout_mape}
     return out
 
 
@@ -65,12 +80,14 @@ def main(argv=None) -> int:
         os.environ.get("SGLANG_FAIR_CALIBRATION_CACHE") or os.path.expanduser("~/.cache/sglang_fair/calibration"),
         "calibration-*.json")))
     for path in paths:
-        entry = json.load(open(path))
+        with open(path) as handle:
+            entry = json.load(handle)
         result = refit(entry)
         model = entry.get("identity", {}).get("model", {}).get("path", "?")
         print(json.dumps({"file": path, "model": os.path.basename(str(model)), "measured_at": entry.get("measured_at"),
                           "load_average": entry.get("load_average"),
-                          **{k: {m: round(v, 3) for m, v in r.items()} for k, r in result.items()}}))
+                          **{k: {m: round(v, 3) if v is not None else None for m, v in r.items()}
+                             for k, r in result.items()}}))
     return 0
 
 

@@ -55,7 +55,8 @@ class ProfileRow:
         """The values of ``FEATURE_NAMES``; a profiled shape with a chunk is an extend iteration
         (one chunk per case: its query-key pairs against the prefix are chunk x prefix)."""
         return feature_row(self.new_tokens, self.sum_context, self.num_seqs, self.sum_chunk_sq,
-                           self.chunk_tokens > 0, self.chunk_tokens * self.prefix_tokens)
+                           self.chunk_tokens > 0, self.chunk_tokens * self.prefix_tokens,
+                           decode_context=self.sum_decode_context)
 
 
 def write_csv(path: str, rows: list[ProfileRow]) -> None:

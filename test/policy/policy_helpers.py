@@ -7,6 +7,10 @@ A100 = CostModel(0.00597, 7.55e-05, 3.0e-07, -2.7e-05, 0.0, name="a100-test")
 #: costs 12 ms more, plus 1.5 ms per sequence in it.
 CPU_LIKE = CostModel(0.0066, 9.5e-05, 3.1e-06, 0.0, 2e-08, per_prefill_iteration_s=0.012,
                      per_mixed_seq_s=0.0015, name="cpu-like-test")
+#: CPU_LIKE whose decode rows in a batch with a prefill also pay per context token (``mixed_context``,
+#: as SGLang's CPU backend measured: ~0.4 ms a row at 96 tokens of context, ~1.2 ms at 256-384).
+CPU_MIXED_CONTEXT = CostModel(0.0066, 9.5e-05, 3.1e-06, 0.0, 2e-08, per_prefill_iteration_s=0.012,
+                              per_mixed_seq_s=0.0003, per_mixed_context_s=3e-06, name="cpu-mixed-context-test")
 
 
 def make_request(rid="r", arrival=0.0, prompt=100, ttft=1.0, tpot=0.05, prefilled=0, generated=0,

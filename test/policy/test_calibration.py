@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from policy_helpers import CPU_LIKE
+from policy_helpers import CPU_LIKE, CPU_MIXED_CONTEXT
 from sglang_fair.policy import CostModel
 from sglang_fair.policy.calibration import (
     CALIBRATION_VERSION,
@@ -65,6 +65,8 @@ def test_grid_covers_every_class_and_holds_some_out():
     rng = np.random.default_rng(0)
     features = np.array([_executed_features(s, rng) for s in grid if not s.holdout])
     assert np.linalg.matrix_rank(features) == len(FEATURE_NAMES)
+    gpu = np.array([_executed_features(s, rng) for s in calibration_grid("gpu", SERVER, visits=4) if not s.holdout])
+    assert np.linalg.matrix_rank(gpu) == len(FEATURE_NAMES)
 
 
 def test_grid_fits_the_engine_limits():
@@ -80,19 +82,22 @@ def test_grid_fits_the_engine_limits():
     assert len(calibration_grid("gpu", SERVER, visits=4)) > 0
 
 
-def test_fit_recovers_the_engine_from_noisy_timings():
+@pytest.mark.parametrize("engine", [CPU_LIKE, CPU_MIXED_CONTEXT], ids=lambda m: m.name)
+def test_fit_recovers_the_engine_from_noisy_timings(engine):
     rng = np.random.default_rng(1)
     grid = calibration_grid("cpu", SERVER, visits=4)
-    fit = fit_calibration(_timed(grid, CPU_LIKE, rng), name="t")
+    fit = fit_calibration(_timed(grid, engine, rng), name="t")
     assert fit.fit_mape < 0.05 and fit.holdout_mape is not None and fit.holdout_mape < 0.05
     for shape in (CalibrationShape("mixed", 12, 200, 300), CalibrationShape("prefill", chunk=700, prefix=100),
                   CalibrationShape("decode", 40, 500)):
         features = _executed_features(shape, rng)
         assert float(np.dot(features, fit.model.coefficients())) == pytest.approx(
-            float(np.dot(features, CPU_LIKE.coefficients())), rel=0.08)
+            float(np.dot(features, engine.coefficients())), rel=0.08)
     # the extend-path terms, which no kernel profile sees, come out of the engine's own timings
-    assert fit.model.per_prefill_iteration_s == pytest.approx(CPU_LIKE.per_prefill_iteration_s, rel=0.25)
-    assert fit.model.per_mixed_seq_s == pytest.approx(CPU_LIKE.per_mixed_seq_s, rel=0.25)
+    # (the mixed shapes' decode groups sit at several contexts, which tells the two per-row terms apart)
+    assert fit.model.per_prefill_iteration_s == pytest.approx(engine.per_prefill_iteration_s, rel=0.25)
+    assert fit.model.per_mixed_seq_s == pytest.approx(engine.per_mixed_seq_s, rel=0.25)
+    assert fit.model.per_mixed_context_s == pytest.approx(engine.per_mixed_context_s, rel=0.25, abs=1e-7)
     assert {row["shape"] for row in fit.table} == {s.label for s in grid}
     assert sum(row["holdout"] for row in fit.table) == sum(s.holdout for s in grid)
     assert fit.model.info["holdout_mape"] == fit.holdout_mape
@@ -175,3 +180,27 @@ def test_cache_round_trip_and_bad_entries(tmp_path):
     assert load_cached(tmp_path / "sub", key) is None
     (tmp_path / "sub" / f"calibration-{key}.json").write_text(json.dumps({**text, "model": {"fixed_s": "x"}}))
     assert load_cached(tmp_path / "sub", key) is None
+
+
+def test_a_fit_whose_extend_context_takes_every_token_cost_is_refitted_without_it(monkeypatch):
+    """On a noisy grid the decode rows' context (nearly proportional to their count within a group)
+    can absorb the whole per-token cost; the calibration then fits without ``mixed_context``
+    instead of failing the start-up."""
+    from sglang_fair.policy import calibration
+
+    real_fit = calibration.fit_physical_cost_model
+    seen_terms = []
+
+    def fit_that_zeroes_tokens_with_the_term(features, times_s, *, terms, **kwargs):
+        seen_terms.append(terms)
+        model = real_fit(features, times_s, terms=terms, **kwargs)
+        if "mixed_context" in terms:
+            model.per_new_token_s = model.per_context_token_s = 0.0
+        return model
+
+    monkeypatch.setattr(calibration, "fit_physical_cost_model", fit_that_zeroes_tokens_with_the_term)
+    grid = calibration_grid("cpu", SERVER, visits=4)
+    fit = fit_calibration(_timed(grid, CPU_MIXED_CONTEXT, np.random.default_rng(4)), name="t")
+    assert [("mixed_context" in terms) for terms in seen_terms] == [True, False]
+    assert fit.model.per_new_token_s + fit.model.per_context_token_s > 0
+    assert fit.model.per_mixed_context_s == 0.0

@@ -20,7 +20,8 @@ def _samples(model: CostModel, n: int, rng, noise=0.0):
     new = rng.integers(1, 4096, n)
     ctx = new + rng.integers(0, 100_000, n)
     seqs = rng.integers(1, 200, n)
-    features = np.array([feature_row(*row, 0, False) for row in zip(new, ctx, seqs)], dtype=float)
+    features = np.array([feature_row(n, c, s, 0, False, decode_context=c) for n, c, s in zip(new, ctx, seqs)],
+                        dtype=float)
     times = features @ model.coefficients()
     return features, times * (1 + noise * rng.standard_normal(n))
 
@@ -163,13 +164,17 @@ def test_max_chunk_tokens_fits_room(model):
     assert quad.prefill_cost_s(chunk, 100) <= 0.2 < quad.prefill_cost_s(chunk + 1, 100)
 
 
-def _mixed_shapes(rng, n):
-    """Decode-only batches and batches with one prefill chunk among the decodes."""
+def _mixed_shapes(rng, n, *, context_levels=False):
+    """Decode-only batches and batches with one prefill chunk among the decodes.  Each decode's
+    context is drawn alone, or (``context_levels``) within +-50% of a level drawn per batch: then a
+    batch's summed decode context does not follow its number of decodes, and ``mixed_context`` can
+    be told apart from ``mixed_seqs``."""
     shapes = []
     for _ in range(n):
         shape = BatchShape()
+        level = int(rng.integers(16, 2000))
         for _ in range(int(rng.integers(1, 40))):
-            shape.add_decode(int(rng.integers(16, 2000)))
+            shape.add_decode(int(level * rng.uniform(0.5, 1.5)) if context_levels else int(rng.integers(16, 2000)))
         if rng.random() < 0.5:
             shape.add_prefill(int(rng.integers(1, 1024)), int(rng.integers(0, 512)))
         shapes.append(shape)
@@ -185,7 +190,7 @@ def test_extend_terms_predict_and_fit():
             shape.add_decode(context)
     mixed.add_prefill(64, 0)
     extend = FEATURE_NAMES.index("prefill_iteration")
-    assert decode_only.features()[extend:] == (0.0, 0) and mixed.features()[extend:] == (1.0, 3)
+    assert decode_only.features()[extend:] == (0.0, 0, 0) and mixed.features()[extend:] == (1.0, 3, 300)
     # A batch with a prefill pays the extend path once plus per sequence; a decode-only one does not.
     without = CostModel(*CPU_LIKE.coefficients()[:extend])
     assert CPU_LIKE.predict_shape(decode_only) == pytest.approx(without.predict_shape(decode_only))
@@ -201,6 +206,53 @@ def test_extend_terms_predict_and_fit():
     assert "prefill_iteration" in fitted.describe()
 
 
+def test_mixed_context_prices_the_decode_rows_context_in_a_batch_with_a_prefill():
+    from policy_helpers import CPU_LIKE, CPU_MIXED_CONTEXT
+
+    decode_only, mixed, prefill_only = BatchShape(), BatchShape(), BatchShape()
+    for shape in (decode_only, mixed):
+        for context in (100, 250):
+            shape.add_decode(context)
+    for shape in (mixed, prefill_only):
+        shape.add_prefill(64, 512)  # the chunk's own prefix and tokens are not decode context
+    assert (decode_only.decode_context, mixed.decode_context, prefill_only.decode_context) == (350, 350, 0)
+    column = FEATURE_NAMES.index("mixed_context")
+    assert (decode_only.features()[column], mixed.features()[column], prefill_only.features()[column]) == (0, 350, 0)
+    without = CostModel(*CPU_MIXED_CONTEXT.coefficients()[:-1])  # the same model, the term at 0
+    assert CPU_MIXED_CONTEXT.predict_shape(decode_only) == without.predict_shape(decode_only)
+    assert CPU_MIXED_CONTEXT.predict_shape(prefill_only) == without.predict_shape(prefill_only)
+    assert CPU_MIXED_CONTEXT.predict_shape(mixed) == pytest.approx(without.predict_shape(mixed) + 350 * 3e-6)
+    assert CPU_MIXED_CONTEXT.predict_shape(mixed) == pytest.approx(
+        float(np.dot(mixed.features(), CPU_MIXED_CONTEXT.coefficients())))
+    assert "mixed_ctx" in CPU_MIXED_CONTEXT.describe() and "mixed_ctx" not in CPU_LIKE.describe()
+    # The extend path's cost for decode rows: the first chunk's mixing cost, and what running them
+    # apart saves (an iteration's fixed cost against their rows' extend cost).
+    assert CPU_MIXED_CONTEXT.extend_rows_cost_s(2, 350) == pytest.approx(2 * 0.0003 + 350 * 3e-6)
+    assert CPU_MIXED_CONTEXT.mixing_cost_s(2, 350) == pytest.approx(0.012 + 2 * 0.0003 + 350 * 3e-6)
+    assert CPU_LIKE.mixing_cost_s(2, 350) == pytest.approx(0.012 + 2 * 0.0015)  # no context term
+    assert CPU_MIXED_CONTEXT.split_saving_s(2, 350) == pytest.approx(2 * 0.0003 + 350 * 3e-6 - 0.0066)
+    assert CPU_MIXED_CONTEXT.split_saving_s(8, 8 * 100) < 0 < CPU_MIXED_CONTEXT.split_saving_s(8, 8 * 400)
+    # The batched rates are decode_cost_s plus, in a batch with a prefill, the row's extend cost.
+    for is_mixed in (False, True):
+        per_row_s, per_context_s = CPU_MIXED_CONTEXT.decode_rates_s(is_mixed)
+        expected = CPU_MIXED_CONTEXT.decode_cost_s(250) + (CPU_MIXED_CONTEXT.extend_rows_cost_s(1, 250) if is_mixed else 0)
+        assert per_row_s + per_context_s * 250 == pytest.approx(expected)
+
+
+def test_a_model_saved_without_mixed_context_loads_with_it_at_zero(tmp_path):
+    from policy_helpers import CPU_LIKE
+
+    data = CPU_LIKE.to_dict()
+    del data["per_mixed_context_s"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    loaded = load_cost_model(str(path))
+    assert loaded.per_mixed_context_s == 0.0
+    np.testing.assert_array_equal(loaded.coefficients(), CPU_LIKE.coefficients())
+    for name in preset_names():  # the shipped (GPU) presets predate the term
+        assert load_cost_model(name).per_mixed_context_s == 0.0
+
+
 def test_online_refit_learns_the_extend_path_cost(model):
     """A prior without extend-path terms (a kernel profile) on an engine that has them."""
     from policy_helpers import CPU_LIKE
@@ -211,8 +263,45 @@ def test_online_refit_learns_the_extend_path_cost(model):
     for shape in _mixed_shapes(rng, 256):
         online.observe(shape, CPU_LIKE.predict_shape(shape) * (1 + 0.02 * rng.standard_normal()))
     assert online.refits > 0
-    assert online.current.per_prefill_iteration_s == pytest.approx(0.012, rel=0.2)
-    assert online.current.per_mixed_seq_s == pytest.approx(0.0015, rel=0.2)
+    fitted = online.current
+    assert fitted.per_prefill_iteration_s == pytest.approx(0.012, rel=0.2)
+    # Every batch's decodes average ~1000 tokens of context here, so a decode row's extend cost is
+    # identified only at that context, split between the per-row and per-context-token terms.
+    assert fitted.extend_rows_cost_s(1, 1008) == pytest.approx(0.0015, rel=0.2)
+
+
+def test_online_refit_learns_the_mixed_context_cost():
+    """An engine whose decode rows cost more per context token in a batch with a prefill (SGLang's
+    CPU backend), seen through batches at many context levels, from a prior without the term."""
+    from policy_helpers import CPU_MIXED_CONTEXT
+
+    prior = CostModel(*CPU_MIXED_CONTEXT.coefficients()[:5], name="kernel-profile")
+    online = OnlineCostModel(prior, min_samples=32, refit_every=32)
+    rng = np.random.default_rng(4)
+    for shape in _mixed_shapes(rng, 512, context_levels=True):
+        online.observe(shape, CPU_MIXED_CONTEXT.predict_shape(shape) * (1 + 0.02 * rng.standard_normal()))
+    assert online.refits > 0
+    fitted = online.current
+    assert fitted.per_mixed_context_s == pytest.approx(3e-6, rel=0.2)
+    assert fitted.per_prefill_iteration_s == pytest.approx(0.012, rel=0.2)
+    # What a decode row adds on the extend path, at short and long context (the small per-row term
+    # alone is less sharply identified than these).
+    for context in (96, 384):
+        assert fitted.extend_rows_cost_s(1, context) == pytest.approx(CPU_MIXED_CONTEXT.extend_rows_cost_s(1, context),
+                                                                      rel=0.15)
+
+
+def test_online_refit_keeps_the_priors_mixed_context_until_a_mixed_batch_is_seen(model):
+    """A window of decode-only batches cannot see the term: it stays the (rescaled) prior's."""
+    from policy_helpers import CPU_MIXED_CONTEXT
+
+    online = OnlineCostModel(CPU_MIXED_CONTEXT, min_samples=32, refit_every=32)
+    rng = np.random.default_rng(6)
+    for shape in _mixed_shapes(rng, 256):
+        if not shape.num_prefills:
+            online.observe(shape, 1.3 * CPU_MIXED_CONTEXT.predict_shape(shape))
+    assert online.refits > 0
+    assert online.current.per_mixed_context_s == pytest.approx(1.3 * 3e-6, rel=1e-6)
 
 
 def test_online_refit_never_keeps_a_negative_extend_cost(model):
@@ -224,6 +313,7 @@ def test_online_refit_never_keeps_a_negative_extend_cost(model):
         online.observe(shape, time_s)
     assert online.refits > 0
     assert online.current.per_prefill_iteration_s >= 0 and online.current.per_mixed_seq_s >= 0
+    assert online.current.per_mixed_context_s >= 0
 
 
 def test_builder_charges_the_first_chunk_the_mixing_cost():
@@ -249,6 +339,48 @@ def test_builder_charges_the_first_chunk_the_mixing_cost():
     assert builder.add_decodes(decodes[9:]) == 1
     assert builder.predicted_s == pytest.approx(CPU_LIKE.predict_shape(builder.plan.shape))
     assert builder.predicted_s <= 0.2
+
+
+@pytest.mark.parametrize("decodes_first", [True, False])
+def test_builder_prices_decode_rows_context_in_a_mixed_batch_as_predict_shape_does(decodes_first):
+    """Each way a decode joins a batch with a prefill (one at a time, in a run, all at once), and a
+    prefill joining decodes (the mixing cost), charges ``per_mixed_context_s`` for the decode rows'
+    context: the builder's running time is the model's prediction for the shape it built."""
+    from policy_helpers import CPU_MIXED_CONTEXT, make_request
+    from sglang_fair.policy import BatchBuilder, IterationView
+
+    model = CPU_MIXED_CONTEXT
+    decodes = []
+    for i in range(9):
+        request = make_request(f"d{i}", 0.0, 100 + 50 * i, generated=5)
+        request.prefilled_tokens = request.prompt_tokens
+        decodes.append(request)
+    prompt = make_request("w", 0.0, 4000)
+    view = IterationView(1.0, decodes, [prompt])
+    builder = BatchBuilder(view, model)
+    before_s = None
+    if decodes_first:
+        builder.add_decodes(decodes[:3])
+        builder.add_all_decodes(decodes[3:6], sum(r.context_tokens for r in decodes[3:6]))
+        before_s = builder.predicted_s
+    assert builder.add_prefill(prompt, max_chunk=128) == 128
+    if decodes_first:
+        context = sum(r.context_tokens for r in decodes[:6])
+        assert builder.mixing_s == pytest.approx(model.mixing_cost_s(6, context))
+        assert builder.predicted_s - before_s == pytest.approx(
+            0.012 + 6 * 0.0003 + 3e-6 * context + model.prefill_cost_s(128, 0))
+    else:
+        builder.add_decodes(decodes[:3])
+        builder.add_all_decodes(decodes[3:6], sum(r.context_tokens for r in decodes[3:6]))
+    before_s = builder.predicted_s
+    assert builder.add_decode(decodes[6], force=True)
+    assert builder.predicted_s - before_s == pytest.approx(
+        model.decode_cost_s(decodes[6].context_tokens) + 0.0003 + 3e-6 * decodes[6].context_tokens)
+    builder.add_decodes(decodes[7:])
+    shape = builder.plan.shape
+    assert shape.decode_context == sum(r.context_tokens for r in decodes) and shape.num_prefills == 1
+    assert builder.predicted_s == pytest.approx(model.predict_shape(shape))
+    assert builder.finish(view).predicted_s == model.predict_shape(shape)
 
 
 def test_a_decode_run_observed_in_one_call_is_each_step_observed_in_turn(model):

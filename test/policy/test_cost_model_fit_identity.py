@@ -82,13 +82,14 @@ def _window(rng, n, *, decode_share=0.8, noise=0.3, outliers=0, bad_rows=0):
     for _ in range(n):
         seqs = int(rng.integers(1, 300))
         if rng.random() < decode_share:
-            rows.append(feature_row(seqs, seqs * int(rng.integers(16, 2000)), seqs, 0, False))
+            context = seqs * int(rng.integers(16, 2000))
+            rows.append(feature_row(seqs, context, seqs, 0, False, decode_context=context))
         else:
             chunk, prefix = int(rng.integers(16, 2048)), int(rng.integers(0, 4096))
             rows.append(feature_row(chunk + seqs, chunk + prefix + seqs * 500, seqs + 1, chunk * chunk, True,
-                                    chunk * prefix))
+                                    chunk * prefix, decode_context=seqs * 500))
     features = np.array(rows, dtype=float)
-    true = np.array([2e-3, 3e-6, 1e-9, 2e-6, 6e-9, 1e-8, 1e-3, 5e-4])
+    true = np.array([2e-3, 3e-6, 1e-9, 2e-6, 6e-9, 1e-8, 1e-3, 5e-4, 2e-9])
     times = features @ true * np.exp(noise * rng.standard_normal(n))
     times[rng.choice(n, outliers, replace=False)] *= 20
     if bad_rows:
@@ -106,7 +107,7 @@ def test_physical_fit_is_bit_for_bit_the_reference(seed):
     n = int(rng.choice([40, 319, 1024]))
     features, times = _window(rng, n, decode_share=float(rng.choice([0.6, 0.95, 1.0])),
                               noise=float(rng.choice([0.02, 0.3, 1.0])), outliers=n // 20, bad_rows=seed % 3)
-    prior = CostModel(2.2e-3, 2.6e-6, 1.1e-9, 0.0, 6.2e-9, 1.2e-8, 1.3e-3, 5e-4, name="p")
+    prior = CostModel(2.2e-3, 2.6e-6, 1.1e-9, 0.0, 6.2e-9, 1.2e-8, 1.3e-3, 5e-4, 1.8e-9, name="p")
     seen = np.abs(np.nan_to_num(features)).max(axis=0) > 0
     terms = tuple(t for t in FEATURE_NAMES if seen[FEATURE_NAMES.index(t)])
     for prior_arg, weight in ((None, 0.0), (prior, 1.0 / n), (prior, 32.0 / n)):

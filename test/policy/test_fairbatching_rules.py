@@ -3,7 +3,7 @@ chunking from the cost model and the deadline, checked on hand-made views."""
 
 import pytest
 
-from policy_helpers import A100, CPU_LIKE, make_request
+from policy_helpers import A100, CPU_LIKE, CPU_MIXED_CONTEXT, make_request
 from sglang_fair.policy import CostModel, FairBatchingPolicy, IterationView
 from sglang_fair.policy.base import decode_utilisation
 
@@ -180,14 +180,19 @@ def _decodes_with_slack(count, slack_s, tpot_s=0.1, can_skip=True):
 
 
 @pytest.mark.parametrize("model, decodes, apart", [(GPU, 64, False), (A100, 200, False),
-                                                   (CPU_LIKE, 4, False), (CPU_LIKE, 5, True), (CPU_LIKE, 64, True)])
+                                                   (CPU_LIKE, 4, False), (CPU_LIKE, 5, True), (CPU_LIKE, 64, True),
+                                                   (CPU_MIXED_CONTEXT, 7, False), (CPU_MIXED_CONTEXT, 8, True)])
 def test_prefills_and_decodes_mix_only_where_the_cost_model_says_it_is_cheaper(model, decodes, apart):
     # Mixed, n decodes pay n extend rows; apart, one more iteration's fixed cost (CPU_LIKE: rows of
-    # 1.5 ms, iterations of 6.6 ms, so 5 decodes or more run apart; a GPU preset never does).
+    # 1.5 ms, iterations of 6.6 ms, so 5 decodes or more run apart; CPU_MIXED_CONTEXT: rows of
+    # 0.3 ms + 3 us per token of their 203-token context, 0.909 ms, so 8 or more; a GPU preset never).
     policy = FairBatchingPolicy(model, budget_safety=0.9)
     view = IterationView(NOW, _decodes_with_slack(decodes, 0.2), [_waiting("w", NOW - 0.1, 600)])
     assert policy.keeps_prefills_apart(view) is apart
-    assert (model.split_saving_s(decodes) > 0) is apart
+    assert (model.split_saving_s(decodes, decodes * 203) > 0) is apart
+    # The driver's running total, where it keeps one, gives the same answer as the pass over them.
+    view.decode_context_tokens = decodes * 203
+    assert policy.keeps_prefills_apart(view) is apart
     plan = policy.plan(view)
     if apart:
         assert not (plan.decodes and plan.prefills)

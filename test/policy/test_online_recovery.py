@@ -46,11 +46,11 @@ def _run(prior: CostModel, shapes, times) -> OnlineCostModel:
 @pytest.mark.parametrize(
     "label,factors",
     [
-        ("100x too fast", [0.01] * 8),
-        ("100x too slow", [100.0] * 8),
+        ("100x too fast", [0.01] * len(FEATURE_NAMES)),
+        ("100x too slow", [100.0] * len(FEATURE_NAMES)),
         # wrong in shape too: a kernel profile with no host overhead and no extend path
-        ("kernel-only, 100x fast fixed cost", [0.01, 0.5, 1, 1, 1, 1, 0, 0]),
-        ("per-token costs 100x slow", [1, 100, 100, 1, 1, 1, 1, 1]),
+        ("kernel-only, 100x fast fixed cost", [0.01, 0.5, 1, 1, 1, 1, 0, 0, 0]),
+        ("per-token costs 100x slow", [1, 100, 100, 1, 1, 1, 1, 1, 1]),
     ],
 )
 def test_a_wrong_prior_reaches_the_fit_error_of_a_right_one_within_200_iterations(seed, label, factors):
@@ -85,7 +85,7 @@ def test_the_prior_is_rescaled_then_trusted_only_as_far_as_it_explains_the_sampl
     shapes, times = _server_like_stream(3)
     right = _run(CPU_LIKE, shapes, times)
     uniform = _run(_scaled(CPU_LIKE, [100.0] * len(FEATURE_NAMES), "slow"), shapes, times)
-    misshapen = _run(_scaled(CPU_LIKE, [1, 100, 100, 1, 1, 1, 1, 1], "bad shape"), shapes, times)
+    misshapen = _run(_scaled(CPU_LIKE, [1, 100, 100, 1, 1, 1, 1, 1, 1], "bad shape"), shapes, times)
     # A right prior counts as 32 samples; one right in shape but 100x off in scale is rescaled
     # (by ~1/100) and then trusted as much; one wrong in shape keeps a fraction of the weight.
     assert right.prior_weight_used == pytest.approx(32.0)
@@ -152,7 +152,7 @@ def test_a_model_that_already_predicts_the_engine_is_not_refitted():
     shapes, _ = _server_like_stream(0, 400)
     exact = _run(CPU_LIKE, shapes, [CPU_LIKE.predict_shape(s) for s in shapes])
     assert exact.refits == 0 and exact.current is CPU_LIKE
-    slower = _scaled(CPU_LIKE, [1.3] * 8, "30% slower")
+    slower = _scaled(CPU_LIKE, [1.3] * len(FEATURE_NAMES), "30% slower")
     drifted = _run(CPU_LIKE, shapes, [slower.predict_shape(s) for s in shapes])
     assert drifted.refits > 0
     assert drifted.current.predict_shape(shapes[-1]) == pytest.approx(slower.predict_shape(shapes[-1]), rel=0.02)

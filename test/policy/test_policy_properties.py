@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policy_helpers import A100, CPU_LIKE, make_request
+from policy_helpers import A100, CPU_LIKE, CPU_MIXED_CONTEXT, make_request
 from sglang_fair.policy import POLICY_NAMES, FairBatchingPolicy, IterationView, make_policy
 from sglang_fair.policy.base import first_token_deadline
 
@@ -59,7 +59,7 @@ def _options(name):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(view=views(), name=st.sampled_from(POLICY_NAMES), model=st.sampled_from([A100, CPU_LIKE]))
+@given(view=views(), name=st.sampled_from(POLICY_NAMES), model=st.sampled_from([A100, CPU_LIKE, CPU_MIXED_CONTEXT]))
 def test_plan_never_overcommits(view, name, model):
     policy = make_policy(name, model, **_options(name))
     plan = policy.plan(view)
@@ -85,7 +85,7 @@ def test_plan_never_overcommits(view, name, model):
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(view=views(roomy=True), safety=st.sampled_from([0.8, 0.9, 1.0]),
-       model=st.sampled_from([A100, CPU_LIKE]))
+       model=st.sampled_from([A100, CPU_LIKE, CPU_MIXED_CONTEXT]))
 def test_fairbatching_budget_and_urgent_decodes(view, safety, model):
     policy = FairBatchingPolicy(model, budget_safety=safety)
     budget_s, floor_s = policy.time_budget_s(view)
@@ -120,8 +120,7 @@ def test_fairbatching_budget_and_urgent_decodes(view, safety, model):
     if not view.decodes:
         return
     # Only forced work (urgent / unskippable decodes, a progress chunk) may exceed the time budget.
-    # (A forced decode in a batch with a prefill also pays the extend path's per-sequence cost.)
-    mixed_s = model.per_mixed_seq_s if plan.prefills else 0.0
+    # (A forced decode in a batch with a prefill also pays the extend path's row cost.)
     urgent_until_s = view.now_s + budget_s + floor_s
 
     def forced(r):
@@ -129,12 +128,15 @@ def test_fairbatching_budget_and_urgent_decodes(view, safety, model):
             return r.last_token_s + policy.lost_tpot_factor * r.tpot_slo_s < urgent_until_s or not r.can_skip
         return r.next_deadline_s < urgent_until_s or not r.can_skip
 
-    forced_s = sum(model.decode_cost_s(r.context_tokens) + mixed_s for r in plan.decodes if forced(r))
+    forced_s = sum(model.decode_cost_s(r.context_tokens)
+                   + (model.extend_rows_cost_s(1, r.context_tokens) if plan.prefills else 0.0)
+                   for r in plan.decodes if forced(r))
     if plan.time_budget_s > budget_s:
         # Stretched (dear extend path only) to the prefill work that matches the extend overhead,
         # for a prompt that cannot wait: at most that work beyond the urgent decodes.
-        assert model.mixing_cost_s(0) > 0 and plan.prefills
-        mixing_s = model.mixing_cost_s(plan.urgent_decodes)
+        assert model.mixing_cost_s(0, 0) > 0 and plan.prefills
+        urgent = plan.decodes[: plan.urgent_decodes]  # (added first)
+        mixing_s = model.mixing_cost_s(len(urgent), sum(r.context_tokens for r in urgent))
         worthwhile = model.max_chunk_tokens(mixing_s, 0) + 1
         order = policy.order_and_budget(view)
         if view.now_s > first_token_deadline(order.prefills[0]):

@@ -53,7 +53,8 @@ def test_calibration_times_the_grid_and_reports_held_out_error(calibrated):
     online = calibrated.fair_policy.online
     assert online.prior is calibration.model and online.current is calibration.model
     assert calibration.model.per_new_token_s + calibration.model.per_context_token_s > 0
-    assert calibration.model.per_prefill_iteration_s + calibration.model.per_mixed_seq_s > 0
+    model = calibration.model
+    assert model.per_prefill_iteration_s + model.per_mixed_seq_s + model.per_mixed_context_s > 0
     # shown on /fair/state
     state = calibrated.fair_runtime_state()["calibration"]
     assert state["status"] == "calibrated" and state["holdout_mape"] == calibration.holdout_mape

@@ -76,3 +76,18 @@ def test_a_decode_shape_counts_every_row_and_its_context():
     shape, finished = note_executed_batch(states, _batch(reqs + [untracked], prefill_rows=0), 0.6)
     assert (shape.new_tokens, shape.num_seqs, shape.sum_context) == (4, 4, 3 * 12 + 9)
     assert finished == [] and all(state.generated_tokens == 2 for state in states.values())
+
+
+def test_a_mixed_shape_keeps_its_decode_rows_context_apart_from_the_chunks():
+    """An extend batch holding a prefill chunk and decodes: its decode rows' context is what the
+    ``mixed_context`` term prices (the chunk's prompt and prefix are not)."""
+    prompt = SimpleNamespace(rid="p", output_ids=[], origin_input_ids=[0] * 40, finished_reason=None)
+    decodes = [SimpleNamespace(rid=f"d{i}", output_ids=[1] * (i + 1), origin_input_ids=[0] * 10,
+                               finished_reason=None) for i in range(3)]
+    batch = _batch([prompt, *decodes], prefill_rows=1, extend_lens=[32])
+    batch.prefix_lens = [8]
+    shape, _ = note_executed_batch({}, batch, 0.5)
+    assert (shape.num_prefills, shape.num_seqs, shape.new_tokens) == (1, 4, 35)
+    assert shape.decode_context == 11 + 12 + 13
+    assert shape.sum_context == 8 + 32 + shape.decode_context
+    assert shape.features()[-1] == shape.decode_context

@@ -59,6 +59,12 @@ class IterationView:
     #: The decodes' summed ``context_tokens``, when the driver keeps it (saves a pass over them).
     decode_context_tokens: int | None = None
 
+    def decodes_context_tokens(self) -> int:
+        """The decodes' summed ``context_tokens``: :attr:`decode_context_tokens`, else a pass."""
+        if self.decode_context_tokens is not None:
+            return self.decode_context_tokens
+        return sum(request.context_tokens for request in self.decodes)
+
     @property
     def kv_used_fraction(self) -> float:
         if self.total_kv_tokens >= UNLIMITED or self.total_kv_tokens <= 0:
@@ -160,9 +166,10 @@ class BatchBuilder:
         """Add one decode if it fits (``force`` ignores the token and time budgets, not KV)."""
         if self.kv_left < 1 or self.seats_left < 1:
             return False
-        cost_s = self.model.decode_cost_s(request.context_tokens)
+        context = request.context_tokens
+        cost_s = self.model.decode_cost_s(context)
         if self.mixed:
-            cost_s += self.model.per_mixed_seq_s
+            cost_s += self.model.extend_rows_cost_s(1, context)
         if not force and (self.tokens_left < 1 or cost_s > self.time_left_s):
             return False
         self.kv_left -= 1
@@ -170,7 +177,7 @@ class BatchBuilder:
         self.tokens_left -= 1
         self.predicted_s += cost_s
         self.plan.decodes.append(request)
-        self.plan.shape.add_decode(request.context_tokens)
+        self.plan.shape.add_decode(context)
         return True
 
     def add_decodes(self, requests: Sequence[RequestState], *, force: bool = False) -> int:
@@ -179,11 +186,7 @@ class BatchBuilder:
         Same rules as :meth:`add_decode` (stops at the first that does not fit), in one pass with
         the totals kept in locals: this is the per-iteration hot path of every policy.
         """
-        model = self.model
-        per_decode_s = model.per_new_token_s + model.per_seq_s
-        if self.mixed:
-            per_decode_s += model.per_mixed_seq_s
-        per_context_s = model.per_context_token_s
+        per_decode_s, per_context_s = self.model.decode_rates_s(self.mixed)
         limit = min(self.kv_left, self.seats_left)
         if not force:
             limit = min(limit, self.tokens_left)
@@ -209,6 +212,7 @@ class BatchBuilder:
             shape = self.plan.shape
             shape.new_tokens += count
             shape.sum_context += added_context
+            shape.decode_context += added_context
             shape.num_seqs += count
         return count
 
@@ -216,18 +220,16 @@ class BatchBuilder:
         """Add every one of ``requests`` (the caller checked KV and seats) whose contexts sum to
         ``sum_context``: the decode step's accounting without a pass over the requests."""
         count = len(requests)
-        model = self.model
-        per_decode_s = model.per_new_token_s + model.per_seq_s
-        if self.mixed:
-            per_decode_s += model.per_mixed_seq_s
+        per_decode_s, per_context_s = self.model.decode_rates_s(self.mixed)
         self.kv_left -= count
         self.seats_left -= count
         self.tokens_left -= count
-        self.predicted_s += per_decode_s * count + model.per_context_token_s * sum_context
+        self.predicted_s += per_decode_s * count + per_context_s * sum_context
         self.plan.decodes.extend(requests)
         shape = self.plan.shape
         shape.new_tokens += count
         shape.sum_context += sum_context
+        shape.decode_context += sum_context
         shape.num_seqs += count
 
     def add_prefill(self, request: RequestState, *, min_chunk: int = 1, force: bool = False,
@@ -237,7 +239,8 @@ class BatchBuilder:
         A chunk smaller than ``min_chunk`` (unless it finishes the prompt) is not worth its fixed
         cost and is refused.  ``force`` ignores the time budget (used to guarantee progress).
         ``max_chunk`` caps this one chunk (FairBatching's most-efficient chunk size).  The first
-        chunk of a plan also pays the model's mixing cost (the extend path, for every sequence).
+        chunk of a plan also pays the model's mixing cost (the extend path, for every decode row
+        and its context).
         A waiting request (nothing of it prefilled) is admitted only if it has a seat and SGLang's
         reservation for it fits the admission headroom; otherwise admission stops for this plan.
         """
@@ -258,7 +261,8 @@ class BatchBuilder:
         limit = min(remaining, self.kv_left, self.tokens_left, self.prefill_tokens_left, max_chunk)
         plan = self.plan
         model = self.model
-        mixing_s = 0.0 if plan.prefills else model.mixing_cost_s(plan.shape.num_seqs)
+        # (no prefill in the plan yet: its rows are all decodes)
+        mixing_s = 0.0 if plan.prefills else model.mixing_cost_s(plan.shape.num_seqs, plan.shape.decode_context)
         if not force and self.time_budget_s < math.inf:
             limit = min(limit, model.max_chunk_tokens(self.time_budget_s - self.predicted_s - mixing_s, prefix))
         if limit <= 0 or (limit < min_chunk and limit < remaining):
@@ -340,7 +344,7 @@ class BatchPolicy:
         for k, step_s in enumerate(measured_s):
             shape = BatchShape()
             shape.new_tokens = shape.num_seqs = count
-            shape.sum_context = sum_context + k * count
+            shape.sum_context = shape.decode_context = sum_context + k * count
             self.observe(Plan(decodes, [], shape, math.inf, self.cost_model.predict_shape(shape)), step_s)
 
     def admission_budget(self, view: IterationView) -> AdmissionBudget:

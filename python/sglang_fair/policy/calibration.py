@@ -15,8 +15,10 @@ iteration, so the fastest is the best estimate of what the shape itself costs; t
 repeats is kept beside it.
 Some shapes are held out of the fit and only predicted, which gives the honest error
 (``holdout_mape``).  The fit is :func:`fit_physical_cost_model` over every term the grid
-identifies, the extend-path ones (``prefill_iteration``, ``mixed_seqs``) included: they are
-properties of the running engine, which only timing the engine itself can measure.
+identifies, the extend-path ones (``prefill_iteration``, ``mixed_seqs``, ``mixed_context``)
+included: they are properties of the running engine, which only timing the engine itself can
+measure (``mixed_context`` apart from ``mixed_seqs`` because the mixed shapes come at several
+decode contexts).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ __all__ = [
 ]
 
 #: Bump when what is timed, or how it is fitted, changes: cached calibrations then stop matching.
-CALIBRATION_VERSION = 1
+#: 2: the ninth term, ``mixed_context`` (a version-1 model would load with it at 0).
+CALIBRATION_VERSION = 2
 
 
 class CalibrationError(RuntimeError):
@@ -194,15 +197,7 @@ def fit_calibration(
     train = ~held
     if train.sum() < len(terms):
         raise CalibrationError(f"calibration has {int(train.sum())} fitted shapes for {len(terms)} terms")
-    try:
-        # Every term is a cost, the per-token one too (on a tiny model the context term can carry
-        # all of a chunk's cost); what must not be free is a token: per new plus per context.
-        model = fit_physical_cost_model(features[train], times_s[train], terms=terms, name=name,
-                                        nonnegative=FEATURE_NAMES)
-    except (ValueError, np.linalg.LinAlgError) as exc:
-        raise CalibrationError(f"calibration fit failed: {exc}") from None
-    if not model.per_new_token_s + model.per_context_token_s > 0:
-        raise CalibrationError(f"calibration gave no per-token cost ({model.describe()})")
+    model = _fit_with_token_cost(features[train], times_s[train], terms, name)
     predicted = features @ model.coefficients()
     errors = np.abs(predicted - times_s) / times_s
     fit_mape = float(errors[train].mean())
@@ -215,6 +210,22 @@ def fit_calibration(
     model.info.update(fit_mape=fit_mape, holdout_mape=holdout_mape, shapes=len(labels),
                       holdout_shapes=int(held.sum()))
     return CalibrationFit(model, fit_mape, holdout_mape, table)
+
+
+def _fit_with_token_cost(features: np.ndarray, times_s: np.ndarray, terms: tuple[str, ...], name: str) -> CostModel:
+    """Every term is a cost, the per-token one too (on a tiny model the context term can carry all
+    of a chunk's cost); what must not be free is a token: per new plus per context.  On a noisy
+    grid the extend rows' context term can take the whole per-token cost (the decode rows' context
+    is nearly proportional to their count within a group): then it is fitted without that term."""
+    attempts = [terms] + ([tuple(t for t in terms if t != "mixed_context")] if "mixed_context" in terms else [])
+    for attempt in attempts:
+        try:
+            model = fit_physical_cost_model(features, times_s, terms=attempt, name=name, nonnegative=FEATURE_NAMES)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            raise CalibrationError(f"calibration fit failed: {exc}") from None
+        if model.per_new_token_s + model.per_context_token_s > 0:
+            return model
+    raise CalibrationError(f"calibration gave no per-token cost ({model.describe()})")
 
 
 # --- cache ----------------------------------------------------------------------------------------

@@ -358,8 +358,9 @@ class FairBatchingPolicy(BatchPolicy):
             # Stretch the budget to hold that much prefill work, over one prompt or several short
             # ones (relaxed decodes then sit out, as they would for any prefill surge).
             model = builder.model
-            stretched_s = (builder.predicted_s + model.mixing_cost_s(builder.plan.urgent_decodes)
-                           + model.prefill_cost_s(worthwhile, 0))
+            # (the builder holds the urgent decodes only: its shape's decode context is theirs)
+            mixing_s = model.mixing_cost_s(builder.plan.urgent_decodes, builder.plan.shape.decode_context)
+            stretched_s = builder.predicted_s + mixing_s + model.prefill_cost_s(worthwhile, 0)
             builder.time_budget_s = builder.plan.time_budget_s = stretched_s
             self._grant_chunks(builder, view, order)
             if not builder.mixed:  # nothing could use it (the prefill cap, a minimum chunk)
@@ -407,7 +408,8 @@ class FairBatchingPolicy(BatchPolicy):
         model = builder.model
         if not view.decodes or not order.prefills:
             return None
-        mixing_s = model.mixing_cost_s(builder.plan.urgent_decodes)
+        # The plan's decodes are the urgent ones so far (relaxed decodes join after this phase).
+        mixing_s = model.mixing_cost_s(builder.plan.urgent_decodes, builder.plan.shape.decode_context)
         if mixing_s <= 0:
             return None
         if not builder.mixed and (builder.kv_left <= 0 or builder.seats_left <= 0 or builder.admission_blocked):
@@ -483,7 +485,7 @@ class FairBatchingPolicy(BatchPolicy):
         (:meth:`CostModel.split_saving_s`), and every decode may sit out a prefill-only iteration."""
         if not view.decodes or not view.prefills:
             return False
-        if self.cost_model.split_saving_s(len(view.decodes)) <= 0:
+        if self.cost_model.split_saving_s(len(view.decodes), view.decodes_context_tokens()) <= 0:
             return False
         return all(request.can_skip for request in view.decodes)
 

@@ -210,6 +210,7 @@ def note_executed_batch(states: dict, batch, end_s: float) -> tuple[BatchShape, 
     shape.new_tokens += decode_rows
     shape.num_seqs += decode_rows
     shape.sum_context += sum_context
+    shape.decode_context += sum_context  # (a mixed batch's decode rows: the mixed_context term)
     return shape, finished
 
 

@@ -292,7 +292,7 @@ class Replica:
         # the run is timed first and the policy observes the steps after, in one call, in order.
         while len(ends) < steps_left:
             # The arguments predict_shape passes for the decode step's shape (BatchShape.add_decode).
-            measured_s = predict(count, context, count, 0, 0, 0)
+            measured_s = predict(count, context, count, 0, 0, 0, context)
             if noise is not None:
                 measured_noise = noise()
                 measured_s *= measured_noise
@@ -316,7 +316,7 @@ class Replica:
                 and count <= self.free_kv_tokens - count * steps):
             # The run stopped because the next step reaches a request's length (or the pool's
             # end): that step, timed as step() would time it, is played with the run too.
-            last_s = predict(count, context, count, 0, 0, 0)
+            last_s = predict(count, context, count, 0, 0, 0, context)
             if noise is not None:
                 last_s *= noise()
             last_s = max(last_s, 1e-6)
