@@ -42,7 +42,8 @@ def test_when_not_all_can_make_it_the_longest_prompt_gives_up_its_place():
 
 
 def test_a_prompt_past_saving_is_served_by_its_tail_deadline_not_last():
-    policy = FairBatchingPolicy(A100)  # late_ttft_factor 4: due by arrival + 4 s
+    # late_ttft_factor 4: due by arrival + 4 s; without moving into slack it waits for that
+    policy = FairBatchingPolicy(A100, late_into_slack=False)
     hopeless = _waiting("old", NOW - 2.5, 800)  # its 1 s TTFT passed 1.5 s ago
     fresh = [_waiting(f"n{i}", NOW - 0.05 * i, 300) for i in range(3)]  # due in ~1 s
     later = _waiting("late", NOW + 0.0, 300, ttft=3.0)  # due at NOW + 3, after the old one's NOW + 1.5
@@ -50,6 +51,22 @@ def test_a_prompt_past_saving_is_served_by_its_tail_deadline_not_last():
     order = _order(policy, view)
     assert order.index("old") > max(order.index(f"n{i}") for i in range(3))  # on-time ones first...
     assert order.index("old") < order.index("late")  # ...but not behind everything that can wait
+    # The on-time ones have slack to spare for it (~0.2 s of work against ~1 s left): it goes now.
+    assert _order(FairBatchingPolicy(A100), view)[0] == "old"
+
+
+def test_a_late_prompt_moves_ahead_only_as_far_as_the_slack_allows():
+    late = _waiting("old", NOW - 2.5, 800)
+    late_cost_s = A100.prefill_cost_s(800, 0)
+    # Three fresh prompts due 0.7 s from now that need all but ~0.02 s of it: the late prompt
+    # (~0.06 s) would make the last of them miss, so it passes none of them ...
+    tight = [_waiting(f"n{i}", NOW - 0.3 + 0.001 * i, 3000) for i in range(3)]
+    finish_s = NOW + 3 * A100.prefill_cost_s(3000, 0)
+    assert finish_s <= NOW + 0.7 < finish_s + late_cost_s
+    assert _order(FairBatchingPolicy(A100), IterationView(NOW, [], [late, *tight])) == ["n0", "n1", "n2", "old"]
+    # ... with a longer TTFT on the fresh ones there is room, and it goes first.
+    roomy = [_waiting(f"n{i}", NOW - 0.3 + 0.001 * i, 3000, ttft=2.0) for i in range(3)]
+    assert _order(FairBatchingPolicy(A100), IterationView(NOW, [], [late, *roomy]))[0] == "old"
 
 
 def test_a_tail_deadline_at_risk_makes_an_on_time_prompt_give_up_instead():

@@ -292,9 +292,9 @@ def test_a_prefill_only_iteration_packs_several_short_prompts():
 @pytest.mark.parametrize("demote", [True, False])
 def test_a_prompt_that_lost_its_ttft_goes_behind_one_that_can_still_make_it(demote):
     # Room for one prompt this iteration: deadline order would serve the lost cause (arrived 3 s
-    # ago, TTFT 1 s) and make the fresh one late too.
+    # ago, TTFT 1 s) and make the fresh one (due in 0.2 s, ~0.15 s of work) late too.
     late = make_request("late", NOW - 3.0, 2000, 1.0, 0.05)
-    fresh = make_request("fresh", NOW - 0.5, 2000, 1.0, 0.05)
+    fresh = make_request("fresh", NOW - 0.8, 2000, 1.0, 0.05)
     policy = FairBatchingPolicy(A100, demote_lost_requests=demote)
     view = IterationView(NOW, [], [late, fresh], 10**6, 10**6, 256, max_prefill_tokens=2000)
     plan = policy.plan(view)
@@ -302,12 +302,15 @@ def test_a_prompt_that_lost_its_ttft_goes_behind_one_that_can_still_make_it(demo
     assert policy.describe()["demote_lost_requests"] is demote
 
 
-def test_late_prompts_keep_their_order_and_are_still_served():
+@pytest.mark.parametrize("into_slack", [True, False])
+def test_late_prompts_keep_their_order_and_are_still_served(into_slack):
     late = [make_request(f"late{i}", NOW - 3.0 + i * 0.1, 100, 1.0, 0.05) for i in range(3)]
     fresh = make_request("fresh", NOW - 0.5, 100, 1.0, 0.05)
-    policy = FairBatchingPolicy(A100)
+    policy = FairBatchingPolicy(A100, late_into_slack=into_slack)
     plan = policy.plan(IterationView(NOW, [], late + [fresh], 10**6, 10**6, 256, 8192))
-    assert [chunk.request.rid for chunk in plan.prefills] == ["fresh", "late0", "late1", "late2"]
+    # The fresh prompt has time to spare for the late ones (~10 ms of work each against 0.5 s).
+    expected = ["late0", "late1", "late2", "fresh"] if into_slack else ["fresh", "late0", "late1", "late2"]
+    assert [chunk.request.rid for chunk in plan.prefills] == expected
 
 
 def test_lost_decodes_do_not_set_the_budget_and_may_sit_out():
@@ -349,3 +352,38 @@ def test_a_decode_past_its_last_possible_deadline_is_lost():
     assert policy.is_lost(behind(15), NOW)
     assert not policy.is_lost(behind(200), NOW)  # may still catch up over a long output
     assert not policy.is_lost(behind(None), NOW)
+
+
+@st.composite
+def waiting_prompts(draw):
+    return [make_request(f"w{i}", draw(st.floats(NOW - 6, NOW)), draw(st.integers(50, 9000)),
+                         draw(st.sampled_from([0.5, 1.0, 2.0])), 0.05)
+            for i in range(draw(st.integers(2, 25)))]
+
+
+def _estimated_finish_s(order):
+    """Each prompt's first-token estimate when served in ``order`` on an idle machine (what the
+    prompt order is planned on: no decodes, so prefills get the whole machine)."""
+    finish_s, clock_s = {}, NOW
+    for request in order:
+        clock_s += A100.prefill_cost_s(request.remaining_prefill_tokens, 0)
+        finish_s[request.rid] = clock_s
+    return finish_s
+
+
+@given(waiting_prompts())
+@settings(max_examples=200, deadline=None)
+def test_a_late_prompt_moving_into_slack_costs_no_on_time_prompt_its_ttft(waiting):
+    """Against Moore-Hodgson's order as it was: the same prompts, every one estimated on time still
+    on time, and no late prompt served later."""
+    view = IterationView(NOW, [], waiting)
+    before = FairBatchingPolicy(A100, late_into_slack=False).order_and_budget(view).prefills
+    after = FairBatchingPolicy(A100).order_and_budget(view).prefills
+    assert sorted(r.rid for r in after) == sorted(r.rid for r in before)
+    finish_before, finish_after = _estimated_finish_s(before), _estimated_finish_s(after)
+    for request in waiting:
+        rid = request.rid
+        if finish_before[rid] <= first_token_deadline(request):
+            assert finish_after[rid] <= first_token_deadline(request) + 1e-9
+        else:
+            assert finish_after[rid] <= finish_before[rid] + 1e-9

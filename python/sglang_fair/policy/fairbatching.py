@@ -33,7 +33,9 @@ Where measurement and the paper disagree, the measurement decides (``docs/design
   its place), with a second, hard deadline: a prompt that gave up its place, or cannot make its TTFT
   even alone, is still scheduled to have its first token by ``late_ttft_factor`` (4) times its TTFT
   SLO, inside the 5x past which users consider a request hung, and when that is at risk more prompts
-  give up their TTFT instead.
+  give up their TTFT instead.  A late prompt does not wait for that tail deadline while the on-time
+  prompts ahead of it have slack: it moves ahead as far as their slack allows, none of them estimated
+  to miss for it (``late_into_slack``; measured: same capacity, P99 TTFT 1.2-1.5 s lower at Sarathi's).
 * *Chunks from the cost model.*  A chunk's attention grows with its square, so no chunk is larger
   than the most efficient chunk alone (:meth:`CostModel.efficient_chunk_tokens`).  Spreading a
   prompt over several smaller chunks would cost less attention still, but SGLang runs one chunked
@@ -135,6 +137,7 @@ class FairBatchingPolicy(BatchPolicy):
         lost_tpot_factor: float = 2.0,
         late_ttft_factor: float = 4.0,
         chunk_spread: float = 0.0,
+        late_into_slack: bool = True,
     ) -> None:
         super().__init__(cost_model, default_ttft_slo_s=default_ttft_slo_s)
         if budget_safety is not None and not 0 < budget_safety <= 1:
@@ -172,6 +175,8 @@ class FairBatchingPolicy(BatchPolicy):
             raise ValueError("chunk_spread must be in [0, 1] (0: no spreading)")
         # A prompt with slack is prefilled over that share of the iterations its slack allows.
         self.chunk_spread = chunk_spread
+        # A late prompt moves ahead into the on-time prompts' slack (:meth:`_late_into_slack`).
+        self.late_into_slack = late_into_slack
         self._chunk_model: CostModel | None = None  # the model _chunk_sizes was computed for
         self._chunk_sizes: dict[int, tuple[int | None, int | None]] = {}
 
@@ -279,6 +284,7 @@ class FairBatchingPolicy(BatchPolicy):
         Completion times are estimated from the cost model with prefills served in this order at
         the share of the machine the running decodes leave them (as the PAB assumes).  A prompt
         that cannot make its TTFT even if served next starts on its tail deadline.  O(m log m).
+        Then the late prompts move into the on-time prompts' slack (:meth:`_late_into_slack`).
         """
         model = self.cost_model
         share = max(MIN_PREFILL_SHARE, 1.0 - decode_utilisation(view.decodes, model, view.decode_context_tokens))
@@ -287,6 +293,7 @@ class FairBatchingPolicy(BatchPolicy):
                                for r in partial) / share
         queue: list[tuple[float, int, bool]] = []  # (deadline, index, on its tail deadline)
         costs = []
+        late = [False] * len(waiting)  # gave up its TTFT: on its tail deadline
         gave_up = 0
         for index, request in enumerate(waiting):
             cost_s = model.prefill_cost_s(request.remaining_prefill_tokens, 0) / share
@@ -294,6 +301,7 @@ class FairBatchingPolicy(BatchPolicy):
             due_s = first_token_deadline(request)
             if now_s + cost_s > due_s:  # cannot make it even alone
                 queue.append((self.tail_deadline_s(request), index, True))
+                late[index] = True
                 gave_up += 1
             else:
                 queue.append((due_s, index, False))
@@ -311,9 +319,41 @@ class FairBatchingPolicy(BatchPolicy):
                 finish_s += negative_cost_s
                 served[slot] = None
                 heapq.heappush(queue, (self.tail_deadline_s(waiting[longest]), longest, True))
+                late[longest] = True
                 gave_up += 1
         order.late_prompts = gave_up
-        return [waiting[index] for index in served if index is not None]
+        served = [index for index in served if index is not None]
+        if gave_up and self.late_into_slack:
+            start_s = finish_s - sum(costs[index] for index in served)
+            served = self._late_into_slack(served, late, waiting, costs, start_s)
+        return [waiting[index] for index in served]
+
+    def _late_into_slack(self, served: list[int], late: list[bool], waiting, costs: list[float],
+                         start_s: float) -> list[int]:
+        """Each prompt that gave up its TTFT moves ahead of on-time prompts as far as their slack
+        allows: none of them is estimated to miss its deadline for it, and the late prompt does
+        not wait for its tail deadline while the machine has room.  Late prompts keep their order
+        among themselves.  A move across ``k`` prompts costs O(k)."""
+        order, slack = list(served), []
+        finish_s = start_s
+        for index in order:
+            finish_s += costs[index]
+            due_s = self.tail_deadline_s(waiting[index]) if late[index] else first_token_deadline(waiting[index])
+            slack.append(due_s - finish_s)
+        for q in range(1, len(order)):
+            moved = order[q]
+            if not late[moved]:
+                continue
+            cost_s, p = costs[moved], q
+            while p > 0 and not late[order[p - 1]] and slack[p - 1] >= cost_s:
+                p -= 1
+            if p == q:
+                continue
+            moved_slack_s = slack[q] + sum(costs[index] for index in order[p:q])
+            order[p + 1:q + 1] = order[p:q]
+            slack[p + 1:q + 1] = [s - cost_s for s in slack[p:q]]
+            order[p], slack[p] = moved, moved_slack_s
+        return order
 
     # ------------------------------------------------------------------ 1. urgent decodes
     def urgent_decodes(self, view: IterationView, order: IterationOrder) -> BatchBuilder:
@@ -610,5 +650,6 @@ class FairBatchingPolicy(BatchPolicy):
             lost_tpot_factor=self.lost_tpot_factor,
             late_ttft_factor=self.late_ttft_factor,
             chunk_spread=self.chunk_spread,
+            late_into_slack=self.late_into_slack,
         )
         return info
