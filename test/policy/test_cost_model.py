@@ -308,18 +308,24 @@ def test_online_refit_learns_the_extend_path_cost(model):
     assert fitted.extend_rows_cost_s(1, 1008, 1008**2) == pytest.approx(0.0015, rel=0.2)
 
 
+def _refit_from_a_kernel_prior(engine: CostModel) -> CostModel:
+    """The online model after 512 batches timed by ``engine`` (2% noise) at many context levels,
+    from a prior without the extend terms (a kernel profile's)."""
+    prior = CostModel(*engine.coefficients()[:5], name="kernel-profile")
+    online = OnlineCostModel(prior, min_samples=32, refit_every=32)
+    rng = np.random.default_rng(4)
+    for shape in _mixed_shapes(rng, 512, context_levels=True):
+        online.observe(shape, engine.predict_shape(shape) * (1 + 0.02 * rng.standard_normal()))
+    assert online.refits > 0
+    return online.current
+
+
 def test_online_refit_learns_the_mixed_context_cost():
     """An engine whose decode rows cost more per context token in a batch with a prefill (SGLang's
     CPU backend), seen through batches at many context levels, from a prior without the term."""
     from policy_helpers import CPU_MIXED_CONTEXT
 
-    prior = CostModel(*CPU_MIXED_CONTEXT.coefficients()[:5], name="kernel-profile")
-    online = OnlineCostModel(prior, min_samples=32, refit_every=32)
-    rng = np.random.default_rng(4)
-    for shape in _mixed_shapes(rng, 512, context_levels=True):
-        online.observe(shape, CPU_MIXED_CONTEXT.predict_shape(shape) * (1 + 0.02 * rng.standard_normal()))
-    assert online.refits > 0
-    fitted = online.current
+    fitted = _refit_from_a_kernel_prior(CPU_MIXED_CONTEXT)
     # The refit's squared-context term is free too (this engine has none): under the 2% noise it
     # takes a little of the linear one's cost (fitted 2.4e-6 + 3.2e-10 per token squared here), so
     # the linear term is recovered less sharply than the context cost as a whole.
@@ -339,13 +345,7 @@ def test_online_refit_learns_the_mixed_context_sq_cost():
     from a prior without the extend terms."""
     from policy_helpers import CPU_MIXED_CONTEXT_SQ
 
-    prior = CostModel(*CPU_MIXED_CONTEXT_SQ.coefficients()[:5], name="kernel-profile")
-    online = OnlineCostModel(prior, min_samples=32, refit_every=32)
-    rng = np.random.default_rng(4)
-    for shape in _mixed_shapes(rng, 512, context_levels=True):
-        online.observe(shape, CPU_MIXED_CONTEXT_SQ.predict_shape(shape) * (1 + 0.02 * rng.standard_normal()))
-    assert online.refits > 0
-    fitted = online.current
+    fitted = _refit_from_a_kernel_prior(CPU_MIXED_CONTEXT_SQ)
     assert fitted.per_mixed_context_sq_s == pytest.approx(1e-8, rel=0.15)
     assert fitted.per_prefill_iteration_s == pytest.approx(0.012, rel=0.2)
     for context in (96, 384, 1000, 2000):
