@@ -216,3 +216,13 @@ def test_a_fit_whose_extend_context_takes_every_token_cost_is_refitted_without_i
     assert [("mixed_context_sq" in terms) for terms in seen_terms] == [True, False]
     assert fit.model.per_new_token_s + fit.model.per_context_token_s > 0
     assert fit.model.per_mixed_context_s == 0.0 and fit.model.per_mixed_context_sq_s == 0.0
+
+
+def test_a_small_engines_grid_too_small_for_every_term_is_fitted_without_the_squared_one():
+    """4 seats and 128-token chunks (one mixed chunk size): fewer fitted shapes than terms; the
+    calibration leaves ``mixed_context_sq`` out rather than failing the start-up."""
+    small = GridLimits(kv_tokens=2048, max_running_requests=4, max_chunk_tokens=128, context_tokens=4096)
+    grid = calibration_grid("cpu", small, visits=4)
+    assert sum(not s.holdout for s in grid) < len(FEATURE_NAMES)
+    fit = fit_calibration(_timed(grid, CPU_MIXED_CONTEXT, np.random.default_rng(5)), name="t")
+    assert "mixed_context_sq" not in fit.model.info["terms"] and fit.model.per_mixed_context_sq_s == 0.0
