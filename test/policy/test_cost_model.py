@@ -137,6 +137,43 @@ def test_online_refits_space_out_while_they_learn_nothing_and_a_change_resets_th
     assert online.predict_shape(shape) == pytest.approx(slower.predict_shape(shape), rel=0.1)
 
 
+def test_bias_triggered_refits_space_out_while_no_fit_can_be_taken(model, monkeypatch):
+    """A window whose fit is unusable (in decode-only batches ``new_tokens`` equals ``num_seqs``,
+    and the fit may make tokens free) leaves the bias in place: the bias trigger then doubles its
+    spacing instead of refitting every ``fast_refit_every`` observations; the first fit that is
+    taken puts it back."""
+    online = OnlineCostModel(model, min_samples=32, refit_every=64, max_refit_every=512, fast_refit_every=16)
+    real_fit = online._fit
+    fits = []
+    usable = False
+
+    def fit(*args, **kwargs):
+        fitted = real_fit(*args, **kwargs)
+        fits.append(online.observed)
+        if not usable:
+            fitted.per_new_token_s = -1e-6  # what the collinear decode-only window gives
+        return fitted
+
+    monkeypatch.setattr(online, "_fit", fit)
+    rng = np.random.default_rng(7)
+
+    def run(count: int) -> None:
+        for _ in range(count):
+            seqs = int(rng.integers(1, 200))
+            shape = _shape(seqs, seqs * int(rng.integers(200, 2000)), seqs)
+            online.observe(shape, 3.0 * model.predict_shape(shape))  # 3x off: always biased
+
+    run(600)
+    attempts = len(set(fits))  # (a refit may fit twice: with and without the prior's weight)
+    assert online.refits == 0 and attempts <= 8  # every 16 observations would be ~35
+    assert online.fast_interval > online.fast_refit_every
+    usable = True
+    run(online.fast_interval + 1)
+    assert online.refits >= 1 and online.fast_interval == online.fast_refit_every
+    shape = _shape(64, 64 * 1000, 64)
+    assert online.predict_shape(shape) == pytest.approx(3.0 * model.predict_shape(shape), rel=0.1)
+
+
 def test_online_rejects_nan_negative_and_wild(model):
     online = OnlineCostModel(model, min_samples=4, refit_every=4)
     shape = _shape(100, 1000, 4)

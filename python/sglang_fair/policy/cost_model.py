@@ -616,6 +616,10 @@ class OnlineCostModel:
     ``refit_interval`` starts at ``refit_every`` and doubles, up to ``max_refit_every``, after each
     refit that learned nothing (the recent samples were not biased, and the model was settled or the
     new fit moves nine in ten of the window's predictions by under 2%); any other refit resets it.
+    The bias trigger backs off the same way (``fast_interval``, from ``fast_refit_every``) while its
+    refits change nothing (the window as a whole is settled, or its fit is unusable: in decode-only
+    batches ``new_tokens`` equals ``num_seqs`` and the fit may make tokens free), and is back to
+    ``fast_refit_every`` as soon as a refit is taken.
 
     What is rejected (counted in ``rejected``):
 
@@ -673,6 +677,8 @@ class OnlineCostModel:
         # max_refit_every), back to refit_every as soon as one does.
         self.refit_interval = refit_every
         self.fast_refit_every = fast_refit_every
+        # Observations between two bias-triggered refits: doubles while they change nothing.
+        self.fast_interval = fast_refit_every
         self.bias_log = math.log(bias_factor)
         self.regime_log = math.log(regime_factor)
         self.prior_samples = prior_samples
@@ -766,7 +772,7 @@ class OnlineCostModel:
             _write_rows(self._window_features, pending, self._count)
         if self._count >= self.min_samples and (
             self._since_refit >= self.refit_interval
-            or (self._since_refit >= self.fast_refit_every and self._biased())
+            or (self._since_refit >= self.fast_interval and self._biased())
         ):
             self.refit()
         return True
@@ -823,7 +829,7 @@ class OnlineCostModel:
         was_biased = self._biased()
         if self._settled(features, times):
             self._since_refit = 0
-            self._back_off(not was_biased)
+            self._back_off(not was_biased, taken=False, biased=was_biased)
             return self.current
         # A term with no sample in the window (no prefill seen) cannot be fitted: keep the prior's.
         seen = np.abs(features).max(axis=0) > 0
@@ -844,14 +850,17 @@ class OnlineCostModel:
                 prior_samples = self.prior_samples * credibility
                 fitted = self._fit(features, times, terms, prior, prior_samples)
         except (ValueError, np.linalg.LinAlgError):
+            self._since_refit = 0
+            self._back_off(True, taken=False, biased=was_biased)
             return self.current
         self._since_refit = 0
         # A fit that makes extra tokens free would let batches grow without bound.
-        if fitted.per_new_token_s <= 0:
-            self._back_off(False)
+        if fitted.per_new_token_s <= 0:  # (and nothing learned: the same window gives the same fit)
+            self._back_off(True, taken=False, biased=was_biased)
         else:
             self._back_off(not was_biased and _within_for_nine_in_ten(
-                features @ fitted.coefficients(), features @ self.current.coefficients(), SETTLED_LOG_ERROR))
+                features @ fitted.coefficients(), features @ self.current.coefficients(), SETTLED_LOG_ERROR),
+                taken=True, biased=was_biased)
             self.current = fitted
             self.refits += 1
             self.prior_weight_used = prior_samples
@@ -871,13 +880,19 @@ class OnlineCostModel:
             self._biased_last_refit = biased
         return self.current
 
-    def _back_off(self, learned_nothing: bool) -> None:
+    def _back_off(self, learned_nothing: bool, *, taken: bool, biased: bool) -> None:
         """Refits cost milliseconds of scheduler CPU each: while they keep confirming the model,
-        space them out; the bias trigger (``fast_refit_every``) still catches a change at once."""
+        space them out; the bias trigger still catches a change at once.  While refits made under
+        a bias leave the model as it was (``taken`` false), space those out too: repeating them
+        every ``fast_refit_every`` observations changes nothing but the CPU spent."""
         if learned_nothing:
             self.refit_interval = min(2 * self.refit_interval, self.max_refit_every)
         else:
             self.refit_interval = self.refit_every
+        if biased and not taken:
+            self.fast_interval = min(2 * self.fast_interval, self.max_refit_every)
+        else:
+            self.fast_interval = self.fast_refit_every
 
     def _settled(self, features: np.ndarray, times: np.ndarray) -> bool:
         """Whether the current model already predicts nine in ten of the window's samples within

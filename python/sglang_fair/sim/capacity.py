@@ -41,6 +41,7 @@ __all__ = [
     "saturation_rps",
     "search_capacity",
     "work_bound",
+    "heaviest_stretch",
 ]
 
 #: Token budgets swept for Sarathi-Serve and the other token-budget peers (the best is reported).
@@ -165,14 +166,44 @@ def work_bound(trace: Trace, num_requests: int, cost_model: CostModel, config: E
     steps, over the pool's size) allow.  Chunking terms, which a schedule can shrink, are left out.
     """
     count = min(num_requests, len(trace))
-    prompt = trace.prompt_tokens[:count].astype(float)
-    output = trace.output_tokens[:count].astype(float)
+    output = trace.output_tokens[:count]
+    # (the longest request needs as many iterations as it has output tokens)
+    return _work_of(trace.prompt_tokens[:count], output, cost_model, config, replicas, float(output.max()))
+
+
+def heaviest_stretch(trace: Trace, num_requests: int, cost_model: CostModel, config: EngineConfig,
+                     stretch_requests: int, replicas: int = 1) -> dict:
+    """:func:`work_bound` of the heaviest ``stretch_requests`` consecutive rows among the first
+    ``num_requests`` (windows stepped by a tenth of their length): the rate at which that stretch
+    can be served back to back.  A trace whose requests grow heavier for a while (Azure conv's longer
+    prompts some minutes in) is served below its whole-trace bound while that lasts; an arrival rate
+    above this one falls further behind for the whole stretch, whatever the schedule.  (Unlike the
+    whole trace's, a stretch's fixed cost is not floored by its longest request: those iterations
+    also serve the stretches around it.)"""
+    count = min(num_requests, len(trace))
+    stretch = max(1, min(stretch_requests, count))
+    step = max(1, stretch // 10)
+    worst = None
+    for start in range(0, count - stretch + 1, step):
+        bound = _work_of(trace.prompt_tokens[start:start + stretch], trace.output_tokens[start:start + stretch],
+                         cost_model, config, replicas, 0.0)
+        if worst is None or bound["rps"] < worst["rps"]:
+            worst = {**bound, "first_row": start, "rows": stretch}
+    return worst
+
+
+def _work_of(prompt_tokens: np.ndarray, output_tokens: np.ndarray, cost_model: CostModel, config: EngineConfig,
+             replicas: int, min_iterations: float) -> dict:
+    """:func:`work_bound` of these rows, paying the fixed cost at least ``min_iterations`` times."""
+    count = len(prompt_tokens)
+    prompt = prompt_tokens.astype(float)
+    output = output_tokens.astype(float)
     tokens_s = cost_model.per_new_token_s * float((prompt + output).sum())
     kv_reads_s = cost_model.per_context_token_s * float((prompt + output * prompt + output * (output - 1) / 2).sum())
     rows_s = cost_model.per_seq_s * float((output + 1).sum())
     seat_iterations = float(output.sum()) / (config.max_running_requests * replicas)
     kv_iterations = float((output * prompt + output * (output - 1) / 2).sum()) / (config.kv_capacity_tokens * replicas)
-    iterations = max(seat_iterations, kv_iterations, float(output.max()))
+    iterations = max(seat_iterations, kv_iterations, min_iterations)
     fixed_s = cost_model.fixed_s * iterations
     total_s = (tokens_s + kv_reads_s + rows_s) / replicas + fixed_s
     return {
