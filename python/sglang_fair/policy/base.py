@@ -265,6 +265,22 @@ class BatchBuilder:
         elif count:
             self.decode_context_sq_pending = True
 
+    def first_chunk_mixing_s(self) -> float:
+        """What a first prefill chunk would add to this plan besides its own tokens (0 once the plan
+        has one): :meth:`decode_rows_mixing_s`."""
+        return 0.0 if self.plan.prefills else self.decode_rows_mixing_s()
+
+    def decode_rows_mixing_s(self) -> float:
+        """The extend path's cost for this plan's decode rows beyond a decode-only step's: its fixed
+        cost and the rows' extra cost there (their squared contexts summed first if
+        :meth:`add_all_decodes` left them out)."""
+        plan = self.plan
+        shape = plan.shape
+        if self.decode_context_sq_pending:
+            shape.decode_context_sq = _sum_context_sq(plan.decodes)
+            self.decode_context_sq_pending = False
+        return self.model.mixing_cost_s(len(plan.decodes), shape.decode_context, shape.decode_context_sq)
+
     def add_prefill(self, request: RequestState, *, min_chunk: int = 1, force: bool = False,
                     max_chunk: int = UNLIMITED) -> int:
         """Give ``request`` the largest chunk the limits allow; returns the tokens granted.
@@ -294,14 +310,7 @@ class BatchBuilder:
         limit = min(remaining, self.kv_left, self.tokens_left, self.prefill_tokens_left, max_chunk)
         plan = self.plan
         model = self.model
-        if plan.prefills:
-            mixing_s = 0.0
-        else:  # (no prefill in the plan yet: its rows are all decodes)
-            shape = plan.shape
-            if self.decode_context_sq_pending:
-                shape.decode_context_sq = _sum_context_sq(plan.decodes)
-                self.decode_context_sq_pending = False
-            mixing_s = model.mixing_cost_s(shape.num_seqs, shape.decode_context, shape.decode_context_sq)
+        mixing_s = self.first_chunk_mixing_s()
         if not force and self.time_budget_s < math.inf:
             limit = min(limit, model.max_chunk_tokens(self.time_budget_s - self.predicted_s - mixing_s, prefix))
         if limit <= 0 or (limit < min_chunk and limit < remaining):

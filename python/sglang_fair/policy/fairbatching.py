@@ -398,10 +398,8 @@ class FairBatchingPolicy(BatchPolicy):
             # Stretch the budget to hold that much prefill work, over one prompt or several short
             # ones (relaxed decodes then sit out, as they would for any prefill surge).
             model = builder.model
-            # (the builder holds the urgent decodes only: its shape's decode context is theirs)
-            shape = builder.plan.shape
-            mixing_s = model.mixing_cost_s(builder.plan.urgent_decodes, shape.decode_context, shape.decode_context_sq)
-            stretched_s = builder.predicted_s + mixing_s + model.prefill_cost_s(worthwhile, 0)
+            # (the builder holds the urgent decodes only)
+            stretched_s = builder.predicted_s + builder.decode_rows_mixing_s() + model.prefill_cost_s(worthwhile, 0)
             builder.time_budget_s = builder.plan.time_budget_s = stretched_s
             self._grant_chunks(builder, view, order)
             if not builder.mixed:  # nothing could use it (the prefill cap, a minimum chunk)
@@ -450,8 +448,7 @@ class FairBatchingPolicy(BatchPolicy):
         if not view.decodes or not order.prefills:
             return None
         # The plan's decodes are the urgent ones so far (relaxed decodes join after this phase).
-        shape = builder.plan.shape
-        mixing_s = model.mixing_cost_s(builder.plan.urgent_decodes, shape.decode_context, shape.decode_context_sq)
+        mixing_s = builder.decode_rows_mixing_s()
         if mixing_s <= 0:
             return None
         if not builder.mixed and (builder.kv_left <= 0 or builder.seats_left <= 0 or builder.admission_blocked):
