@@ -1,13 +1,16 @@
-"""What the ``mixed_context`` term does for a start-up calibration: refit cached calibrations.
+"""What the ``mixed_context`` and ``mixed_context_sq`` terms do for a start-up calibration: refit
+cached calibrations.
 
 Reads calibration cache files (``$SGLANG_FAIR_CALIBRATION_CACHE/calibration-*.json``, or the paths
 given), rebuilds each shape's features from its label with the policy's own ``BatchShape`` (mean
 contexts: the runtime's ragged contexts average the nominal length, plus about 5 tokens of growth
-over a visit), and refits the measured times with the calibration's own fit
-(``policy.calibration.fit_calibration``, held-out shapes left out) twice: with every term of
-``FEATURE_NAMES`` (the model as it is) and without ``mixed_context`` (the decode rows' context in a
-batch that holds a prefill chunk, the model before that term).  Prints fit and held-out MAPE for
-both.
+over a visit; their squares add the spread's variance, ``context^2 / 12`` for contexts uniform
+within +-50%), and refits the measured times with the calibration's own fit
+(``policy.calibration.fit_calibration``, held-out shapes left out) three times: with every term of
+``FEATURE_NAMES`` (the model as it is), without ``mixed_context_sq`` (the decode rows' squared
+context in a batch that holds a prefill chunk: the model before that term) and without both it and
+``mixed_context`` (the decode rows' context there: the model before either).  Prints fit and
+held-out MAPE for each.
 
     python benchmark/calibration_terms.py ~/.cache/sglang_fair/calibration/calibration-*.json
 
@@ -32,10 +35,11 @@ from sglang_fair.policy.cost_model import FEATURE_NAMES, BatchShape  # noqa: E40
 
 #: Tokens a decode's context grows by, on average, between its prefill and a timed visit.
 GROWTH_TOKENS = 5
-#: The two fits compared: the model's terms, and the same without the ninth.
+#: The fits compared: the model's terms, the same without the tenth, and without the ninth too.
 TERM_SETS = {
-    "without mixed_context": tuple(t for t in FEATURE_NAMES if t != "mixed_context"),
-    "model (with mixed_context)": FEATURE_NAMES,
+    "without mixed_context(_sq)": tuple(t for t in FEATURE_NAMES if t not in ("mixed_context", "mixed_context_sq")),
+    "without mixed_context_sq": tuple(t for t in FEATURE_NAMES if t != "mixed_context_sq"),
+    "model (with mixed_context_sq)": FEATURE_NAMES,
 }
 
 
@@ -55,6 +59,8 @@ def shape_of(label: str, holdout: bool) -> tuple[CalibrationShape, tuple[float, 
         raise ValueError(f"unknown shape label {label!r}")
     for _ in range(shape.decodes):
         batch.add_decode(shape.context + GROWTH_TOKENS)
+    # (the squares of contexts uniform within +-50% of the nominal: the mean's square plus the variance)
+    batch.decode_context_sq += shape.decodes * shape.context**2 / 12
     if shape.chunk:
         batch.add_prefill(shape.chunk, shape.prefix)
     return shape, batch.features()

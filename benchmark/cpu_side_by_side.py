@@ -67,8 +67,8 @@ FAIR_MAX_CHUNK_TOKENS = 1024
 #: A per-sequence term is not fitted: on this noisy machine it came out negative (it trades off
 #: against the context term), which would make extra decodes look free.  The extend-path terms are
 #: (a batch with a prefill runs SGLang's dearer extend path on CPU, for every row in it), except
-#: ``mixed_context``: every probed prefill sits beside keep-alive decodes of one context, so their
-#: context moves with ``mixed_seqs`` and the two cannot be told apart.
+#: ``mixed_context`` and ``mixed_context_sq``: every probed prefill sits beside keep-alive decodes
+#: of one context, so their context moves with ``mixed_seqs`` and the three cannot be told apart.
 COST_TERMS = ("fixed", "new_tokens", "sum_context", "prefill_iteration", "mixed_seqs")
 
 
@@ -186,12 +186,15 @@ def calibrate(url: str, *, quick: bool, prefill_sizes: list[int], seed: int = 12
         # Every probed iteration also carries the keep-alive decode(s); a prefill's is a mixed batch.
         if kind == "prefill":
             rows.append(feature_row(tokens + batch, tokens + batch * keepalive_context, batch + 1,
-                                    tokens * tokens, True, decode_context=batch * keepalive_context))
+                                    tokens * tokens, True, decode_context=batch * keepalive_context,
+                                    decode_context_sq=batch * keepalive_context * keepalive_context))
             labels.append(f"prefill {tokens} (+{batch} decode{'s' if batch > 1 else ''})")
         else:
             mean_context = tokens + output_tokens / 2
             context = batch * mean_context + keepalive_context
-            rows.append(feature_row(batch + 1, context, batch + 1, 0, False, decode_context=context))
+            # (decode-only: the squared decode context counts only with a prefill)
+            rows.append(feature_row(batch + 1, context, batch + 1, 0, False, decode_context=context,
+                                    decode_context_sq=0))
             labels.append(f"decode {batch}x{tokens} (+1)")
         # The fastest pass: on a shared machine the slow ones carry a neighbour's work, not ours.
         times.append(float(np.min(values)))
@@ -234,7 +237,7 @@ def derive_slos(model, specs: list[load_client.RequestSpec]) -> tuple[float, flo
     8x that (on a GPU 1 s is ~20 TPOT SLOs; CPU prompts are scaled down)."""
     mean_context = float(np.mean([s.prompt_tokens + s.output_tokens / 2 for s in specs]))
     tpot_slo_s = model.predict(256 + 16, 16 * mean_context + 256, 17, 256 * 256, num_prefills=1,
-                               decode_context=16 * mean_context)
+                               decode_context=16 * mean_context, decode_context_sq=16 * mean_context**2)
     return round(8 * tpot_slo_s, 2), round(tpot_slo_s, 3)
 
 

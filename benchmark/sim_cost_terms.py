@@ -48,6 +48,7 @@ class _PlanTotals:
         self.prefill_plans = 0
         self.prefill_plan_seqs = 0
         self.prefill_plan_decode_context = 0  # the decode rows' context in those plans
+        self.prefill_plan_decode_context_sq = 0  # and their contexts squared
         self.sum_chunk_sq = 0
         self.sum_chunk_prefix = 0
         self.prefill_tokens = 0
@@ -71,6 +72,7 @@ class _PlanTotals:
                 self.prefill_plans += 1
                 self.prefill_plan_seqs += shape.num_seqs
                 self.prefill_plan_decode_context += shape.decode_context
+                self.prefill_plan_decode_context_sq += shape.decode_context_sq
             self.sum_chunk_sq += shape.sum_chunk_sq
             self.sum_chunk_prefix += shape.sum_chunk_prefix
             return out
@@ -99,7 +101,8 @@ def cost_terms(scenario: sim_compare.Scenario, seed: int, policy: str, options: 
     fixed_s = model.fixed_s * result.iterations
     attention_s = model.per_chunk_sq_s * totals.sum_chunk_sq + model.per_chunk_prefix_s * totals.sum_chunk_prefix
     extend_s = (model.per_prefill_iteration_s * totals.prefill_plans
-                + model.extend_rows_cost_s(totals.prefill_plan_seqs, totals.prefill_plan_decode_context))
+                + model.extend_rows_cost_s(totals.prefill_plan_seqs, totals.prefill_plan_decode_context,
+                                           totals.prefill_plan_decode_context_sq))
     busy_s = result.busy_s
     window = None
     if windowed:

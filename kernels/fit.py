@@ -56,7 +56,10 @@ class ProfileRow:
         (one chunk per case: its query-key pairs against the prefix are chunk x prefix)."""
         return feature_row(self.new_tokens, self.sum_context, self.num_seqs, self.sum_chunk_sq,
                            self.chunk_tokens > 0, self.chunk_tokens * self.prefix_tokens,
-                           decode_context=self.sum_decode_context)
+                           decode_context=self.sum_decode_context,
+                           # The profile keeps the decode rows' context sum and max, not each row's:
+                           # their squares are unknown.  Not a kernel term (no kernel fit uses it).
+                           decode_context_sq=0)
 
 
 def write_csv(path: str, rows: list[ProfileRow]) -> None:

@@ -30,11 +30,12 @@ def _samples(fixed_s, per_new_s, per_ctx_s, noise=0.0, seed=0, prefill_s=0.0, mi
     rng = np.random.default_rng(seed)
     rows, labels = [], []
     for n, b in ((32, 1), (128, 1), (256, 1), (512, 1), (64, 16), (256, 16), (128, 8)):
-        rows.append(feature_row(n + b, n + 40 * b, b + 1, n * n, has_prefill=True, decode_context=40 * b))
+        rows.append(feature_row(n + b, n + 40 * b, b + 1, n * n, has_prefill=True, decode_context=40 * b,
+                                decode_context_sq=b * 40 * 40))
         labels.append(f"prefill {n} (+{b})")
     for b, c in ((1, 32), (8, 256), (16, 128), (32, 64)):
         rows.append(feature_row(b + 1, b * (c + 8) + 40, b + 1, 0.0, has_prefill=False,
-                                decode_context=b * (c + 8) + 40))
+                                decode_context=b * (c + 8) + 40, decode_context_sq=0))
         labels.append(f"decode {b}x{c}")
     x = np.asarray(rows)
     col = {name: x[:, i] for i, name in enumerate(FEATURE_NAMES)}

@@ -92,8 +92,9 @@ def test_grid_covers_the_three_shape_classes_deterministically(kernels_pkg):
         assert {c.shape_class for c in cases} == set(grid.SHAPE_CLASSES)
         assert all(c.batch_shape().new_tokens <= spec.max_new_tokens for c in cases)
     case = grid.BatchCase((100, 200), chunk_tokens=64, prefix_tokens=32)
-    # (mixed_context: the decodes' 300 tokens, not the chunk's prefix)
-    assert case.batch_shape().features() == (1.0, 66, 100 + 200 + 96, 3, 64 * 64, 64 * 32, 1.0, 3, 300)
+    # (mixed_context: the decodes' 300 tokens, not the chunk's prefix; mixed_context_sq their squares)
+    assert case.batch_shape().features() == (1.0, 66, 100 + 200 + 96, 3, 64 * 64, 64 * 32, 1.0, 3, 300,
+                                             100 * 100 + 200 * 200)
     assert case.kv_tokens() == 396 and case.shape_class == "mixed"
     holdout = grid.sample_holdout(grid.GRIDS["tiny"], 12, seed=1)
     assert len(holdout) == 12 and {c.shape_class for c in holdout} == set(grid.SHAPE_CLASSES)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from policy_helpers import CPU_LIKE, CPU_MIXED_CONTEXT
+from policy_helpers import CPU_LIKE, CPU_MIXED_CONTEXT, CPU_MIXED_CONTEXT_SQ
 from sglang_fair.policy import CostModel
 from sglang_fair.policy.calibration import (
     CALIBRATION_VERSION,
@@ -82,7 +82,7 @@ def test_grid_fits_the_engine_limits():
     assert len(calibration_grid("gpu", SERVER, visits=4)) > 0
 
 
-@pytest.mark.parametrize("engine", [CPU_LIKE, CPU_MIXED_CONTEXT], ids=lambda m: m.name)
+@pytest.mark.parametrize("engine", [CPU_LIKE, CPU_MIXED_CONTEXT, CPU_MIXED_CONTEXT_SQ], ids=lambda m: m.name)
 def test_fit_recovers_the_engine_from_noisy_timings(engine):
     rng = np.random.default_rng(1)
     grid = calibration_grid("cpu", SERVER, visits=4)
@@ -94,10 +94,21 @@ def test_fit_recovers_the_engine_from_noisy_timings(engine):
         assert float(np.dot(features, fit.model.coefficients())) == pytest.approx(
             float(np.dot(features, engine.coefficients())), rel=0.08)
     # the extend-path terms, which no kernel profile sees, come out of the engine's own timings
-    # (the mixed shapes' decode groups sit at several contexts, which tells the two per-row terms apart)
+    # (the mixed shapes' decode groups sit at several contexts, which tells the per-row terms apart)
     assert fit.model.per_prefill_iteration_s == pytest.approx(engine.per_prefill_iteration_s, rel=0.25)
-    assert fit.model.per_mixed_seq_s == pytest.approx(engine.per_mixed_seq_s, rel=0.25)
-    assert fit.model.per_mixed_context_s == pytest.approx(engine.per_mixed_context_s, rel=0.25, abs=1e-7)
+    if not engine.per_mixed_context_sq_s:
+        assert fit.model.per_mixed_seq_s == pytest.approx(engine.per_mixed_seq_s, rel=0.25)
+        assert fit.model.per_mixed_context_s == pytest.approx(engine.per_mixed_context_s, rel=0.25, abs=1e-7)
+        assert fit.model.per_mixed_context_sq_s < 1e-9  # (none in the engine: at most a little noise)
+    else:
+        # Three per-row terms from the grid's decode contexts (96, 256, 384 with more than one
+        # decode): the rank is full, but under these stalls the split among them is not sharp
+        # (seed 1: 0.07 ms + 4.4 us/token + 0.34 ns/token^2 for 0.3 ms + 1 us + 10 ns); a row's cost
+        # at the grid's contexts is.
+        assert fit.model.per_mixed_context_sq_s > 0
+        for context in (96, 256, 384):
+            assert fit.model.extend_rows_cost_s(1, context, context**2) == pytest.approx(
+                engine.extend_rows_cost_s(1, context, context**2), rel=0.3)
     assert {row["shape"] for row in fit.table} == {s.label for s in grid}
     assert sum(row["holdout"] for row in fit.table) == sum(s.holdout for s in grid)
     assert fit.model.info["holdout_mape"] == fit.holdout_mape
@@ -184,8 +195,8 @@ def test_cache_round_trip_and_bad_entries(tmp_path):
 
 def test_a_fit_whose_extend_context_takes_every_token_cost_is_refitted_without_it(monkeypatch):
     """On a noisy grid the decode rows' context (nearly proportional to their count within a group)
-    can absorb the whole per-token cost; the calibration then fits without ``mixed_context``
-    instead of failing the start-up."""
+    can absorb the whole per-token cost; the calibration then fits without ``mixed_context`` and
+    ``mixed_context_sq`` instead of failing the start-up."""
     from sglang_fair.policy import calibration
 
     real_fit = calibration.fit_physical_cost_model
@@ -200,7 +211,18 @@ def test_a_fit_whose_extend_context_takes_every_token_cost_is_refitted_without_i
 
     monkeypatch.setattr(calibration, "fit_physical_cost_model", fit_that_zeroes_tokens_with_the_term)
     grid = calibration_grid("cpu", SERVER, visits=4)
-    fit = fit_calibration(_timed(grid, CPU_MIXED_CONTEXT, np.random.default_rng(4)), name="t")
+    fit = fit_calibration(_timed(grid, CPU_MIXED_CONTEXT_SQ, np.random.default_rng(4)), name="t")
     assert [("mixed_context" in terms) for terms in seen_terms] == [True, False]
+    assert [("mixed_context_sq" in terms) for terms in seen_terms] == [True, False]
     assert fit.model.per_new_token_s + fit.model.per_context_token_s > 0
-    assert fit.model.per_mixed_context_s == 0.0
+    assert fit.model.per_mixed_context_s == 0.0 and fit.model.per_mixed_context_sq_s == 0.0
+
+
+def test_a_small_engines_grid_too_small_for_every_term_is_fitted_without_the_squared_one():
+    """4 seats and 128-token chunks (one mixed chunk size): fewer fitted shapes than terms; the
+    calibration leaves ``mixed_context_sq`` out rather than failing the start-up."""
+    small = GridLimits(kv_tokens=2048, max_running_requests=4, max_chunk_tokens=128, context_tokens=4096)
+    grid = calibration_grid("cpu", small, visits=4)
+    assert sum(not s.holdout for s in grid) < len(FEATURE_NAMES)
+    fit = fit_calibration(_timed(grid, CPU_MIXED_CONTEXT, np.random.default_rng(5)), name="t")
+    assert "mixed_context_sq" not in fit.model.info["terms"] and fit.model.per_mixed_context_sq_s == 0.0

@@ -20,8 +20,8 @@ def _samples(model: CostModel, n: int, rng, noise=0.0):
     new = rng.integers(1, 4096, n)
     ctx = new + rng.integers(0, 100_000, n)
     seqs = rng.integers(1, 200, n)
-    features = np.array([feature_row(n, c, s, 0, False, decode_context=c) for n, c, s in zip(new, ctx, seqs)],
-                        dtype=float)
+    features = np.array([feature_row(n, c, s, 0, False, decode_context=c, decode_context_sq=0)
+                         for n, c, s in zip(new, ctx, seqs)], dtype=float)
     times = features @ model.coefficients()
     return features, times * (1 + noise * rng.standard_normal(n))
 
@@ -227,7 +227,7 @@ def test_extend_terms_predict_and_fit():
             shape.add_decode(context)
     mixed.add_prefill(64, 0)
     extend = FEATURE_NAMES.index("prefill_iteration")
-    assert decode_only.features()[extend:] == (0.0, 0, 0) and mixed.features()[extend:] == (1.0, 3, 300)
+    assert decode_only.features()[extend:] == (0.0, 0, 0, 0) and mixed.features()[extend:] == (1.0, 3, 300, 100**2 + 200**2)
     # A batch with a prefill pays the extend path once plus per sequence; a decode-only one does not.
     without = CostModel(*CPU_LIKE.coefficients()[:extend])
     assert CPU_LIKE.predict_shape(decode_only) == pytest.approx(without.predict_shape(decode_only))
@@ -255,7 +255,7 @@ def test_mixed_context_prices_the_decode_rows_context_in_a_batch_with_a_prefill(
     assert (decode_only.decode_context, mixed.decode_context, prefill_only.decode_context) == (350, 350, 0)
     column = FEATURE_NAMES.index("mixed_context")
     assert (decode_only.features()[column], mixed.features()[column], prefill_only.features()[column]) == (0, 350, 0)
-    without = CostModel(*CPU_MIXED_CONTEXT.coefficients()[:-1])  # the same model, the term at 0
+    without = CostModel(*CPU_MIXED_CONTEXT.coefficients()[:-2])  # the same model, the term at 0
     assert CPU_MIXED_CONTEXT.predict_shape(decode_only) == without.predict_shape(decode_only)
     assert CPU_MIXED_CONTEXT.predict_shape(prefill_only) == without.predict_shape(prefill_only)
     assert CPU_MIXED_CONTEXT.predict_shape(mixed) == pytest.approx(without.predict_shape(mixed) + 350 * 3e-6)
@@ -264,30 +264,68 @@ def test_mixed_context_prices_the_decode_rows_context_in_a_batch_with_a_prefill(
     assert "mixed_ctx" in CPU_MIXED_CONTEXT.describe() and "mixed_ctx" not in CPU_LIKE.describe()
     # The extend path's cost for decode rows: the first chunk's mixing cost, and what running them
     # apart saves (an iteration's fixed cost against their rows' extend cost).
-    assert CPU_MIXED_CONTEXT.extend_rows_cost_s(2, 350) == pytest.approx(2 * 0.0003 + 350 * 3e-6)
-    assert CPU_MIXED_CONTEXT.mixing_cost_s(2, 350) == pytest.approx(0.012 + 2 * 0.0003 + 350 * 3e-6)
-    assert CPU_LIKE.mixing_cost_s(2, 350) == pytest.approx(0.012 + 2 * 0.0015)  # no context term
-    assert CPU_MIXED_CONTEXT.split_saving_s(2, 350) == pytest.approx(2 * 0.0003 + 350 * 3e-6 - 0.0066)
-    assert CPU_MIXED_CONTEXT.split_saving_s(8, 8 * 100) < 0 < CPU_MIXED_CONTEXT.split_saving_s(8, 8 * 400)
+    sq = 100**2 + 250**2  # (no squared-context term in this model: it prices nothing)
+    assert CPU_MIXED_CONTEXT.extend_rows_cost_s(2, 350, sq) == pytest.approx(2 * 0.0003 + 350 * 3e-6)
+    assert CPU_MIXED_CONTEXT.mixing_cost_s(2, 350, sq) == pytest.approx(0.012 + 2 * 0.0003 + 350 * 3e-6)
+    assert CPU_LIKE.mixing_cost_s(2, 350, sq) == pytest.approx(0.012 + 2 * 0.0015)  # no context term
+    assert CPU_MIXED_CONTEXT.split_saving_s(2, 350, sq) == pytest.approx(2 * 0.0003 + 350 * 3e-6 - 0.0066)
+    assert (CPU_MIXED_CONTEXT.split_saving_s(8, 8 * 100, 8 * 100**2) < 0
+            < CPU_MIXED_CONTEXT.split_saving_s(8, 8 * 400, 8 * 400**2))
     # The batched rates are decode_cost_s plus, in a batch with a prefill, the row's extend cost.
     for is_mixed in (False, True):
-        per_row_s, per_context_s = CPU_MIXED_CONTEXT.decode_rates_s(is_mixed)
-        expected = CPU_MIXED_CONTEXT.decode_cost_s(250) + (CPU_MIXED_CONTEXT.extend_rows_cost_s(1, 250) if is_mixed else 0)
-        assert per_row_s + per_context_s * 250 == pytest.approx(expected)
+        per_row_s, per_context_s, per_context_sq_s = CPU_MIXED_CONTEXT.decode_rates_s(is_mixed)
+        expected = CPU_MIXED_CONTEXT.decode_cost_s(250) + (
+            CPU_MIXED_CONTEXT.extend_rows_cost_s(1, 250, 250**2) if is_mixed else 0)
+        assert per_row_s + (per_context_s + per_context_sq_s * 250) * 250 == pytest.approx(expected)
 
 
-def test_a_model_saved_without_mixed_context_loads_with_it_at_zero(tmp_path):
+def test_mixed_context_sq_prices_the_decode_rows_squared_context_in_a_batch_with_a_prefill():
+    from policy_helpers import CPU_MIXED_CONTEXT_SQ as model
+
+    decode_only, mixed = BatchShape(), BatchShape()
+    for shape in (decode_only, mixed):
+        for context in (100, 250):
+            shape.add_decode(context)
+    mixed.add_prefill(64, 512)  # the chunk's own prefix and tokens are not decode context
+    sq = 100**2 + 250**2
+    assert (decode_only.decode_context_sq, mixed.decode_context_sq) == (sq, sq)
+    column = FEATURE_NAMES.index("mixed_context_sq")
+    assert FEATURE_NAMES[column - 1] == "mixed_context" and column == len(FEATURE_NAMES) - 1
+    assert (decode_only.features()[column], mixed.features()[column]) == (0, sq)
+    without = CostModel(*model.coefficients()[:-1])  # the same model, the term at 0
+    assert model.predict_shape(decode_only) == without.predict_shape(decode_only)
+    assert model.predict_shape(mixed) == pytest.approx(without.predict_shape(mixed) + 1e-8 * sq)
+    assert model.predict_shape(mixed) == pytest.approx(float(np.dot(mixed.features(), model.coefficients())))
+    # predict's keyword, and the extend rows' cost in each of its forms
+    assert model.predict(66, 350 + 576, 3, 64 * 64, 1, 64 * 512, decode_context=350,
+                         decode_context_sq=sq) == model.predict_shape(mixed)
+    rows_s = 2 * 0.0003 + 350 * 1e-6 + sq * 1e-8
+    assert model.extend_rows_cost_s(2, 350, sq) == pytest.approx(rows_s)
+    assert model.mixing_cost_s(2, 350, sq) == pytest.approx(0.012 + rows_s)
+    assert model.split_saving_s(2, 350, sq) == pytest.approx(rows_s - 0.0066)
+    per_row_s, per_context_s, per_context_sq_s = model.decode_rates_s(True)
+    assert per_row_s + (per_context_s + per_context_sq_s * 250) * 250 == pytest.approx(
+        model.decode_cost_s(250) + model.extend_rows_cost_s(1, 250, 250**2))
+    assert model.decode_rates_s(False)[2] == 0.0
+    assert "mixed_ctx^2" in model.describe() and "mixed_ctx^2" not in without.describe()
+    assert CostModel.from_dict(model.to_dict()) == model
+
+
+@pytest.mark.parametrize("field", ["per_mixed_context_s", "per_mixed_context_sq_s"])
+def test_a_model_saved_without_mixed_context_loads_with_it_at_zero(tmp_path, field):
     from policy_helpers import CPU_LIKE
 
     data = CPU_LIKE.to_dict()
-    del data["per_mixed_context_s"]
+    del data[field]
+    if field == "per_mixed_context_s":  # (a file older than both terms)
+        del data["per_mixed_context_sq_s"]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(data))
     loaded = load_cost_model(str(path))
-    assert loaded.per_mixed_context_s == 0.0
+    assert getattr(loaded, field) == 0.0 and loaded.per_mixed_context_sq_s == 0.0
     np.testing.assert_array_equal(loaded.coefficients(), CPU_LIKE.coefficients())
-    for name in preset_names():  # the shipped (GPU) presets predate the term
-        assert load_cost_model(name).per_mixed_context_s == 0.0
+    for name in preset_names():  # the shipped (GPU) presets predate the terms
+        assert getattr(load_cost_model(name), field) == 0.0
 
 
 def test_online_refit_learns_the_extend_path_cost(model):
@@ -304,7 +342,19 @@ def test_online_refit_learns_the_extend_path_cost(model):
     assert fitted.per_prefill_iteration_s == pytest.approx(0.012, rel=0.2)
     # Every batch's decodes average ~1000 tokens of context here, so a decode row's extend cost is
     # identified only at that context, split between the per-row and per-context-token terms.
-    assert fitted.extend_rows_cost_s(1, 1008) == pytest.approx(0.0015, rel=0.2)
+    assert fitted.extend_rows_cost_s(1, 1008, 1008**2) == pytest.approx(0.0015, rel=0.2)
+
+
+def _refit_from_a_kernel_prior(engine: CostModel) -> CostModel:
+    """The online model after 512 batches timed by ``engine`` (2% noise) at many context levels,
+    from a prior without the extend terms (a kernel profile's)."""
+    prior = CostModel(*engine.coefficients()[:5], name="kernel-profile")
+    online = OnlineCostModel(prior, min_samples=32, refit_every=32)
+    rng = np.random.default_rng(4)
+    for shape in _mixed_shapes(rng, 512, context_levels=True):
+        online.observe(shape, engine.predict_shape(shape) * (1 + 0.02 * rng.standard_normal()))
+    assert online.refits > 0
+    return online.current
 
 
 def test_online_refit_learns_the_mixed_context_cost():
@@ -312,20 +362,33 @@ def test_online_refit_learns_the_mixed_context_cost():
     CPU backend), seen through batches at many context levels, from a prior without the term."""
     from policy_helpers import CPU_MIXED_CONTEXT
 
-    prior = CostModel(*CPU_MIXED_CONTEXT.coefficients()[:5], name="kernel-profile")
-    online = OnlineCostModel(prior, min_samples=32, refit_every=32)
-    rng = np.random.default_rng(4)
-    for shape in _mixed_shapes(rng, 512, context_levels=True):
-        online.observe(shape, CPU_MIXED_CONTEXT.predict_shape(shape) * (1 + 0.02 * rng.standard_normal()))
-    assert online.refits > 0
-    fitted = online.current
-    assert fitted.per_mixed_context_s == pytest.approx(3e-6, rel=0.2)
+    fitted = _refit_from_a_kernel_prior(CPU_MIXED_CONTEXT)
+    # The refit's squared-context term is free too (this engine has none): under the 2% noise it
+    # takes a little of the linear one's cost (fitted 2.4e-6 + 3.2e-10 per token squared here), so
+    # the linear term is recovered less sharply than the context cost as a whole.
+    assert fitted.per_mixed_context_s == pytest.approx(3e-6, rel=0.3)
+    assert fitted.per_mixed_context_sq_s * 1000 < 0.25 * 3e-6  # (a small share at 1000 tokens)
     assert fitted.per_prefill_iteration_s == pytest.approx(0.012, rel=0.2)
     # What a decode row adds on the extend path, at short and long context (the small per-row term
     # alone is less sharply identified than these).
-    for context in (96, 384):
-        assert fitted.extend_rows_cost_s(1, context) == pytest.approx(CPU_MIXED_CONTEXT.extend_rows_cost_s(1, context),
-                                                                      rel=0.15)
+    for context in (96, 384, 1000, 2000):
+        assert fitted.extend_rows_cost_s(1, context, context**2) == pytest.approx(
+            CPU_MIXED_CONTEXT.extend_rows_cost_s(1, context, context**2), rel=0.2)
+
+
+def test_online_refit_learns_the_mixed_context_sq_cost():
+    """An engine whose decode rows in a batch with a prefill cost superlinearly in their context
+    (SGLang's CPU extend path on a larger model), seen through batches at many context levels,
+    from a prior without the extend terms."""
+    from policy_helpers import CPU_MIXED_CONTEXT_SQ
+
+    fitted = _refit_from_a_kernel_prior(CPU_MIXED_CONTEXT_SQ)
+    assert fitted.per_mixed_context_sq_s == pytest.approx(1e-8, rel=0.15)
+    assert fitted.per_prefill_iteration_s == pytest.approx(0.012, rel=0.2)
+    for context in (96, 384, 1000, 2000):
+        assert fitted.extend_rows_cost_s(1, context, context**2) == pytest.approx(
+            CPU_MIXED_CONTEXT_SQ.extend_rows_cost_s(1, context, context**2), rel=0.1)
+    assert "mixed_ctx^2" in fitted.describe()
 
 
 def test_online_refit_keeps_the_priors_mixed_context_until_a_mixed_batch_is_seen(model):
@@ -378,15 +441,18 @@ def test_builder_charges_the_first_chunk_the_mixing_cost():
     assert builder.predicted_s <= 0.2
 
 
+@pytest.mark.parametrize("model_name", ["CPU_MIXED_CONTEXT", "CPU_MIXED_CONTEXT_SQ"])
 @pytest.mark.parametrize("decodes_first", [True, False])
-def test_builder_prices_decode_rows_context_in_a_mixed_batch_as_predict_shape_does(decodes_first):
+def test_builder_prices_decode_rows_context_in_a_mixed_batch_as_predict_shape_does(decodes_first, model_name):
     """Each way a decode joins a batch with a prefill (one at a time, in a run, all at once), and a
     prefill joining decodes (the mixing cost), charges ``per_mixed_context_s`` for the decode rows'
-    context: the builder's running time is the model's prediction for the shape it built."""
-    from policy_helpers import CPU_MIXED_CONTEXT, make_request
+    context and ``per_mixed_context_sq_s`` for their squares: the builder's running time is the
+    model's prediction for the shape it built."""
+    import policy_helpers
+    from policy_helpers import make_request
     from sglang_fair.policy import BatchBuilder, IterationView
 
-    model = CPU_MIXED_CONTEXT
+    model = getattr(policy_helpers, model_name)
     decodes = []
     for i in range(9):
         request = make_request(f"d{i}", 0.0, 100 + 50 * i, generated=5)
@@ -403,19 +469,25 @@ def test_builder_prices_decode_rows_context_in_a_mixed_batch_as_predict_shape_do
     assert builder.add_prefill(prompt, max_chunk=128) == 128
     if decodes_first:
         context = sum(r.context_tokens for r in decodes[:6])
-        assert builder.mixing_s == pytest.approx(model.mixing_cost_s(6, context))
+        context_sq = sum(r.context_tokens**2 for r in decodes[:6])
+        assert builder.plan.shape.decode_context_sq == context_sq
+        assert builder.mixing_s == pytest.approx(model.mixing_cost_s(6, context, context_sq))
         assert builder.predicted_s - before_s == pytest.approx(
-            0.012 + 6 * 0.0003 + 3e-6 * context + model.prefill_cost_s(128, 0))
+            0.012 + 6 * 0.0003 + model.per_mixed_context_s * context + model.per_mixed_context_sq_s * context_sq
+            + model.prefill_cost_s(128, 0))
     else:
         builder.add_decodes(decodes[:3])
         builder.add_all_decodes(decodes[3:6], sum(r.context_tokens for r in decodes[3:6]))
     before_s = builder.predicted_s
     assert builder.add_decode(decodes[6], force=True)
+    context = decodes[6].context_tokens
     assert builder.predicted_s - before_s == pytest.approx(
-        model.decode_cost_s(decodes[6].context_tokens) + 0.0003 + 3e-6 * decodes[6].context_tokens)
+        model.decode_cost_s(context) + 0.0003 + model.per_mixed_context_s * context
+        + model.per_mixed_context_sq_s * context**2)
     builder.add_decodes(decodes[7:])
     shape = builder.plan.shape
     assert shape.decode_context == sum(r.context_tokens for r in decodes) and shape.num_prefills == 1
+    assert shape.decode_context_sq == sum(r.context_tokens**2 for r in decodes)
     assert builder.predicted_s == pytest.approx(model.predict_shape(shape))
     assert builder.finish(view).predicted_s == model.predict_shape(shape)
 

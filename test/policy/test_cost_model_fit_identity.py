@@ -83,13 +83,13 @@ def _window(rng, n, *, decode_share=0.8, noise=0.3, outliers=0, bad_rows=0):
         seqs = int(rng.integers(1, 300))
         if rng.random() < decode_share:
             context = seqs * int(rng.integers(16, 2000))
-            rows.append(feature_row(seqs, context, seqs, 0, False, decode_context=context))
+            rows.append(feature_row(seqs, context, seqs, 0, False, decode_context=context, decode_context_sq=0))
         else:
             chunk, prefix = int(rng.integers(16, 2048)), int(rng.integers(0, 4096))
             rows.append(feature_row(chunk + seqs, chunk + prefix + seqs * 500, seqs + 1, chunk * chunk, True,
-                                    chunk * prefix, decode_context=seqs * 500))
+                                    chunk * prefix, decode_context=seqs * 500, decode_context_sq=seqs * 500**2))
     features = np.array(rows, dtype=float)
-    true = np.array([2e-3, 3e-6, 1e-9, 2e-6, 6e-9, 1e-8, 1e-3, 5e-4, 2e-9])
+    true = np.array([2e-3, 3e-6, 1e-9, 2e-6, 6e-9, 1e-8, 1e-3, 5e-4, 2e-9, 1e-12])
     times = features @ true * np.exp(noise * rng.standard_normal(n))
     times[rng.choice(n, outliers, replace=False)] *= 20
     if bad_rows:

@@ -206,7 +206,7 @@ def test_prefills_and_decodes_mix_only_where_the_cost_model_says_it_is_cheaper(m
     policy = FairBatchingPolicy(model, budget_safety=0.9)
     view = IterationView(NOW, _decodes_with_slack(decodes, 0.2), [_waiting("w", NOW - 0.1, 600)])
     assert policy.keeps_prefills_apart(view) is apart
-    assert (model.split_saving_s(decodes, decodes * 203) > 0) is apart
+    assert (model.split_saving_s(decodes, decodes * 203, decodes * 203**2) > 0) is apart
     # The driver's running total, where it keeps one, gives the same answer as the pass over them.
     view.decode_context_tokens = decodes * 203
     assert policy.keeps_prefills_apart(view) is apart

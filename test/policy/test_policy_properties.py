@@ -129,14 +129,15 @@ def test_fairbatching_budget_and_urgent_decodes(view, safety, model):
         return r.next_deadline_s < urgent_until_s or not r.can_skip
 
     forced_s = sum(model.decode_cost_s(r.context_tokens)
-                   + (model.extend_rows_cost_s(1, r.context_tokens) if plan.prefills else 0.0)
+                   + (model.extend_rows_cost_s(1, r.context_tokens, r.context_tokens**2) if plan.prefills else 0.0)
                    for r in plan.decodes if forced(r))
     if plan.time_budget_s > budget_s:
         # Stretched (dear extend path only) to the prefill work that matches the extend overhead,
         # for a prompt that cannot wait: at most that work beyond the urgent decodes.
-        assert model.mixing_cost_s(0, 0) > 0 and plan.prefills
+        assert model.mixing_cost_s(0, 0, 0) > 0 and plan.prefills
         urgent = plan.decodes[: plan.urgent_decodes]  # (added first)
-        mixing_s = model.mixing_cost_s(len(urgent), sum(r.context_tokens for r in urgent))
+        mixing_s = model.mixing_cost_s(len(urgent), sum(r.context_tokens for r in urgent),
+                                       sum(r.context_tokens**2 for r in urgent))
         worthwhile = model.max_chunk_tokens(mixing_s, 0) + 1
         order = policy.order_and_budget(view)
         if view.now_s > first_token_deadline(order.prefills[0]):

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sglang_fair.policy.cost_model import FEATURE_NAMES
 from sglang_fair.policy.request import meets_envelope
 from sglang_fair.runtime.records import RuntimeRequestState, note_executed_batch
 
@@ -80,7 +81,8 @@ def test_a_decode_shape_counts_every_row_and_its_context():
 
 def test_a_mixed_shape_keeps_its_decode_rows_context_apart_from_the_chunks():
     """An extend batch holding a prefill chunk and decodes: its decode rows' context is what the
-    ``mixed_context`` term prices (the chunk's prompt and prefix are not)."""
+    ``mixed_context`` term prices, their contexts squared what ``mixed_context_sq`` prices (the
+    chunk's prompt and prefix are not)."""
     prompt = SimpleNamespace(rid="p", output_ids=[], origin_input_ids=[0] * 40, finished_reason=None)
     decodes = [SimpleNamespace(rid=f"d{i}", output_ids=[1] * (i + 1), origin_input_ids=[0] * 10,
                                finished_reason=None) for i in range(3)]
@@ -90,4 +92,7 @@ def test_a_mixed_shape_keeps_its_decode_rows_context_apart_from_the_chunks():
     assert (shape.num_prefills, shape.num_seqs, shape.new_tokens) == (1, 4, 35)
     assert shape.decode_context == 11 + 12 + 13
     assert shape.sum_context == 8 + 32 + shape.decode_context
-    assert shape.features()[-1] == shape.decode_context
+    assert shape.decode_context_sq == 11 * 11 + 12 * 12 + 13 * 13
+    features = dict(zip(FEATURE_NAMES, shape.features()))
+    assert features["mixed_context"] == shape.decode_context
+    assert features["mixed_context_sq"] == shape.decode_context_sq

@@ -34,6 +34,15 @@ __all__ = [
 ]
 
 
+def _sum_context_sq(requests: Sequence[RequestState]) -> int:
+    """The requests' ``context_tokens`` squared, summed (what ``mixed_context_sq`` prices)."""
+    total = 0
+    for request in requests:
+        context = request.context_tokens
+        total += context * context
+    return total
+
+
 @dataclass(slots=True)
 class IterationView:
     """What a policy may look at to plan one iteration.
@@ -64,6 +73,11 @@ class IterationView:
         if self.decode_context_tokens is not None:
             return self.decode_context_tokens
         return sum(request.context_tokens for request in self.decodes)
+
+    def decodes_context_sq(self) -> int:
+        """The decodes' ``context_tokens`` squared, summed (a pass over them: call it only where a
+        model prices it, i.e. has a non-zero ``per_mixed_context_sq_s``)."""
+        return _sum_context_sq(self.decodes)
 
     @property
     def kv_used_fraction(self) -> float:
@@ -121,7 +135,7 @@ class BatchBuilder:
 
     __slots__ = ("plan", "model", "kv_left", "seats_left", "tokens_left", "prefill_tokens_left",
                  "time_budget_s", "predicted_s", "mixing_s", "prefill_work_s", "admission_left",
-                 "admission_seats_left", "admission_blocked", "chunk_open")
+                 "admission_seats_left", "admission_blocked", "chunk_open", "decode_context_sq_pending")
 
     def __init__(
         self,
@@ -152,6 +166,9 @@ class BatchBuilder:
         #: adder fills the iteration's token budget in queue order, the chunked request first and
         #: every other prompt whole, so only the last prompt of a batch can be cut.
         self.chunk_open = False
+        #: Set when :meth:`add_all_decodes` left its rows' squared contexts out of the shape (no
+        #: prefill yet): the first prefill chunk adds them before it prices the mixing cost.
+        self.decode_context_sq_pending = False
 
     @property
     def mixed(self) -> bool:
@@ -169,7 +186,7 @@ class BatchBuilder:
         context = request.context_tokens
         cost_s = self.model.decode_cost_s(context)
         if self.mixed:
-            cost_s += self.model.extend_rows_cost_s(1, context)
+            cost_s += self.model.extend_rows_cost_s(1, context, context * context)
         if not force and (self.tokens_left < 1 or cost_s > self.time_left_s):
             return False
         self.kv_left -= 1
@@ -186,23 +203,25 @@ class BatchBuilder:
         Same rules as :meth:`add_decode` (stops at the first that does not fit), in one pass with
         the totals kept in locals: this is the per-iteration hot path of every policy.
         """
-        per_decode_s, per_context_s = self.model.decode_rates_s(self.mixed)
+        per_decode_s, per_context_s, per_context_sq_s = self.model.decode_rates_s(self.mixed)
         limit = min(self.kv_left, self.seats_left)
         if not force:
             limit = min(limit, self.tokens_left)
         room_s = math.inf if force else self.time_budget_s - self.predicted_s
         added_s = 0.0
         added_context = 0
+        added_context_sq = 0
         head = requests if len(requests) <= limit else requests[:max(limit, 0)]
         count = len(head)  # unless one does not fit
         for index, request in enumerate(head):
             context = request.prefilled_tokens + request.generated_tokens
-            cost_s = per_decode_s + per_context_s * context
+            cost_s = per_decode_s + (per_context_s + per_context_sq_s * context) * context
             if cost_s > room_s - added_s:
                 count = index
                 break
             added_s += cost_s
             added_context += context
+            added_context_sq += context * context
         if count:
             self.plan.decodes.extend(requests[:count] if count < len(requests) else requests)
             self.kv_left -= count
@@ -213,14 +232,22 @@ class BatchBuilder:
             shape.new_tokens += count
             shape.sum_context += added_context
             shape.decode_context += added_context
+            shape.decode_context_sq += added_context_sq
             shape.num_seqs += count
         return count
 
     def add_all_decodes(self, requests: Sequence[RequestState], sum_context: int) -> None:
         """Add every one of ``requests`` (the caller checked KV and seats) whose contexts sum to
-        ``sum_context``: the decode step's accounting without a pass over the requests."""
+        ``sum_context``: the decode step's accounting without a pass over the requests.
+
+        Their squared contexts (``mixed_context_sq``) take a pass only in a batch with a prefill.
+        Without one the shape's ``decode_context_sq`` leaves these rows out: the feature is 0
+        without a prefill, and a first chunk joining later adds them (``decode_context_sq_pending``)
+        before pricing its mixing cost.  So the decode step (every policy's, on every model) pays
+        no pass."""
         count = len(requests)
-        per_decode_s, per_context_s = self.model.decode_rates_s(self.mixed)
+        mixed = self.mixed
+        per_decode_s, per_context_s, per_context_sq_s = self.model.decode_rates_s(mixed)
         self.kv_left -= count
         self.seats_left -= count
         self.tokens_left -= count
@@ -231,6 +258,28 @@ class BatchBuilder:
         shape.sum_context += sum_context
         shape.decode_context += sum_context
         shape.num_seqs += count
+        if mixed:
+            sum_context_sq = _sum_context_sq(requests)
+            self.predicted_s += per_context_sq_s * sum_context_sq
+            shape.decode_context_sq += sum_context_sq
+        elif count:
+            self.decode_context_sq_pending = True
+
+    def first_chunk_mixing_s(self) -> float:
+        """What a first prefill chunk would add to this plan besides its own tokens (0 once the plan
+        has one): :meth:`decode_rows_mixing_s`."""
+        return 0.0 if self.plan.prefills else self.decode_rows_mixing_s()
+
+    def decode_rows_mixing_s(self) -> float:
+        """The extend path's cost for this plan's decode rows beyond a decode-only step's: its fixed
+        cost and the rows' extra cost there (their squared contexts summed first if
+        :meth:`add_all_decodes` left them out)."""
+        plan = self.plan
+        shape = plan.shape
+        if self.decode_context_sq_pending:
+            shape.decode_context_sq = _sum_context_sq(plan.decodes)
+            self.decode_context_sq_pending = False
+        return self.model.mixing_cost_s(len(plan.decodes), shape.decode_context, shape.decode_context_sq)
 
     def add_prefill(self, request: RequestState, *, min_chunk: int = 1, force: bool = False,
                     max_chunk: int = UNLIMITED) -> int:
@@ -261,8 +310,7 @@ class BatchBuilder:
         limit = min(remaining, self.kv_left, self.tokens_left, self.prefill_tokens_left, max_chunk)
         plan = self.plan
         model = self.model
-        # (no prefill in the plan yet: its rows are all decodes)
-        mixing_s = 0.0 if plan.prefills else model.mixing_cost_s(plan.shape.num_seqs, plan.shape.decode_context)
+        mixing_s = self.first_chunk_mixing_s()
         if not force and self.time_budget_s < math.inf:
             limit = min(limit, model.max_chunk_tokens(self.time_budget_s - self.predicted_s - mixing_s, prefix))
         if limit <= 0 or (limit < min_chunk and limit < remaining):

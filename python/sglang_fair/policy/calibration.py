@@ -15,10 +15,10 @@ iteration, so the fastest is the best estimate of what the shape itself costs; t
 repeats is kept beside it.
 Some shapes are held out of the fit and only predicted, which gives the honest error
 (``holdout_mape``).  The fit is :func:`fit_physical_cost_model` over every term the grid
-identifies, the extend-path ones (``prefill_iteration``, ``mixed_seqs``, ``mixed_context``)
-included: they are properties of the running engine, which only timing the engine itself can
-measure (``mixed_context`` apart from ``mixed_seqs`` because the mixed shapes come at several
-decode contexts).
+identifies, the extend-path ones (``prefill_iteration``, ``mixed_seqs``, ``mixed_context``,
+``mixed_context_sq``) included: they are properties of the running engine, which only timing the
+engine itself can measure (``mixed_context`` and ``mixed_context_sq`` apart from ``mixed_seqs``
+and each other because the mixed shapes come at several decode contexts).
 """
 
 from __future__ import annotations
@@ -51,7 +51,11 @@ __all__ = [
 
 #: Bump when what is timed, or how it is fitted, changes: cached calibrations then stop matching.
 #: 2: the ninth term, ``mixed_context`` (a version-1 model would load with it at 0).
-CALIBRATION_VERSION = 2
+#: 3: the tenth term, ``mixed_context_sq`` (a version-2 model would load with it at 0).
+CALIBRATION_VERSION = 3
+
+#: The extend rows' context terms: a fit that gives them the whole per-token cost is redone without.
+_EXTEND_CONTEXT_TERMS = ("mixed_context", "mixed_context_sq")
 
 
 class CalibrationError(RuntimeError):
@@ -195,6 +199,10 @@ def fit_calibration(
     times_s = np.asarray(times, dtype=float)
     held = np.asarray(held, dtype=bool)
     train = ~held
+    if train.sum() < len(terms) and "mixed_context_sq" in terms:
+        # A small engine's grid (few seats, small chunks: one mixed chunk size) may time fewer
+        # shapes than there are terms: the squared term, the last added, is left out first.
+        terms = tuple(t for t in terms if t != "mixed_context_sq")
     if train.sum() < len(terms):
         raise CalibrationError(f"calibration has {int(train.sum())} fitted shapes for {len(terms)} terms")
     model = _fit_with_token_cost(features[train], times_s[train], terms, name)
@@ -215,9 +223,11 @@ def fit_calibration(
 def _fit_with_token_cost(features: np.ndarray, times_s: np.ndarray, terms: tuple[str, ...], name: str) -> CostModel:
     """Every term is a cost, the per-token one too (on a tiny model the context term can carry all
     of a chunk's cost); what must not be free is a token: per new plus per context.  On a noisy
-    grid the extend rows' context term can take the whole per-token cost (the decode rows' context
-    is nearly proportional to their count within a group): then it is fitted without that term."""
-    attempts = [terms] + ([tuple(t for t in terms if t != "mixed_context")] if "mixed_context" in terms else [])
+    grid the extend rows' context terms can take the whole per-token cost (the decode rows' context
+    is nearly proportional to their count within a group): then it is fitted without them."""
+    attempts = [terms]
+    if any(t in _EXTEND_CONTEXT_TERMS for t in terms):
+        attempts.append(tuple(t for t in terms if t not in _EXTEND_CONTEXT_TERMS))
     for attempt in attempts:
         try:
             model = fit_physical_cost_model(features, times_s, terms=attempt, name=name, nonnegative=FEATURE_NAMES)

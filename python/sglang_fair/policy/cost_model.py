@@ -1,7 +1,7 @@
 """Iteration-time cost model::
 
     T = a + b*new_tokens + c*sum_context + d*num_seqs + e*sum_chunk_sq + h*sum_chunk_prefix
-          + f*prefill_iteration + g*mixed_seqs + m*mixed_context
+          + f*prefill_iteration + g*mixed_seqs + m*mixed_context + q*mixed_context_sq
 
 * ``new_tokens``: tokens computed this iteration (1 per decode, the chunk size per prefill).
 * ``sum_context``: KV tokens the sequences attend to (a decode's context, a chunk's prefix+chunk).
@@ -19,8 +19,11 @@
 * ``mixed_context``: the decode rows' summed context in a batch with a prefill chunk (0 otherwise;
   the chunk's own prefix and tokens do not count): on that path a decode row costs more per KV
   token than in a decode-only step (SGLang's CPU backend walks each row's whole KV per sequence).
+* ``mixed_context_sq``: the sum over those decode rows of context squared (0 otherwise): the same
+  rows' cost grows faster than linearly in their context (SGLang's CPU extend path: about 1.0 / 5.4
+  / 10.6 ms a row at 96 / 256 / 384 tokens on the larger calibration model).
 
-The last three are properties of the running engine, not of kernels: a kernel profile cannot see them
+The last four are properties of the running engine, not of kernels: a kernel profile cannot see them
 (``KERNEL_TERMS`` leaves them out) and the online refit learns them from measured iterations.
 
 The model is fitted offline from a profile (numpy least squares) and refitted online from measured
@@ -57,7 +60,7 @@ __all__ = [
 ]
 
 FEATURE_NAMES = ("fixed", "new_tokens", "sum_context", "num_seqs", "sum_chunk_sq", "sum_chunk_prefix",
-                 "prefill_iteration", "mixed_seqs", "mixed_context")
+                 "prefill_iteration", "mixed_seqs", "mixed_context", "mixed_context_sq")
 #: The terms a kernel profile (one forward, timed in isolation) can identify.
 KERNEL_TERMS = FEATURE_NAMES[:6]
 
@@ -67,25 +70,31 @@ class CostModelError(ValueError):
 
 
 def feature_row(new_tokens: float, sum_context: float, num_seqs: float, sum_chunk_sq: float,
-                has_prefill: bool, sum_chunk_prefix: float = 0.0, *, decode_context: float) -> tuple[float, ...]:
+                has_prefill: bool, sum_chunk_prefix: float = 0.0, *, decode_context: float,
+                decode_context_sq: float) -> tuple[float, ...]:
     """One row of ``FEATURE_NAMES`` values for a batch with these totals; ``decode_context`` is the
-    part of ``sum_context`` its decode rows attend to (required: a mixed row without it would
-    silently price its decodes as a decode-only step's)."""
+    part of ``sum_context`` its decode rows attend to and ``decode_context_sq`` the sum of their
+    contexts squared (both required: a mixed row without them would silently price its decodes as a
+    decode-only step's; both count only with ``has_prefill``)."""
+    if not has_prefill:
+        return (1.0, new_tokens, sum_context, num_seqs, sum_chunk_sq, sum_chunk_prefix, 0.0, 0, 0, 0)
     return (1.0, new_tokens, sum_context, num_seqs, sum_chunk_sq, sum_chunk_prefix,
-            1.0 if has_prefill else 0.0, num_seqs if has_prefill else 0, decode_context if has_prefill else 0)
+            1.0, num_seqs, decode_context, decode_context_sq)
 
 
 class BatchShape:
     """Running totals of a batch being formed; cheap to update, no allocation per request."""
 
-    __slots__ = ("new_tokens", "sum_context", "decode_context", "num_seqs", "sum_chunk_sq", "sum_chunk_prefix",
-                 "num_prefills")
+    __slots__ = ("new_tokens", "sum_context", "decode_context", "decode_context_sq", "num_seqs", "sum_chunk_sq",
+                 "sum_chunk_prefix", "num_prefills")
 
     def __init__(self) -> None:
         self.new_tokens = 0
         self.sum_context = 0
         #: The decode rows' share of ``sum_context`` (what ``mixed_context`` prices in a mixed batch).
         self.decode_context = 0
+        #: The decode rows' contexts squared, summed (what ``mixed_context_sq`` prices in a mixed batch).
+        self.decode_context_sq = 0
         self.num_seqs = 0
         self.sum_chunk_sq = 0
         self.sum_chunk_prefix = 0
@@ -95,6 +104,7 @@ class BatchShape:
         self.new_tokens += 1
         self.sum_context += context_tokens
         self.decode_context += context_tokens
+        self.decode_context_sq += context_tokens * context_tokens
         self.num_seqs += 1
 
     def add_prefill(self, chunk_tokens: int, prefix_tokens: int) -> None:
@@ -108,11 +118,13 @@ class BatchShape:
     def features(self) -> tuple[float, ...]:
         """The values of ``FEATURE_NAMES``, in order."""
         return feature_row(self.new_tokens, self.sum_context, self.num_seqs, self.sum_chunk_sq,
-                           self.num_prefills > 0, self.sum_chunk_prefix, decode_context=self.decode_context)
+                           self.num_prefills > 0, self.sum_chunk_prefix, decode_context=self.decode_context,
+                           decode_context_sq=self.decode_context_sq)
 
     def __repr__(self) -> str:  # pragma: no cover
         return (
-            f"BatchShape(new={self.new_tokens}, ctx={self.sum_context}, decode_ctx={self.decode_context}, seqs={self.num_seqs}, "
+            f"BatchShape(new={self.new_tokens}, ctx={self.sum_context}, decode_ctx={self.decode_context}, "
+            f"decode_ctx_sq={self.decode_context_sq}, seqs={self.num_seqs}, "
             f"chunk_sq={self.sum_chunk_sq}, chunk_prefix={self.sum_chunk_prefix}, prefills={self.num_prefills})"
         )
 
@@ -129,10 +141,11 @@ class CostModel:
     #: Per query-key pair of a continuing chunk against its cached prefix.
     per_chunk_prefix_s: float = 0.0
     #: Extra time of an iteration that holds a prefill chunk, per sequence of such an iteration,
-    #: and per context token of its decode rows.
+    #: per context token of its decode rows and per squared context token of each decode row.
     per_prefill_iteration_s: float = 0.0
     per_mixed_seq_s: float = 0.0
     per_mixed_context_s: float = 0.0
+    per_mixed_context_sq_s: float = 0.0
     name: str = "custom"
     #: Free-form provenance and fit quality (``mape``, ``samples``, per shape class errors...).
     info: dict = field(default_factory=dict)
@@ -142,15 +155,17 @@ class CostModel:
         return np.array(
             [self.fixed_s, self.per_new_token_s, self.per_context_token_s, self.per_seq_s,
              self.per_chunk_sq_s, self.per_chunk_prefix_s, self.per_prefill_iteration_s, self.per_mixed_seq_s,
-             self.per_mixed_context_s]
+             self.per_mixed_context_s, self.per_mixed_context_sq_s]
         )
 
     def predict(
         self, new_tokens: float, sum_context: float, num_seqs: float = 0.0, sum_chunk_sq: float = 0.0,
         num_prefills: int = 0, sum_chunk_prefix: float = 0.0, decode_context: float = 0.0,
+        decode_context_sq: float = 0.0,
     ) -> float:
         """Seconds for a batch with these totals (``decode_context``: its decode rows' share of
-        ``sum_context``, which matters only with ``num_prefills > 0``)."""
+        ``sum_context``, ``decode_context_sq``: the sum of their contexts squared; both matter only
+        with ``num_prefills > 0``)."""
         time_s = (
             self.fixed_s
             + self.per_new_token_s * new_tokens
@@ -160,48 +175,56 @@ class CostModel:
             + self.per_chunk_prefix_s * sum_chunk_prefix
         )
         if num_prefills > 0:
-            time_s += self.per_prefill_iteration_s + self.extend_rows_cost_s(num_seqs, decode_context)
+            time_s += self.per_prefill_iteration_s + self.extend_rows_cost_s(num_seqs, decode_context,
+                                                                              decode_context_sq)
         return time_s
 
     def predict_shape(self, shape: BatchShape) -> float:
         return self.predict(shape.new_tokens, shape.sum_context, shape.num_seqs, shape.sum_chunk_sq,
-                            shape.num_prefills, shape.sum_chunk_prefix, shape.decode_context)
+                            shape.num_prefills, shape.sum_chunk_prefix, shape.decode_context,
+                            shape.decode_context_sq)
 
     def decode_cost_s(self, context_tokens: int) -> float:
         """Marginal time of adding one decode to a batch without prefill (add
-        ``extend_rows_cost_s(1, context_tokens)`` when the batch has one)."""
+        ``extend_rows_cost_s(1, context_tokens, context_tokens**2)`` when the batch has one)."""
         return self.per_new_token_s + self.per_context_token_s * context_tokens + self.per_seq_s
 
-    def decode_rates_s(self, mixed: bool) -> tuple[float, float]:
-        """``(seconds per decode row, seconds per context token of a decode row)`` in a batch with
-        (``mixed``) or without a prefill chunk: :meth:`decode_cost_s` plus, when mixed,
-        :meth:`extend_rows_cost_s`, as two rates for code that adds many decodes at once."""
+    def decode_rates_s(self, mixed: bool) -> tuple[float, float, float]:
+        """``(seconds per decode row, per context token of a decode row, per squared context token
+        of a decode row)`` in a batch with (``mixed``) or without a prefill chunk:
+        :meth:`decode_cost_s` plus, when mixed, :meth:`extend_rows_cost_s`, as three rates for code
+        that adds many decodes at once (a row of context ``c`` costs ``r + (t + q*c)*c``)."""
         per_row_s = self.per_new_token_s + self.per_seq_s
         per_context_s = self.per_context_token_s
-        if mixed:
-            per_row_s += self.per_mixed_seq_s
-            per_context_s += self.per_mixed_context_s
-        return per_row_s, per_context_s
+        if not mixed:
+            return per_row_s, per_context_s, 0.0
+        return (per_row_s + self.per_mixed_seq_s, per_context_s + self.per_mixed_context_s,
+                self.per_mixed_context_sq_s)
 
-    def extend_rows_cost_s(self, num_rows: int, decode_context_tokens: int) -> float:
+    def extend_rows_cost_s(self, num_rows: int, decode_context_tokens: int, decode_context_sq: int) -> float:
         """What ``num_rows`` rows on the extend path (a batch with a prefill chunk) cost beyond
         their cost in a batch without one, the decode rows among them attending to
-        ``decode_context_tokens`` KV tokens in all (a prefill row's context does not count)."""
-        return self.per_mixed_seq_s * num_rows + self.per_mixed_context_s * decode_context_tokens
+        ``decode_context_tokens`` KV tokens in all and ``decode_context_sq`` summing their contexts
+        squared (a prefill row's context does not count)."""
+        return (self.per_mixed_seq_s * num_rows + self.per_mixed_context_s * decode_context_tokens
+                + self.per_mixed_context_sq_s * decode_context_sq)
 
-    def mixing_cost_s(self, num_decodes: int, decode_context_tokens: int) -> float:
+    def mixing_cost_s(self, num_decodes: int, decode_context_tokens: int, decode_context_sq: int) -> float:
         """What the first prefill chunk adds to a batch of ``num_decodes`` decodes attending to
-        ``decode_context_tokens`` KV tokens in all, besides its own tokens: the extend path's fixed
-        cost and the extra cost of the decode rows already in on that path."""
-        return self.per_prefill_iteration_s + self.extend_rows_cost_s(num_decodes, decode_context_tokens)
+        ``decode_context_tokens`` KV tokens in all (``decode_context_sq``: their contexts squared,
+        summed), besides its own tokens: the extend path's fixed cost and the extra cost of the
+        decode rows already in on that path."""
+        return self.per_prefill_iteration_s + self.extend_rows_cost_s(num_decodes, decode_context_tokens,
+                                                                      decode_context_sq)
 
-    def split_saving_s(self, num_decodes: int, decode_context_tokens: int) -> float:
+    def split_saving_s(self, num_decodes: int, decode_context_tokens: int, decode_context_sq: int) -> float:
         """Time saved by running a prefill and ``num_decodes`` decodes (attending to
-        ``decode_context_tokens`` KV tokens in all) in two iterations of their own instead of one
-        mixed batch: the decodes' rows on the extend path cost :meth:`extend_rows_cost_s`, the extra
-        iteration costs ``fixed_s``.  Positive when apart is cheaper (SGLang's CPU backend past a
-        few decodes); never on a model whose extend rows cost nothing extra (the GPU presets)."""
-        return self.extend_rows_cost_s(num_decodes, decode_context_tokens) - self.fixed_s
+        ``decode_context_tokens`` KV tokens in all, ``decode_context_sq`` their contexts squared and
+        summed) in two iterations of their own instead of one mixed batch: the decodes' rows on the
+        extend path cost :meth:`extend_rows_cost_s`, the extra iteration costs ``fixed_s``.  Positive
+        when apart is cheaper (SGLang's CPU backend past a few decodes); never on a model whose
+        extend rows cost nothing extra (the GPU presets)."""
+        return self.extend_rows_cost_s(num_decodes, decode_context_tokens, decode_context_sq) - self.fixed_s
 
     def prefill_cost_s(self, chunk_tokens: int, prefix_tokens: int) -> float:
         """Marginal time of adding a prefill chunk to a batch that already holds one (add
@@ -289,11 +312,13 @@ class CostModel:
             f" + {self.per_context_token_s * 1e9:.3f} ns*ctx + {self.per_seq_s * 1e6:.3f} us*seq"
             f" + {self.per_chunk_sq_s * 1e9:.3f} ns*chunk^2 + {self.per_chunk_prefix_s * 1e9:.3f} ns*chunk*prefix"
         )
-        if self.per_prefill_iteration_s or self.per_mixed_seq_s or self.per_mixed_context_s:
+        if any(self.coefficients()[FEATURE_NAMES.index("prefill_iteration"):]):
             text += (f" + {self.per_prefill_iteration_s * 1e3:.3f} ms*prefill_iteration"
                      f" + {self.per_mixed_seq_s * 1e6:.3f} us*mixed_seq")
         if self.per_mixed_context_s:
             text += f" + {self.per_mixed_context_s * 1e9:.3f} ns*mixed_ctx"
+        if self.per_mixed_context_sq_s:
+            text += f" + {self.per_mixed_context_sq_s * 1e9:.3f} ns*mixed_ctx^2"
         return text
 
 
@@ -410,11 +435,11 @@ def _fitted_model(coef: np.ndarray, features: np.ndarray, times_s: np.ndarray, n
     )
 
 
-_EXTEND_TERMS = ("prefill_iteration", "mixed_seqs", "mixed_context")
+_EXTEND_TERMS = ("prefill_iteration", "mixed_seqs", "mixed_context", "mixed_context_sq")
 #: CostModel's coefficient fields, in FEATURE_NAMES order.
 _COEFFICIENT_FIELDS = ("fixed_s", "per_new_token_s", "per_context_token_s", "per_seq_s",
                        "per_chunk_sq_s", "per_chunk_prefix_s", "per_prefill_iteration_s", "per_mixed_seq_s",
-                       "per_mixed_context_s")
+                       "per_mixed_context_s", "per_mixed_context_sq_s")
 
 
 def fit_physical_cost_model(
@@ -707,10 +732,13 @@ class OnlineCostModel:
         for k, step_s in enumerate(measured_s):
             context = sum_context + k * num_seqs
             # The arguments predict_shape passes for that shape (BatchShape.add_decode's totals).
+            # (decode-only: the squared decode context counts only with a prefill, so none passed)
             predicted_s = self.current.predict(num_seqs, context, num_seqs, 0, 0, 0, context)
             predicted.append(predicted_s)
             if num_seqs:
-                self._observe(feature_row(num_seqs, context, num_seqs, 0, False, 0, decode_context=context),
+                # (a decode-only row: its mixed_context_sq is 0 whatever the rows' squares)
+                self._observe(feature_row(num_seqs, context, num_seqs, 0, False, 0, decode_context=context,
+                                          decode_context_sq=0),
                               False, predicted_s, step_s)
             else:
                 self.observed += 1

@@ -398,9 +398,8 @@ class FairBatchingPolicy(BatchPolicy):
             # Stretch the budget to hold that much prefill work, over one prompt or several short
             # ones (relaxed decodes then sit out, as they would for any prefill surge).
             model = builder.model
-            # (the builder holds the urgent decodes only: its shape's decode context is theirs)
-            mixing_s = model.mixing_cost_s(builder.plan.urgent_decodes, builder.plan.shape.decode_context)
-            stretched_s = builder.predicted_s + mixing_s + model.prefill_cost_s(worthwhile, 0)
+            # (the builder holds the urgent decodes only)
+            stretched_s = builder.predicted_s + builder.decode_rows_mixing_s() + model.prefill_cost_s(worthwhile, 0)
             builder.time_budget_s = builder.plan.time_budget_s = stretched_s
             self._grant_chunks(builder, view, order)
             if not builder.mixed:  # nothing could use it (the prefill cap, a minimum chunk)
@@ -449,7 +448,7 @@ class FairBatchingPolicy(BatchPolicy):
         if not view.decodes or not order.prefills:
             return None
         # The plan's decodes are the urgent ones so far (relaxed decodes join after this phase).
-        mixing_s = model.mixing_cost_s(builder.plan.urgent_decodes, builder.plan.shape.decode_context)
+        mixing_s = builder.decode_rows_mixing_s()
         if mixing_s <= 0:
             return None
         if not builder.mixed and (builder.kv_left <= 0 or builder.seats_left <= 0 or builder.admission_blocked):
@@ -525,7 +524,10 @@ class FairBatchingPolicy(BatchPolicy):
         (:meth:`CostModel.split_saving_s`), and every decode may sit out a prefill-only iteration."""
         if not view.decodes or not view.prefills:
             return False
-        if self.cost_model.split_saving_s(len(view.decodes), view.decodes_context_tokens()) <= 0:
+        model = self.cost_model
+        # (the squares take a pass over the decodes: only for a model that prices them)
+        context_sq = view.decodes_context_sq() if model.per_mixed_context_sq_s else 0
+        if model.split_saving_s(len(view.decodes), view.decodes_context_tokens(), context_sq) <= 0:
             return False
         return all(request.can_skip for request in view.decodes)
 

@@ -188,10 +188,13 @@ def note_executed_batch(states: dict, batch, end_s: float) -> tuple[BatchShape, 
         _note_prefill_rows(states, batch, reqs[:num_prefill_rows], shape, end_s, finished)
         reqs = reqs[num_prefill_rows:]
     sum_context = 0
+    sum_context_sq = 0
     get = states.get
     for req in reqs:
         generated = len(req.output_ids)
-        sum_context += len(req.origin_input_ids) + generated
+        context = len(req.origin_input_ids) + generated
+        sum_context += context
+        sum_context_sq += context * context
         state = get(req.rid)
         if state is None:
             continue
@@ -211,6 +214,7 @@ def note_executed_batch(states: dict, batch, end_s: float) -> tuple[BatchShape, 
     shape.num_seqs += decode_rows
     shape.sum_context += sum_context
     shape.decode_context += sum_context  # (a mixed batch's decode rows: the mixed_context term)
+    shape.decode_context_sq += sum_context_sq  # (and the mixed_context_sq term)
     return shape, finished
 
 

@@ -291,7 +291,8 @@ class Replica:
         # The engine's times do not depend on the policy (its own model, its own noise stream), so
         # the run is timed first and the policy observes the steps after, in one call, in order.
         while len(ends) < steps_left:
-            # The arguments predict_shape passes for the decode step's shape (BatchShape.add_decode).
+            # The arguments predict_shape passes for the decode step's shape (BatchShape.add_decode),
+            # but the decode rows' squared context: without a prefill it counts for nothing.
             measured_s = predict(count, context, count, 0, 0, 0, context)
             if noise is not None:
                 measured_noise = noise()
