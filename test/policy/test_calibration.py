@@ -135,7 +135,7 @@ def test_unusable_timings_raise():
     with pytest.raises(CalibrationError):
         fit_calibration({grid[0]: [((1.0,) * 7, 0.01)]})
     # time that falls as batches grow: nothing is a cost
-    shrinking = {s: [(f, 1.0 / (1.0 + f[1] + f[2])) for f in [_executed_features(s, np.random.default_rng(3))]]
+    shrinking = {s: [(f, math.exp(-(f[1] + f[2]) / 1000.0)) for f in [_executed_features(s, np.random.default_rng(3))]]
                  for s in grid}
     with pytest.raises(CalibrationError):
         fit_calibration(shrinking)
@@ -219,9 +219,10 @@ def test_a_fit_whose_extend_context_takes_every_token_cost_is_refitted_without_i
 
 
 def test_a_small_engines_grid_too_small_for_every_term_is_fitted_without_the_squared_one():
-    """4 seats and 128-token chunks (one mixed chunk size): fewer fitted shapes than terms; the
-    calibration leaves ``mixed_context_sq`` out rather than failing the start-up."""
-    small = GridLimits(kv_tokens=2048, max_running_requests=4, max_chunk_tokens=128, context_tokens=4096)
+    """4 seats, 32-token chunks and a 500-token context (one mixed chunk size, no long decode
+    group): fewer fitted shapes than terms; the calibration leaves ``mixed_context_sq`` out rather
+    than failing the start-up."""
+    small = GridLimits(kv_tokens=2048, max_running_requests=4, max_chunk_tokens=32, context_tokens=500)
     grid = calibration_grid("cpu", small, visits=4)
     assert sum(not s.holdout for s in grid) < len(FEATURE_NAMES)
     fit = fit_calibration(_timed(grid, CPU_MIXED_CONTEXT, np.random.default_rng(5)), name="t")

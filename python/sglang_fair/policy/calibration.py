@@ -95,7 +95,7 @@ class GridLimits:
 #: within seconds on a 2-core machine; GPU sizes span what a 7B-class server runs.
 _GRIDS = {
     "cpu": {
-        "decode_groups": [(1, 64), (8, 384), (24, 96), (32, 256)],
+        "decode_groups": [(1, 64), (8, 384), (24, 96), (32, 256), (32, 128)],
         "mixed_chunks": [32, 256],
         "prefill_chunks": [32, 128, 512, 1024],
         "prefixes": [0, 384],
