@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sim_helpers import A100, CPU_LIKE, small_workload
@@ -70,6 +70,9 @@ def test_metrics_definitions():
     seats=st.sampled_from([2, 256]),
     model=st.sampled_from([A100, CPU_LIKE]),
 )
+# A partly prefilled prompt whose next chunk was too dear for the budget once let a new prompt
+# start beside it (two chunked prompts, which SGLang cannot hold); CI's hypothesis found it.
+@example(name="fairbatching", n=7, seed=2, kv=20_000, seats=256, model=A100)
 def test_every_request_finishes_and_kv_holds(name, n, seed, kv, seats, model):
     rng = np.random.default_rng(seed)
     prompts = rng.integers(1, 2500, n)

@@ -314,6 +314,10 @@ class BatchBuilder:
         if not force and self.time_budget_s < math.inf:
             limit = min(limit, model.max_chunk_tokens(self.time_budget_s - self.predicted_s - mixing_s, prefix))
         if limit <= 0 or (limit < min_chunk and limit < remaining):
+            if not admitting:
+                # SGLang serves its chunked request before any other prompt: one that gets no chunk
+                # leaves no room to start another (which would make two partly prefilled prompts).
+                self.chunk_open = True
             return 0
         if admitting:
             self.admission_left -= reservation
