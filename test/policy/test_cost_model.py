@@ -593,3 +593,22 @@ def test_add_decodes_adds_what_add_decode_one_at_a_time_would(model):
         assert added == len(single.plan.decodes) and batched.plan.decodes == single.plan.decodes
         assert (batched.kv_left, batched.seats_left, batched.plan.shape.sum_context) == (
             single.kv_left, single.seats_left, single.plan.shape.sum_context)
+
+
+def test_a_chunked_prompt_refused_its_chunk_leaves_no_room_for_another_prompt(model):
+    """SGLang serves its chunked request before any other prompt: when the partly prefilled prompt
+    gets no chunk (its prefix makes even a minimum chunk too dear), a fresh prompt must not start
+    beside it, or two prompts would be left partly prefilled."""
+    from policy_helpers import make_request
+    from sglang_fair.policy import BatchBuilder, IterationView
+
+    chunked = make_request("chunked", 0.0, 6000)
+    chunked.prefilled_tokens = 5000
+    fresh = make_request("fresh", 0.5, 400)
+    view = IterationView(1.0, [], [chunked, fresh])
+    room_s = model.fixed_s + model.prefill_cost_s(40, 0)  # ~40 fresh tokens, fewer after the prefix
+    assert model.max_chunk_tokens(room_s - model.fixed_s, 5000) < 32 <= model.max_chunk_tokens(room_s - model.fixed_s, 0)
+    builder = BatchBuilder(view, model, time_budget_s=room_s)
+    builder.predicted_s = model.fixed_s
+    assert builder.add_prefill(chunked, min_chunk=32) == 0
+    assert builder.add_prefill(fresh, min_chunk=32) == 0 and not builder.plan.prefills
