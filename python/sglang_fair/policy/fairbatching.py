@@ -289,8 +289,9 @@ class FairBatchingPolicy(BatchPolicy):
         model = self.cost_model
         share = max(MIN_PREFILL_SHARE, 1.0 - decode_utilisation(view.decodes, model, view.decode_context_tokens))
         now_s = view.now_s
-        finish_s = now_s + sum(model.prefill_cost_s(r.remaining_prefill_tokens, r.prefilled_tokens)
-                               for r in partial) / share
+        start_s = now_s + sum(model.prefill_cost_s(r.remaining_prefill_tokens, r.prefilled_tokens)
+                              for r in partial) / share  # when the first waiting prompt can start
+        finish_s = start_s
         queue: list[tuple[float, int, bool]] = []  # (deadline, index, on its tail deadline)
         costs = []
         late = [False] * len(waiting)  # gave up its TTFT: on its tail deadline
@@ -324,7 +325,6 @@ class FairBatchingPolicy(BatchPolicy):
         order.late_prompts = gave_up
         served = [index for index in served if index is not None]
         if gave_up and self.late_into_slack:
-            start_s = finish_s - sum(costs[index] for index in served)
             served = self._late_into_slack(served, late, waiting, costs, start_s)
         return [waiting[index] for index in served]
 
