@@ -237,8 +237,13 @@ def stock_settings(chunk_sizes: list[int], mixed: str) -> list[Server]:
 
 def search_rate(stock: list[Server], workload_args: dict, vocab_size: int, start_rps: float, args,
                 label: str) -> tuple[float, Server, list[dict]]:
-    """The rate at which stock's best setting meets about ``args.target_attainment`` of SLOs."""
+    """The rate at which stock's best setting meets about ``args.target_attainment`` of SLOs
+    (``args.rate``, when given, instead: no search, the best setting chosen at that rate)."""
     steps = []
+    if args.rate is not None:
+        best = stock[0] if len(stock) == 1 else _best_at(stock, args.rate, workload_args, vocab_size, args,
+                                                         label, steps)
+        return args.rate, best, steps
     measured: list[tuple[float, float]] = []  # (rate, best stock attainment) per step
     rate = start_rps
     low = high = None
@@ -273,17 +278,22 @@ def search_rate(stock: list[Server], workload_args: dict, vocab_size: int, start
         rate = min(met or measured, key=lambda m: abs(m[1] - args.target_attainment))[0]
     if len(stock) > 1 and candidates != stock:
         # The best setting can depend on the rate: choose it again at the final rate.
-        specs = load_client.make_workload(**{**workload_args, "rate_rps": rate, "seed": 1999,
-                                             "num_requests": _num_requests(rate, args)})
-        goodput = {}
-        for server in stock:
-            summary = run_once(server, specs, 1999, vocab_size, args.drain_timeout,
-                               f"{label} select {server.name}")
-            goodput[server.name] = summary["goodput_rps"]
-            steps.append({"rate_rps": rate, "server": server.name, "attainment": summary["slo_attainment"],
-                          "goodput_rps": summary["goodput_rps"], "selection": True})
-        best = max(stock, key=lambda s: goodput[s.name])
+        best = _best_at(stock, rate, workload_args, vocab_size, args, label, steps)
     return rate, best, steps
+
+
+def _best_at(stock: list[Server], rate: float, workload_args: dict, vocab_size: int, args, label: str,
+             steps: list[dict]) -> Server:
+    """The stock setting with the most goodput in one run at ``rate`` (a seed no measured run uses)."""
+    specs = load_client.make_workload(**{**workload_args, "rate_rps": rate, "seed": 1999,
+                                         "num_requests": _num_requests(rate, args)})
+    goodput = {}
+    for server in stock:
+        summary = run_once(server, specs, 1999, vocab_size, args.drain_timeout, f"{label} select {server.name}")
+        goodput[server.name] = summary["goodput_rps"]
+        steps.append({"rate_rps": rate, "server": server.name, "attainment": summary["slo_attainment"],
+                      "goodput_rps": summary["goodput_rps"], "selection": True})
+    return max(stock, key=lambda s: goodput[s.name])
 
 
 def _num_requests(rate: float, args) -> int:
@@ -548,6 +558,8 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--attainment-tolerance", type=float, default=0.04)
     parser.add_argument("--search-steps", type=int, default=None, help="rate search steps (default 5, quick 2)")
     parser.add_argument("--start-load", type=float, default=0.8, help="first rate searched, x saturation")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="user mode: measure at this rate (req/s) instead of searching for one")
     parser.add_argument("--ttft-slo", type=float, default=None, help="seconds (default: the SLO rule)")
     parser.add_argument("--tpot-slo", type=float, default=None, help="seconds (default: the SLO rule)")
     parser.add_argument("--drain-timeout", type=float, default=45.0,

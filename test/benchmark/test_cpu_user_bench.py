@@ -80,3 +80,27 @@ def test_slo_rule_is_the_stated_arithmetic_on_what_stock_measured(monkeypatch):
     assert tpot_s == pytest.approx(0.020 + 256 * 0.0001)
     assert ttft_s == pytest.approx(8 * tpot_s, rel=1e-3)
     assert "16 decodes" in record["rule"] and record["engine"]["decode_step_s"] == 0.020
+
+
+def test_a_fixed_rate_skips_the_search_and_picks_stock_at_that_rate(monkeypatch):
+    # --rate: no search steps; with one stock setting no run at all, with several one selection run
+    # each at that very rate, the most goodput chosen.
+    calls = []
+
+    def fake_run_once(server, specs, seed, vocab_size, drain_timeout, label):
+        calls.append((server.name, len(specs), seed))
+        return {"slo_attainment": 0.9, "goodput_rps": {"sglang-c512": 3.0, "sglang-c2048": 5.0}[server.name]}
+
+    monkeypatch.setattr(user, "run_once", fake_run_once)
+    args = type("Args", (), {"rate": 7.5, "run_seconds": 10.0, "min_requests": 16, "max_requests": 240,
+                             "drain_timeout": 1.0, "search_steps": 5})()
+    workload = dict(prompts=np.array([100, 200]), outputs=np.array([10, 20]), length_scale=1.0,
+                    ttft_slo_s=1.0, tpot_slo_s=0.1)
+    one = user.stock_settings([512], "off")
+    assert user.search_rate(one, workload, 512, 1.0, args, "t") == (7.5, one[0], [])
+    assert calls == []
+    two = user.stock_settings([512, 2048], "off")
+    rate, best, steps = user.search_rate(two, workload, 512, 1.0, args, "t")
+    assert (rate, best.name) == (7.5, "sglang-c2048")
+    assert calls == [("sglang-c512", 75, 1999), ("sglang-c2048", 75, 1999)]
+    assert all(step["rate_rps"] == 7.5 and step["selection"] for step in steps)
