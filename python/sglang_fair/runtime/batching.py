@@ -152,7 +152,7 @@ class FairBatchingMixin:
             self.fair_slo.rejected_bad_slo += 1
             req.set_finish_with_abort(f"Invalid request: {exc}")  # HTTP 400
             return
-        arrival_s = req.time_stats.scheduler_recv_time or time.perf_counter()
+        arrival_s = records.arrival_time_s(req)
         client = "default"
         custom = getattr(params, "custom_params", None)
         if isinstance(custom, dict) and isinstance(custom.get("client"), str):

@@ -103,6 +103,13 @@ def is_abort(req) -> bool:
     return reason is not None and type(reason).__name__ == "FINISH_ABORT"
 
 
+def arrival_time_s(req) -> float:
+    """When ``req`` arrived, on the ``time.perf_counter()`` clock its deadlines are kept on: the
+    scheduler's receipt (else now).  (SGLang 0.5.23 leaves the tokenizer's ``created_time`` at 0 in
+    the scheduler's copy, so the time spent before the scheduler cannot be counted.)"""
+    return req.time_stats.scheduler_recv_time or time.perf_counter()
+
+
 def _record_of(scheduler, req) -> RuntimeRequestState:
     """The record of ``req``; one is made for a request the intake never saw (a retraction re-queue
     of one we did not track, a session continuation, the calibration's requests): tracked from now
@@ -112,7 +119,7 @@ def _record_of(scheduler, req) -> RuntimeRequestState:
     if state is not None and state.handle is req:
         return state
     config = scheduler.fair_config
-    arrival_s = req.time_stats.scheduler_recv_time or time.perf_counter()
+    arrival_s = arrival_time_s(req)
     # Its max_new_tokens all the same: without it the KV estimate charges the 4096-token clip.
     max_new_tokens = req.sampling_params.max_new_tokens
     if not scheduler.fair_active:
