@@ -32,6 +32,7 @@ iteration times, warm-started from the profile so a cold server never schedules 
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -516,13 +517,14 @@ class _RecentGate:
     real change of regime moves the median and stops being rejected.
     """
 
-    __slots__ = ("_features", "_rows", "_time_ring", "times", "logs", "count", "center", "width", "min_log", "mads")
+    __slots__ = ("_features", "_rows", "_time_ring", "times", "logs", "count", "center", "width", "min_log", "mads",
+                 "bias_log", "biased")
 
     #: Fewer samples than this call nothing an outlier.
     MIN_SAMPLES = 16
     UPDATE_EVERY = 8
 
-    def __init__(self, size: int, min_log: float, mads: float) -> None:
+    def __init__(self, size: int, min_log: float, mads: float, bias_log: float = math.inf) -> None:
         self._features = np.zeros((size, len(FEATURE_NAMES)))
         # The rows as given: they are read only after a refit, so they are converted then (a numpy
         # row assignment per sample would cost as much as the rest of observe).
@@ -537,6 +539,10 @@ class _RecentGate:
         self.width = math.inf
         self.min_log = min_log
         self.mads = mads
+        #: Whether the median is beyond ``bias_log``: kept with the median, which moves every few
+        #: samples, where the online model asks on most observations (OnlineCostModel._biased).
+        self.bias_log = bias_log
+        self.biased = False
 
     def is_outlier(self, features, measured_s: float, log_ratio: float) -> bool:
         outlier = abs(log_ratio - self.center) > self.width  # judged before it moves the ring
@@ -574,10 +580,16 @@ class _RecentGate:
         # a falling run then a rising one, which sorted() merges in one pass.
         ordered = sorted(self.logs if self.count >= len(self.times) else self.logs[: self.count])
         center = self.center = _median_of_sorted(ordered)
+        self.biased = abs(center) > self.bias_log
         if len(ordered) < self.MIN_SAMPLES:
             self.width = math.inf
             return
-        spread = 1.4826 * _median_of_sorted(sorted([abs(x - center) for x in ordered]))
+        # |x - center| without a call per value: center - x below the center, x - center from it
+        # on (the same doubles: a difference only changes sign when its operands swap).
+        middle = bisect.bisect_left(ordered, center)
+        deviations = [center - x for x in ordered[:middle]]
+        deviations += [x - center for x in ordered[middle:]]
+        spread = 1.4826 * _median_of_sorted(sorted(deviations))
         self.width = max(self.mads * spread, self.min_log)
 
 
@@ -693,7 +705,7 @@ class OnlineCostModel:
         self._times = np.frombuffer(self._time_ring, dtype=np.float64)
         self._count = 0  # total accepted samples (ring index = count % window)
         self._since_refit = 0
-        self._gates = tuple(_RecentGate(gate_window, math.log(outlier_factor), outlier_mads)
+        self._gates = tuple(_RecentGate(gate_window, math.log(outlier_factor), outlier_mads, self.bias_log)
                             for _ in range(2))  # [decode-only, with a prefill chunk]
         self.observed = 0
         self.rejected = 0
@@ -780,7 +792,7 @@ class OnlineCostModel:
     def _biased(self) -> bool:
         """Whether the recent samples of a class say the current model is off by ``bias_factor``."""
         decode, extend = self._gates  # two names, no generator: it runs on most observations
-        return abs(decode.center) > self.bias_log or abs(extend.center) > self.bias_log
+        return decode.biased or extend.biased
 
     @property
     def _features(self) -> np.ndarray:
