@@ -325,9 +325,7 @@ class Replica:
             measured.append(last_s)
             last_end_s = end_s + last_s
         self.policy.observe_decode_steps(running, self._running_context, measured)
-        new_token_ratio = self.new_token_ratio
-        for _ in range(len(measured)):
-            new_token_ratio.decode_step()
+        self.new_token_ratio.decode_steps(len(measured))
         sim = self.sim
         # The gaps every request shares (steps 2..K), and each one's own first gap.
         shared_gaps = [later - earlier for earlier, later in zip(ends, ends[1:])]
