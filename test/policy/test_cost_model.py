@@ -522,6 +522,27 @@ def test_a_decode_run_observed_in_one_call_is_each_step_observed_in_turn(model):
     assert one_call._ratios == stepwise._ratios and one_call.budget_safety == stepwise.budget_safety
 
 
+def test_a_decode_run_observed_with_the_engine_predictions_is_the_same(model):
+    """``observe_decode_steps`` given the steps' predictions by the model that made them (the
+    simulator's engine timing with the policy's own model) ends as it does predicting them itself,
+    refits mid-run included (after one, the hints are another model's and are not used)."""
+    from sglang_fair.policy import build_policy
+
+    rng = np.random.default_rng(11)
+    hinted, plain = build_policy("fairbatching", model), build_policy("fairbatching", model)
+    for _ in range(400):
+        count, context = int(rng.integers(1, 120)), int(rng.integers(100, 90_000))
+        predicted = [model.predict(count, context + k * count, count, 0, 0, 0, context + k * count)
+                     for k in range(int(rng.integers(1, 12)))]
+        measured = [p * 1.6 * float(rng.lognormal(0, 0.05)) for p in predicted]
+        decodes = [object()] * count
+        hinted.observe_decode_steps(decodes, context, measured, predicted, model)
+        plain.observe_decode_steps(decodes, context, measured)
+    assert hinted.online.refits > 0
+    assert hinted.online.snapshot() == plain.online.snapshot()
+    assert hinted._ratios == plain._ratios and hinted.budget_safety == plain.budget_safety
+
+
 def test_the_outlier_gate_center_and_width_are_statistics_medians():
     """The gate's medians (taken from sorted copies) are ``statistics.median``'s, bit for bit."""
     import random

@@ -387,11 +387,14 @@ class BatchPolicy:
             online.observe(plan.shape, measured_s, plan.predicted_s if plan.predicted_by is online.current else None)
 
     def observe_decode_steps(self, decodes: Sequence[RequestState], sum_context: int,
-                             measured_s: Sequence[float]) -> None:
+                             measured_s: Sequence[float], predicted_s: Sequence[float] | None = None,
+                             predicted_by: CostModel | None = None) -> None:
         """:meth:`observe` of decode steps run back to back, each the plan :meth:`plan_decode_step`
         makes (every one of ``decodes``), the k-th attending to ``sum_context + k * len(decodes)``
         KV tokens and measured at ``measured_s[k]``: a driver's run of decode-only iterations
-        reported in one call.  This is those calls, one per step; a policy may do the same faster."""
+        reported in one call.  ``predicted_s``: each step's time as ``predicted_by`` predicts it,
+        when the driver has them (a policy may use them while that is its current model).  This is
+        those calls, one per step; a policy may do the same faster."""
         count = len(decodes)
         for k, step_s in enumerate(measured_s):
             shape = BatchShape()

@@ -734,24 +734,31 @@ class OnlineCostModel:
             predicted_s = self.current.predict_shape(shape)
         return self._observe(shape.features(), shape.num_prefills > 0, predicted_s, measured_s)
 
-    def observe_decode_steps(self, num_seqs: int, sum_context: int, measured_s) -> list[float]:
+    def observe_decode_steps(self, num_seqs: int, sum_context: int, measured_s,
+                             predicted_s=None, predicted_by: CostModel | None = None) -> list[float]:
         """:meth:`observe` of decode-only batches of ``num_seqs`` sequences, one after another, the
         k-th attending to ``sum_context + k * num_seqs`` KV tokens and measured at ``measured_s[k]``
         (a simulator's run of decode steps, without a shape object per step).  Returns what the model
         predicted for each step: the model as it stood when that step was observed, before any
-        refit the step caused (what a plan made just before it would have predicted)."""
+        refit the step caused (what a plan made just before it would have predicted).
+        ``predicted_s``: each step's prediction by ``predicted_by``, when the caller has them (a
+        simulator's engine timing the steps with the model itself): taken while that model is
+        still the current one, instead of predicting the same shapes again."""
         predicted = []
         for k, step_s in enumerate(measured_s):
             context = sum_context + k * num_seqs
-            # The arguments predict_shape passes for that shape (BatchShape.add_decode's totals).
-            # (decode-only: the squared decode context counts only with a prefill, so none passed)
-            predicted_s = self.current.predict(num_seqs, context, num_seqs, 0, 0, 0, context)
-            predicted.append(predicted_s)
+            if self.current is predicted_by:
+                step_predicted_s = predicted_s[k]
+            else:
+                # The arguments predict_shape passes for that shape (BatchShape.add_decode's totals).
+                # (decode-only: the squared decode context counts only with a prefill, so none passed)
+                step_predicted_s = self.current.predict(num_seqs, context, num_seqs, 0, 0, 0, context)
+            predicted.append(step_predicted_s)
             if num_seqs:
                 # (a decode-only row: its mixed_context_sq is 0 whatever the rows' squares)
                 self._observe(feature_row(num_seqs, context, num_seqs, 0, False, 0, decode_context=context,
                                           decode_context_sq=0),
-                              False, predicted_s, step_s)
+                              False, step_predicted_s, step_s)
             else:
                 self.observed += 1
                 self.rejected += 1

@@ -610,13 +610,15 @@ class FairBatchingPolicy(BatchPolicy):
                 self.clients.charge_output(request)
         self._track_error(plan.predicted_s, measured_s)
 
-    def observe_decode_steps(self, decodes, sum_context: int, measured_s) -> None:
+    def observe_decode_steps(self, decodes, sum_context: int, measured_s, predicted_s=None,
+                             predicted_by: CostModel | None = None) -> None:
         """:meth:`observe` of each step of a decode run, with the online model taking the whole run
         in one call; the error ring needs only each step's prediction, which that call returns."""
         if self.clients is not None or self.online is None:
             super().observe_decode_steps(decodes, sum_context, measured_s)
             return
-        predicted = self.online.observe_decode_steps(len(decodes), sum_context, measured_s)
+        predicted = self.online.observe_decode_steps(len(decodes), sum_context, measured_s, predicted_s,
+                                                     predicted_by)
         for predicted_s, step_s in zip(predicted, measured_s):
             self._track_error(predicted_s, step_s)
 

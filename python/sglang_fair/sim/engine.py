@@ -285,6 +285,7 @@ class Replica:
         context = self._running_context
         ends: list[float] = []
         measured: list[float] = []
+        predicted: list[float] = []  # the model's time for each step, before noise
         end_s = now_s
         busy_s = 0.0
         last_s = None  # the folded last step's time (see fold_last_step)
@@ -293,7 +294,7 @@ class Replica:
         while len(ends) < steps_left:
             # The arguments predict_shape passes for the decode step's shape (BatchShape.add_decode),
             # but the decode rows' squared context: without a prefill it counts for nothing.
-            measured_s = predict(count, context, count, 0, 0, 0, context)
+            predicted_s = measured_s = predict(count, context, count, 0, 0, 0, context)
             if noise is not None:
                 measured_noise = noise()
                 measured_s *= measured_noise
@@ -301,7 +302,8 @@ class Replica:
             if end_s + measured_s >= horizon_s:
                 if (ends and self.fold_last_step and count <= config.max_running_requests
                         and count <= self.free_kv_tokens - count * len(ends)):
-                    last_s = measured_s  # the step plan_decode_step would start next: played too
+                    # the step plan_decode_step would start next: played too
+                    last_s, last_predicted_s = measured_s, predicted_s
                 elif noise is not None:  # keep the stream in step with one-at-a-time play
                     self._noise_buffer.append(measured_noise)
                 break
@@ -309,6 +311,7 @@ class Replica:
             busy_s += measured_s
             ends.append(end_s)
             measured.append(measured_s)
+            predicted.append(predicted_s)
             context += count
         steps = len(ends)
         if not steps:
@@ -317,14 +320,16 @@ class Replica:
                 and count <= self.free_kv_tokens - count * steps):
             # The run stopped because the next step reaches a request's length (or the pool's
             # end): that step, timed as step() would time it, is played with the run too.
-            last_s = predict(count, context, count, 0, 0, 0, context)
+            last_predicted_s = last_s = predict(count, context, count, 0, 0, 0, context)
             if noise is not None:
                 last_s *= noise()
             last_s = max(last_s, 1e-6)
         if last_s is not None:
             measured.append(last_s)
+            predicted.append(last_predicted_s)
             last_end_s = end_s + last_s
-        self.policy.observe_decode_steps(running, self._running_context, measured)
+        # (the model's own times: the policy need not predict the same steps again)
+        self.policy.observe_decode_steps(running, self._running_context, measured, predicted, self.true_model)
         self.new_token_ratio.decode_steps(len(measured))
         sim = self.sim
         # The gaps every request shares (steps 2..K), and each one's own first gap.
