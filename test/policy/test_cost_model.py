@@ -616,6 +616,54 @@ def test_add_decodes_adds_what_add_decode_one_at_a_time_would(model):
             single.kv_left, single.seats_left, single.plan.shape.sum_context)
 
 
+def test_add_decodes_given_the_sums_adds_what_the_pass_adds(model):
+    """With the requests' context sums given, ``add_decodes`` skips its pass only where all of them
+    certainly fit: the same requests and shape as without them, on budgets around the edge, with a
+    prefill in the plan and on a model that prices the squared contexts (a negative per-row rate
+    too)."""
+    import random
+
+    from sglang_fair.policy import BatchBuilder, IterationView, RequestState
+
+    cpu_like = CostModel(0.01, 2e-5, 3e-7, -4e-5, 1e-8, 1e-9, 0.004, 1e-4, 2e-6, 3e-9, name="cpu-like")
+    rng = random.Random(5)
+    skipped = 0
+    for case in range(600):
+        cost_model = model if case % 2 else cpu_like
+        requests = []
+        for i in range(rng.randint(0, 40)):
+            request = RequestState(str(i), 0.0, rng.randint(1, 4000), 1.0, 0.05)
+            request.prefilled_tokens = request.fill_tokens
+            request.generated_tokens = rng.randint(1, 500)
+            requests.append(request)
+        view = IterationView(0.0, requests, [], free_kv_tokens=rng.choice([5, 30, 10**6]),
+                             max_batch_requests=rng.choice([3, 25, 256]))
+        contexts = [r.context_tokens for r in requests]
+        builders = [BatchBuilder(view, cost_model, time_budget_s=math.inf) for _ in range(2)]
+        if rng.random() < 0.5:
+            prompt = RequestState("p", 0.0, 300, 1.0, 0.05)
+            for builder in builders:
+                builder.add_prefill(prompt)
+        # Around the exact cost of all of them: fits, fits barely, does not.
+        rates = cost_model.decode_rates_s(builders[0].mixed)
+        total_s = sum(rates[0] + (rates[1] + rates[2] * c) * c for c in contexts)
+        factor = rng.choice([0.5, 1.0, 1.0 + 1e-12, 1.001, 2.0])
+        for builder in builders:
+            builder.time_budget_s = builder.predicted_s + total_s * factor
+        plain, given = builders
+        added = plain.add_decodes(requests)
+        assert given.add_decodes(requests, sum_context=sum(contexts),
+                                 sum_context_sq=sum(c * c for c in contexts)) == added
+        skipped += added == len(requests)
+        assert given.plan.decodes == plain.plan.decodes
+        for name in ("new_tokens", "sum_context", "decode_context", "decode_context_sq", "num_seqs"):
+            assert getattr(given.plan.shape, name) == getattr(plain.plan.shape, name)
+        assert (given.kv_left, given.seats_left, given.tokens_left) == (plain.kv_left, plain.seats_left,
+                                                                       plain.tokens_left)
+        assert given.predicted_s == pytest.approx(plain.predicted_s, rel=1e-12)
+    assert skipped > 100
+
+
 def test_a_chunked_prompt_refused_its_chunk_leaves_no_room_for_another_prompt(model):
     """SGLang serves its chunked request before any other prompt: when the partly prefilled prompt
     gets no chunk (its prefix makes even a minimum chunk too dear), a fresh prompt must not start

@@ -188,7 +188,7 @@ class FairBatchingPolicy(BatchPolicy):
             builder = self.separate_iteration(builder, view, order)
         else:
             builder = self.prefills(builder, view, order)
-            self.relaxed_decodes(builder, order)
+            self.relaxed_decodes(builder, order, view)
         if builder.plan.empty:
             self.ensure_progress(builder, view)
         return builder.finish(view)
@@ -589,12 +589,21 @@ class FairBatchingPolicy(BatchPolicy):
         return prefill_only if prefill_only.mixed else decode_only  # else memory or seats keep them out
 
     # ------------------------------------------------------------------ 3. relaxed decodes
-    def relaxed_decodes(self, builder: BatchBuilder, order: IterationOrder) -> None:
+    def relaxed_decodes(self, builder: BatchBuilder, order: IterationOrder, view: IterationView | None = None) -> None:
         """Decodes that could wait, most hurried first, while they fit; the lost ones lead (they
         have no SLO left, but finishing them frees their KV).  Once one skippable decode does not
         fit, the rest sit out, but a decode that cannot be skipped still runs."""
         relaxed = order.lost + order.protected if order.lost else order.protected
-        added = builder.add_decodes(relaxed)
+        shape = builder.plan.shape
+        if (view is not None and view.decode_context_tokens is not None and view.decode_context_sq is not None
+                and len(builder.plan.decodes) + len(relaxed) == len(view.decodes)
+                and not builder.decode_context_sq_pending):
+            # Every decode the plan does not hold yet: their context sums are the view's less the
+            # plan's (the driver keeps the view's), so when all certainly fit they take no pass.
+            added = builder.add_decodes(relaxed, sum_context=view.decode_context_tokens - shape.decode_context,
+                                        sum_context_sq=view.decode_context_sq - shape.decode_context_sq)
+        else:
+            added = builder.add_decodes(relaxed)
         # Sitting out serves a prefill of this iteration or a protected decode's next deadline;
         # with neither (every decode lost, no prefill planned) it only slows the drain.
         nobody_gains = not builder.plan.prefills and not order.deadlines

@@ -149,6 +149,7 @@ class Replica:
         # the running requests' max_new_tokens and generated tokens, for their KV reservation.
         self.queued_prompt_tokens = 0
         self._running_context = 0  # sum of the running requests' context_tokens
+        self._running_context_sq = 0  # and of their squares
         self._running_max_new = 0
         self._running_generated = 0
         self._running_clipped = 0  # running requests whose cap exceeds SGLang's clip
@@ -188,6 +189,7 @@ class Replica:
             now_s, self.running, prefills, self.free_kv_tokens, config.kv_capacity_tokens,
             config.max_running_requests, config.max_prefill_tokens, self._admission_kv_tokens(),
             config.max_running_requests - len(self.running) - len(self.partial), self._running_context,
+            self._running_context_sq,
         )
 
     def _admission_kv_tokens(self) -> float:
@@ -373,6 +375,8 @@ class Replica:
             if generated >= request.output_tokens:
                 finishing = True
         sim.record_shared_gaps(shared_gaps, count)
+        # Each context c became c + steps: the squares gained 2 c steps + steps^2 each.
+        self._running_context_sq += 2 * steps * self._running_context + count * steps * steps
         self._running_context = context
         self._running_generated += count * steps
         self.free_kv_tokens -= count * steps
@@ -383,6 +387,7 @@ class Replica:
         # The folded step's bookkeeping, in the order step() and _complete() keep it: its gaps go
         # after the run's (nothing else records one before it ends: one replica).
         sim.tbt_gaps_s.extend([last_gap_s] * count)
+        self._running_context_sq += 2 * self._running_context + count
         self._running_context += count
         self._running_generated += count
         self.free_kv_tokens -= count
@@ -442,14 +447,18 @@ class Replica:
 
     def _join_running(self, request: SimRequest) -> None:
         self.running.append(request)
-        self._running_context += request.prefilled_tokens + request.generated_tokens
+        context = request.prefilled_tokens + request.generated_tokens
+        self._running_context += context
+        self._running_context_sq += context * context
         self._running_max_new += request.max_new_tokens
         self._running_generated += request.generated_tokens
         if request.max_new_tokens > CLIP_MAX_NEW_TOKENS:
             self._running_clipped += 1
 
     def _leave_running(self, request: SimRequest) -> None:
-        self._running_context -= request.prefilled_tokens + request.generated_tokens
+        context = request.prefilled_tokens + request.generated_tokens
+        self._running_context -= context
+        self._running_context_sq -= context * context
         self._running_max_new -= request.max_new_tokens
         self._running_generated -= request.generated_tokens
         if request.max_new_tokens > CLIP_MAX_NEW_TOKENS:
@@ -480,6 +489,8 @@ class Replica:
                 finished = True
         self.free_kv_tokens -= len(decodes)
         self._running_generated += len(decodes)
+        # Each decode's context c became c + 1 (the plan's shape sums the c): squares gain 2c + 1.
+        self._running_context_sq += 2 * plan.shape.decode_context + len(decodes)
         self._running_context += len(decodes)
         admitted = False
         filled = False
