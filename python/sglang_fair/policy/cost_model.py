@@ -36,6 +36,7 @@ import bisect
 import json
 import math
 import os
+import struct
 from array import array
 from dataclasses import asdict, dataclass, field, fields
 from itertools import chain
@@ -493,11 +494,13 @@ def _write_rows(ring: np.ndarray, pending: list, count: int) -> None:
     ``ring`` (row ``sample % len(ring)``) and empty it.
 
     Rows are buffered and written in blocks because one numpy row assignment from a tuple costs
-    about a microsecond, as much as the rest of ``observe``; ``fromiter`` over the flattened rows
-    converts them a third cheaper than assigning the list of tuples (the same doubles)."""
+    about a microsecond, as much as the rest of ``observe``; ``struct`` packs the flattened rows
+    into doubles a third cheaper again than ``np.fromiter`` over them, itself a third cheaper than
+    assigning the list of tuples (the same doubles: each value converted as ``float()`` does)."""
     if not pending:
         return
-    rows = np.fromiter(chain.from_iterable(pending), np.float64, len(pending) * ring.shape[1])
+    values = len(pending) * ring.shape[1]
+    rows = np.frombuffer(struct.pack(f"{values}d", *chain.from_iterable(pending)), np.float64)
     rows = rows.reshape(len(pending), ring.shape[1])
     size = len(ring)
     start = (count - len(pending)) % size
