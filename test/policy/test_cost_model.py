@@ -589,6 +589,31 @@ def test_a_plan_says_which_model_predicted_it_and_observe_reuses_only_that(model
     assert stale.snapshot() == fresh.snapshot() and stale._gates[1].logs == fresh._gates[1].logs
 
 
+def test_the_outlier_gate_skips_medians_only_where_its_values_are_unchanged():
+    """The gate takes its medians again only when a sample differs from the one it replaces (or
+    the ring is still filling): at every update point they are still ``statistics.median``'s."""
+    import random
+    import statistics
+
+    from sglang_fair.policy.cost_model import _RecentGate
+
+    rng = random.Random(8)
+    gate = _RecentGate(64, math.log(10.0), 6.0)
+    period = [rng.gauss(0.0, 0.1) for _ in range(64)]
+    for sample in range(1000):
+        # Mostly the value the ring holds in that slot (a model timing itself), now and then not.
+        log_ratio = period[sample % 64] if rng.random() < 0.9 else rng.gauss(0.0, 0.2)
+        period[sample % 64] = log_ratio
+        gate.is_outlier((1.0,) * len(FEATURE_NAMES), 0.01, log_ratio)
+        if gate.count % gate.UPDATE_EVERY == 0 or gate.count < gate.MIN_SAMPLES:
+            logs = gate.logs[: min(gate.count, 64)]
+            center = statistics.median(logs)
+            assert gate.center == center
+            if len(logs) >= gate.MIN_SAMPLES:
+                spread = 1.4826 * statistics.median([abs(x - center) for x in logs])
+                assert gate.width == max(gate.mads * spread, gate.min_log)
+
+
 def test_add_decodes_adds_what_add_decode_one_at_a_time_would(model):
     """The batched hot path and the one-request rule stop at the same request: time, KV, seats."""
     import random

@@ -521,7 +521,7 @@ class _RecentGate:
     """
 
     __slots__ = ("_features", "_rows", "_time_ring", "times", "logs", "count", "center", "width", "min_log", "mads",
-                 "bias_log", "biased")
+                 "bias_log", "biased", "_stale")
 
     #: Fewer samples than this call nothing an outlier.
     MIN_SAMPLES = 16
@@ -546,17 +546,22 @@ class _RecentGate:
         #: samples, where the online model asks on most observations (OnlineCostModel._biased).
         self.bias_log = bias_log
         self.biased = False
+        #: Whether the ring's values changed since the medians were taken (a sample equal to the
+        #: one it replaces leaves them as they are: an engine timed by the model itself).
+        self._stale = False
 
     def is_outlier(self, features, measured_s: float, log_ratio: float) -> bool:
         outlier = abs(log_ratio - self.center) > self.width  # judged before it moves the ring
         slot = self.count % len(self.times)
         self._rows[slot] = features
         self._time_ring[slot] = measured_s
+        if self.count < len(self.times) or self.logs[slot] != log_ratio:
+            self._stale = True
         self.logs[slot] = log_ratio
         self.count += 1
         # The median moves slowly: recomputing it every few samples keeps observe() cheap (it runs
         # once per scheduler iteration).
-        if self.count % self.UPDATE_EVERY == 0 or self.count < self.MIN_SAMPLES:
+        if (self.count % self.UPDATE_EVERY == 0 or self.count < self.MIN_SAMPLES) and self._stale:
             self._update()
         return outlier
 
@@ -581,6 +586,7 @@ class _RecentGate:
         # Medians of <= gate_window floats in plain Python: several times cheaper than numpy's at
         # this size, and it runs every few iterations.  The deviations are taken in sorted order:
         # a falling run then a rising one, which sorted() merges in one pass.
+        self._stale = False
         ordered = sorted(self.logs if self.count >= len(self.times) else self.logs[: self.count])
         center = self.center = _median_of_sorted(ordered)
         self.biased = abs(center) > self.bias_log
