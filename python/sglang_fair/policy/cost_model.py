@@ -778,8 +778,8 @@ class OnlineCostModel:
         ``extend``) that the current model predicts at ``predicted`` seconds."""
         self.observed += 1
         if (
-            isinstance(measured_s, bool)
-            or not isinstance(measured_s, (int, float))
+            # (a float nearly always: one type test before the two isinstance calls)
+            type(measured_s) is not float and (isinstance(measured_s, bool) or not isinstance(measured_s, (int, float)))
             or not 0.0 < measured_s <= self.max_iteration_s  # False for NaN too
         ):
             self.rejected += 1

@@ -636,7 +636,7 @@ class FairBatchingPolicy(BatchPolicy):
         (the ring is the policy's alone, so it may be fed after the online model's observes)."""
         if self.fixed_safety is not None or not predicted_s > 0:
             return
-        if not isinstance(measured_s, (int, float)) or not 0 < measured_s < math.inf:
+        if type(measured_s) is not float and not isinstance(measured_s, (int, float)) or not 0 < measured_s < math.inf:
             return
         self._ratios[self._observed % ERROR_WINDOW] = measured_s / predicted_s
         self._observed += 1
