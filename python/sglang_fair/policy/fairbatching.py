@@ -151,6 +151,9 @@ class FairBatchingPolicy(BatchPolicy):
         self.budget_safety = COLD_START_SAFETY if budget_safety is None else budget_safety
         self._ratios = [0.0] * ERROR_WINDOW  # measured / predicted, a ring buffer
         self._observed = 0
+        # Whether the ring's values changed since the safety was derived from them (a ratio equal
+        # to the one it replaces, as when the engine is timed by the model itself, leaves it).
+        self._ratios_changed = False
         self.min_chunk_tokens = min_chunk_tokens
         self.max_time_budget_s = max_time_budget_s
         # None: cap each chunk at the cost model's most efficient size (see
@@ -638,9 +641,14 @@ class FairBatchingPolicy(BatchPolicy):
             return
         if type(measured_s) is not float and not isinstance(measured_s, (int, float)) or not 0 < measured_s < math.inf:
             return
-        self._ratios[self._observed % ERROR_WINDOW] = measured_s / predicted_s
+        slot = self._observed % ERROR_WINDOW
+        ratio = measured_s / predicted_s
+        if self._observed < ERROR_WINDOW or self._ratios[slot] != ratio:
+            self._ratios_changed = True
+        self._ratios[slot] = ratio
         self._observed += 1
-        if self._observed >= ERROR_MIN_SAMPLES and self._observed % ERROR_REFRESH == 0:
+        if self._observed >= ERROR_MIN_SAMPLES and self._observed % ERROR_REFRESH == 0 and self._ratios_changed:
+            self._ratios_changed = False
             # Leave room for the model's 90th-percentile under-prediction: an iteration predicted
             # at ``budget`` then ends by ``budget * (1 + q90)`` nine times in ten.
             ratios = sorted(self._ratios[: min(self._observed, ERROR_WINDOW)])
