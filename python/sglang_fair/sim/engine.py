@@ -355,7 +355,7 @@ class Replica:
             tpot_s = request.tpot_slo_s
             lowest = lowest_by_tpot.get(tpot_s)
             if lowest is None:
-                lowest = lowest_by_tpot[tpot_s] = min(k * tpot_s - end for k, end in enumerate(ends))
+                lowest = lowest_by_tpot[tpot_s] = min(tpot_s * k - end for k, end in enumerate(ends))
             slack = slack_at_zero + lowest
             if slack < request.worst_slack_s:
                 request.worst_slack_s = slack
