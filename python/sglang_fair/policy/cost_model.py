@@ -37,7 +37,6 @@ import json
 import math
 import os
 import struct
-from array import array
 from dataclasses import asdict, dataclass, field, fields
 from itertools import chain
 from importlib import resources
@@ -520,7 +519,7 @@ class _RecentGate:
     real change of regime moves the median and stops being rejected.
     """
 
-    __slots__ = ("_features", "_rows", "_time_ring", "times", "logs", "count", "center", "width", "min_log", "mads",
+    __slots__ = ("_features", "_rows", "_time_ring", "size", "logs", "count", "center", "width", "min_log", "mads",
                  "bias_log", "biased", "_stale")
 
     #: Fewer samples than this call nothing an outlier.
@@ -532,10 +531,10 @@ class _RecentGate:
         # The rows as given: they are read only after a refit, so they are converted then (a numpy
         # row assignment per sample would cost as much as the rest of observe).
         self._rows: list[tuple] = [(0.0,) * len(FEATURE_NAMES)] * size
-        # Times in an array("d") (a numpy scalar store costs several times a plain one); ``times``
-        # reads it as a numpy array, no copy.
-        self._time_ring = array("d", [1.0]) * size
-        self.times = np.frombuffer(self._time_ring, dtype=np.float64)
+        # Times in a list (a list store costs a fraction of an array("d") one, which parses its
+        # value, or of a numpy one); ``times`` reads them as a numpy array.
+        self._time_ring = [1.0] * size
+        self.size = size
         self.logs = [0.0] * size  # a list: _update reads it as one every few samples
         self.count = 0
         self.center = 0.0
@@ -552,10 +551,10 @@ class _RecentGate:
 
     def is_outlier(self, features, measured_s: float, log_ratio: float) -> bool:
         outlier = abs(log_ratio - self.center) > self.width  # judged before it moves the ring
-        slot = self.count % len(self.times)
+        slot = self.count % self.size
         self._rows[slot] = features
         self._time_ring[slot] = measured_s
-        if self.count < len(self.times) or self.logs[slot] != log_ratio:
+        if self.count < self.size or self.logs[slot] != log_ratio:
             self._stale = True
         self.logs[slot] = log_ratio
         self.count += 1
@@ -566,6 +565,11 @@ class _RecentGate:
         return outlier
 
     @property
+    def times(self) -> np.ndarray:
+        """The ring's times (``sample % size``), as doubles."""
+        return np.array(self._time_ring, dtype=np.float64)
+
+    @property
     def features(self) -> np.ndarray:
         """The ring's feature rows (row ``sample % size``)."""
         self._features[:] = self._rows
@@ -573,7 +577,7 @@ class _RecentGate:
 
     def rejudge(self, coefficients: np.ndarray) -> None:
         """The model changed: recompute the ring's log ratios under ``coefficients``."""
-        n = min(self.count, len(self.times))
+        n = min(self.count, self.size)
         if n == 0:
             return
         predicted = self.features[:n] @ coefficients
@@ -587,7 +591,7 @@ class _RecentGate:
         # this size, and it runs every few iterations.  The deviations are taken in sorted order:
         # a falling run then a rising one, which sorted() merges in one pass.
         self._stale = False
-        ordered = sorted(self.logs if self.count >= len(self.times) else self.logs[: self.count])
+        ordered = sorted(self.logs if self.count >= self.size else self.logs[: self.count])
         center = self.center = _median_of_sorted(ordered)
         self.biased = abs(center) > self.bias_log
         if len(ordered) < self.MIN_SAMPLES:
@@ -708,10 +712,9 @@ class OnlineCostModel:
         self.terms = terms
         self._window_features = np.zeros((window, len(FEATURE_NAMES)))
         self._pending: list[tuple] = []  # feature rows not yet in the window (see _write_rows)
-        # Times in an array("d"), stored into per sample (a numpy scalar store costs several times
-        # a plain one); _times is a numpy view of it, no copy.
-        self._time_ring = array("d", [0.0]) * window
-        self._times = np.frombuffer(self._time_ring, dtype=np.float64)
+        # Times in a list, stored into per sample (an array("d") store parses its value, a numpy
+        # one costs more still); _times reads them as a numpy array (at refits).
+        self._time_ring = [0.0] * window
         self._count = 0  # total accepted samples (ring index = count % window)
         self._since_refit = 0
         self._gates = tuple(_RecentGate(gate_window, math.log(outlier_factor), outlier_mads, self.bias_log)
@@ -728,6 +731,11 @@ class OnlineCostModel:
     @property
     def samples(self) -> int:
         return min(self._count, self.window)
+
+    @property
+    def _times(self) -> np.ndarray:
+        """The window's times (``sample % window``), as doubles."""
+        return np.array(self._time_ring, dtype=np.float64)
 
     def predict_shape(self, shape: BatchShape) -> float:
         return self.current.predict_shape(shape)
@@ -931,11 +939,11 @@ class OnlineCostModel:
     def _keep_recent(self) -> None:
         """The window becomes the gate rings' samples: every recent finite measurement, those the
         gate rejected included (after a change of regime the first of them looked like outliers)."""
-        features = [g.features[: min(g.count, len(g.times))] for g in self._gates]
-        times = [g.times[: min(g.count, len(g.times))] for g in self._gates]
+        features = [g.features[: min(g.count, g.size)] for g in self._gates]
+        times = [g.times[: min(g.count, g.size)] for g in self._gates]
         features, times = np.concatenate(features), np.concatenate(times)
         self._features[: len(times)] = features  # (empties the pending rows first)
-        self._times[: len(times)] = times
+        self._time_ring[: len(times)] = times.tolist()
         self._count = len(times)
 
     def recent_mape(self) -> float | None:
