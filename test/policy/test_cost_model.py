@@ -522,6 +522,27 @@ def test_a_decode_run_observed_in_one_call_is_each_step_observed_in_turn(model):
     assert one_call._ratios == stepwise._ratios and one_call.budget_safety == stepwise.budget_safety
 
 
+def test_a_decode_run_observed_with_the_engine_predictions_is_the_same(model):
+    """``observe_decode_steps`` given the steps' predictions by the model that made them (the
+    simulator's engine timing with the policy's own model) ends as it does predicting them itself,
+    refits mid-run included (after one, the hints are another model's and are not used)."""
+    from sglang_fair.policy import build_policy
+
+    rng = np.random.default_rng(11)
+    hinted, plain = build_policy("fairbatching", model), build_policy("fairbatching", model)
+    for _ in range(400):
+        count, context = int(rng.integers(1, 120)), int(rng.integers(100, 90_000))
+        predicted = [model.predict(count, context + k * count, count, 0, 0, 0, context + k * count)
+                     for k in range(int(rng.integers(1, 12)))]
+        measured = [p * 1.6 * float(rng.lognormal(0, 0.05)) for p in predicted]
+        decodes = [object()] * count
+        hinted.observe_decode_steps(decodes, context, measured, predicted, model)
+        plain.observe_decode_steps(decodes, context, measured)
+    assert hinted.online.refits > 0
+    assert hinted.online.snapshot() == plain.online.snapshot()
+    assert hinted._ratios == plain._ratios and hinted.budget_safety == plain.budget_safety
+
+
 def test_the_outlier_gate_center_and_width_are_statistics_medians():
     """The gate's medians (taken from sorted copies) are ``statistics.median``'s, bit for bit."""
     import random
@@ -568,6 +589,31 @@ def test_a_plan_says_which_model_predicted_it_and_observe_reuses_only_that(model
     assert stale.snapshot() == fresh.snapshot() and stale._gates[1].logs == fresh._gates[1].logs
 
 
+def test_the_outlier_gate_skips_medians_only_where_its_values_are_unchanged():
+    """The gate takes its medians again only when a sample differs from the one it replaces (or
+    the ring is still filling): at every update point they are still ``statistics.median``'s."""
+    import random
+    import statistics
+
+    from sglang_fair.policy.cost_model import _RecentGate
+
+    rng = random.Random(8)
+    gate = _RecentGate(64, math.log(10.0), 6.0)
+    period = [rng.gauss(0.0, 0.1) for _ in range(64)]
+    for sample in range(1000):
+        # Mostly the value the ring holds in that slot (a model timing itself), now and then not.
+        log_ratio = period[sample % 64] if rng.random() < 0.9 else rng.gauss(0.0, 0.2)
+        period[sample % 64] = log_ratio
+        gate.is_outlier((1.0,) * len(FEATURE_NAMES), 0.01, log_ratio)
+        if gate.count % gate.UPDATE_EVERY == 0 or gate.count < gate.MIN_SAMPLES:
+            logs = gate.logs[: min(gate.count, 64)]
+            center = statistics.median(logs)
+            assert gate.center == center
+            if len(logs) >= gate.MIN_SAMPLES:
+                spread = 1.4826 * statistics.median([abs(x - center) for x in logs])
+                assert gate.width == max(gate.mads * spread, gate.min_log)
+
+
 def test_add_decodes_adds_what_add_decode_one_at_a_time_would(model):
     """The batched hot path and the one-request rule stop at the same request: time, KV, seats."""
     import random
@@ -593,6 +639,54 @@ def test_add_decodes_adds_what_add_decode_one_at_a_time_would(model):
         assert added == len(single.plan.decodes) and batched.plan.decodes == single.plan.decodes
         assert (batched.kv_left, batched.seats_left, batched.plan.shape.sum_context) == (
             single.kv_left, single.seats_left, single.plan.shape.sum_context)
+
+
+def test_add_decodes_given_the_sums_adds_what_the_pass_adds(model):
+    """With the requests' context sums given, ``add_decodes`` skips its pass only where all of them
+    certainly fit: the same requests and shape as without them, on budgets around the edge, with a
+    prefill in the plan and on a model that prices the squared contexts (a negative per-row rate
+    too)."""
+    import random
+
+    from sglang_fair.policy import BatchBuilder, IterationView, RequestState
+
+    cpu_like = CostModel(0.01, 2e-5, 3e-7, -4e-5, 1e-8, 1e-9, 0.004, 1e-4, 2e-6, 3e-9, name="cpu-like")
+    rng = random.Random(5)
+    skipped = 0
+    for case in range(600):
+        cost_model = model if case % 2 else cpu_like
+        requests = []
+        for i in range(rng.randint(0, 40)):
+            request = RequestState(str(i), 0.0, rng.randint(1, 4000), 1.0, 0.05)
+            request.prefilled_tokens = request.fill_tokens
+            request.generated_tokens = rng.randint(1, 500)
+            requests.append(request)
+        view = IterationView(0.0, requests, [], free_kv_tokens=rng.choice([5, 30, 10**6]),
+                             max_batch_requests=rng.choice([3, 25, 256]))
+        contexts = [r.context_tokens for r in requests]
+        builders = [BatchBuilder(view, cost_model, time_budget_s=math.inf) for _ in range(2)]
+        if rng.random() < 0.5:
+            prompt = RequestState("p", 0.0, 300, 1.0, 0.05)
+            for builder in builders:
+                builder.add_prefill(prompt)
+        # Around the exact cost of all of them: fits, fits barely, does not.
+        rates = cost_model.decode_rates_s(builders[0].mixed)
+        total_s = sum(rates[0] + (rates[1] + rates[2] * c) * c for c in contexts)
+        factor = rng.choice([0.5, 1.0, 1.0 + 1e-12, 1.001, 2.0])
+        for builder in builders:
+            builder.time_budget_s = builder.predicted_s + total_s * factor
+        plain, given = builders
+        added = plain.add_decodes(requests)
+        assert given.add_decodes(requests, sum_context=sum(contexts),
+                                 sum_context_sq=sum(c * c for c in contexts)) == added
+        skipped += added == len(requests)
+        assert given.plan.decodes == plain.plan.decodes
+        for name in ("new_tokens", "sum_context", "decode_context", "decode_context_sq", "num_seqs"):
+            assert getattr(given.plan.shape, name) == getattr(plain.plan.shape, name)
+        assert (given.kv_left, given.seats_left, given.tokens_left) == (plain.kv_left, plain.seats_left,
+                                                                       plain.tokens_left)
+        assert given.predicted_s == pytest.approx(plain.predicted_s, rel=1e-12)
+    assert skipped > 100
 
 
 def test_a_chunked_prompt_refused_its_chunk_leaves_no_room_for_another_prompt(model):

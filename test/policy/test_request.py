@@ -110,3 +110,15 @@ def test_the_many_request_forms_match_the_methods_bit_for_bit():
     assert not any_lost([], now_s)
     for generated in (0, 1, 2, 37, 1000):
         assert mean_tpot_s(1.25, 9.5, generated) == float(mean_tpot_s(1.25, 9.5, np.int64(generated)))
+
+
+def test_new_token_ratio_decode_steps_is_that_many_decode_steps():
+    """A run of decode steps decays SGLang's new-token ratio exactly as one step at a time."""
+    from sglang_fair.policy.kv import NewTokenRatio
+
+    for steps in (0, 1, 7, 500, 5000):
+        one_by_one, in_one = NewTokenRatio(), NewTokenRatio()
+        for _ in range(steps):
+            one_by_one.decode_step()
+        in_one.decode_steps(steps)
+        assert in_one.current == one_by_one.current

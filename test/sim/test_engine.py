@@ -29,6 +29,7 @@ class CheckedPolicy:
         assert sum(1 for r in view.prefills if r.prefilled_tokens > 0) <= 1
         # The engine's running total of the decodes' context is their sum (policies read it instead).
         assert view.decode_context_tokens in (None, sum(r.context_tokens for r in view.decodes))
+        assert view.decode_context_sq in (None, sum(r.context_tokens**2 for r in view.decodes))
         plan = self.inner.plan(view)
         assert len(plan.decodes) + plan.prefill_tokens <= view.free_kv_tokens
         # Admissions stay within SGLang's reservation estimate, as its prefill adder would allow.

@@ -67,6 +67,8 @@ class IterationView:
     admission_seats: int = UNLIMITED
     #: The decodes' summed ``context_tokens``, when the driver keeps it (saves a pass over them).
     decode_context_tokens: int | None = None
+    #: The decodes' ``context_tokens`` squared and summed, when the driver keeps it.
+    decode_context_sq: int | None = None
 
     def decodes_context_tokens(self) -> int:
         """The decodes' summed ``context_tokens``: :attr:`decode_context_tokens`, else a pass."""
@@ -75,8 +77,11 @@ class IterationView:
         return sum(request.context_tokens for request in self.decodes)
 
     def decodes_context_sq(self) -> int:
-        """The decodes' ``context_tokens`` squared, summed (a pass over them: call it only where a
-        model prices it, i.e. has a non-zero ``per_mixed_context_sq_s``)."""
+        """The decodes' ``context_tokens`` squared, summed: :attr:`decode_context_sq`, else a pass
+        over them (then call it only where a model prices it, i.e. has a non-zero
+        ``per_mixed_context_sq_s``)."""
+        if self.decode_context_sq is not None:
+            return self.decode_context_sq
         return _sum_context_sq(self.decodes)
 
     @property
@@ -197,12 +202,21 @@ class BatchBuilder:
         self.plan.shape.add_decode(context)
         return True
 
-    def add_decodes(self, requests: Sequence[RequestState], *, force: bool = False) -> int:
+    def add_decodes(self, requests: Sequence[RequestState], *, force: bool = False,
+                    sum_context: int | None = None, sum_context_sq: int | None = None) -> int:
         """Add ``requests`` in order while they fit; return how many were added.
 
         Same rules as :meth:`add_decode` (stops at the first that does not fit), in one pass with
         the totals kept in locals: this is the per-iteration hot path of every policy.
+        ``sum_context`` and ``sum_context_sq``: the requests' contexts summed and their squares
+        summed, when the caller has them: requests that all certainly fit are then added without
+        a pass (:meth:`add_all_decodes`; ``predicted_s`` is then their summed cost rounded once,
+        not request by request).
         """
+        if (sum_context is not None and sum_context_sq is not None and not force
+                and self._all_fit(len(requests), sum_context, sum_context_sq)):
+            self.add_all_decodes(requests, sum_context, sum_context_sq)
+            return len(requests)
         per_decode_s, per_context_s, per_context_sq_s = self.model.decode_rates_s(self.mixed)
         limit = min(self.kv_left, self.seats_left)
         if not force:
@@ -236,15 +250,31 @@ class BatchBuilder:
             shape.num_seqs += count
         return count
 
-    def add_all_decodes(self, requests: Sequence[RequestState], sum_context: int) -> None:
-        """Add every one of ``requests`` (the caller checked KV and seats) whose contexts sum to
-        ``sum_context``: the decode step's accounting without a pass over the requests.
+    def _all_fit(self, count: int, sum_context: int, sum_context_sq: int) -> bool:
+        """Whether :meth:`add_decodes` would add all ``count`` requests (contexts summing to
+        ``sum_context``, squares to ``sum_context_sq``), known without a pass: they fit KV, seats
+        and tokens, and their summed cost with a negative per-row rate taken as 0 (so that every
+        prefix of the one-by-one sum is below it) fits the time left with a 1e-9 margin, far
+        above that sum's rounding (about 1e-13 of it at 256 rows)."""
+        if count > min(self.kv_left, self.seats_left, self.tokens_left):
+            return False
+        per_decode_s, per_context_s, per_context_sq_s = self.model.decode_rates_s(self.mixed)
+        if per_context_s < 0 or per_context_sq_s < 0:
+            return False
+        bound_s = count * max(per_decode_s, 0.0) + per_context_s * sum_context + per_context_sq_s * sum_context_sq
+        return bound_s * (1.0 + 1e-9) < self.time_budget_s - self.predicted_s
 
-        Their squared contexts (``mixed_context_sq``) take a pass only in a batch with a prefill.
-        Without one the shape's ``decode_context_sq`` leaves these rows out: the feature is 0
-        without a prefill, and a first chunk joining later adds them (``decode_context_sq_pending``)
-        before pricing its mixing cost.  So the decode step (every policy's, on every model) pays
-        no pass."""
+    def add_all_decodes(self, requests: Sequence[RequestState], sum_context: int,
+                        sum_context_sq: int | None = None) -> None:
+        """Add every one of ``requests`` (the caller checked KV and seats) whose contexts sum to
+        ``sum_context`` (and their squares to ``sum_context_sq``, when the caller has it): the
+        decode step's accounting without a pass over the requests.
+
+        Without ``sum_context_sq``, their squared contexts (``mixed_context_sq``) take a pass only
+        in a batch with a prefill.  Without one the shape's ``decode_context_sq`` leaves these rows
+        out: the feature is 0 without a prefill, and a first chunk joining later adds them
+        (``decode_context_sq_pending``) before pricing its mixing cost.  So the decode step (every
+        policy's, on every model) pays no pass."""
         count = len(requests)
         mixed = self.mixed
         per_decode_s, per_context_s, per_context_sq_s = self.model.decode_rates_s(mixed)
@@ -258,7 +288,10 @@ class BatchBuilder:
         shape.sum_context += sum_context
         shape.decode_context += sum_context
         shape.num_seqs += count
-        if mixed:
+        if sum_context_sq is not None:
+            self.predicted_s += per_context_sq_s * sum_context_sq  # (a 0 rate without a prefill)
+            shape.decode_context_sq += sum_context_sq
+        elif mixed:
             sum_context_sq = _sum_context_sq(requests)
             self.predicted_s += per_context_sq_s * sum_context_sq
             shape.decode_context_sq += sum_context_sq
@@ -387,11 +420,14 @@ class BatchPolicy:
             online.observe(plan.shape, measured_s, plan.predicted_s if plan.predicted_by is online.current else None)
 
     def observe_decode_steps(self, decodes: Sequence[RequestState], sum_context: int,
-                             measured_s: Sequence[float]) -> None:
+                             measured_s: Sequence[float], predicted_s: Sequence[float] | None = None,
+                             predicted_by: CostModel | None = None) -> None:
         """:meth:`observe` of decode steps run back to back, each the plan :meth:`plan_decode_step`
         makes (every one of ``decodes``), the k-th attending to ``sum_context + k * len(decodes)``
         KV tokens and measured at ``measured_s[k]``: a driver's run of decode-only iterations
-        reported in one call.  This is those calls, one per step; a policy may do the same faster."""
+        reported in one call.  ``predicted_s``: each step's time as ``predicted_by`` predicts it,
+        when the driver has them (a policy may use them while that is its current model).  This is
+        those calls, one per step; a policy may do the same faster."""
         count = len(decodes)
         for k, step_s in enumerate(measured_s):
             shape = BatchShape()

@@ -32,10 +32,11 @@ iteration times, warm-started from the profile so a cold server never schedules 
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
-from array import array
+import struct
 from dataclasses import asdict, dataclass, field, fields
 from itertools import chain
 from importlib import resources
@@ -492,11 +493,13 @@ def _write_rows(ring: np.ndarray, pending: list, count: int) -> None:
     ``ring`` (row ``sample % len(ring)``) and empty it.
 
     Rows are buffered and written in blocks because one numpy row assignment from a tuple costs
-    about a microsecond, as much as the rest of ``observe``; ``fromiter`` over the flattened rows
-    converts them a third cheaper than assigning the list of tuples (the same doubles)."""
+    about a microsecond, as much as the rest of ``observe``; ``struct`` packs the flattened rows
+    into doubles a third cheaper again than ``np.fromiter`` over them, itself a third cheaper than
+    assigning the list of tuples (the same doubles: each value converted as ``float()`` does)."""
     if not pending:
         return
-    rows = np.fromiter(chain.from_iterable(pending), np.float64, len(pending) * ring.shape[1])
+    values = len(pending) * ring.shape[1]
+    rows = np.frombuffer(struct.pack(f"{values}d", *chain.from_iterable(pending)), np.float64)
     rows = rows.reshape(len(pending), ring.shape[1])
     size = len(ring)
     start = (count - len(pending)) % size
@@ -516,40 +519,55 @@ class _RecentGate:
     real change of regime moves the median and stops being rejected.
     """
 
-    __slots__ = ("_features", "_rows", "_time_ring", "times", "logs", "count", "center", "width", "min_log", "mads")
+    __slots__ = ("_features", "_rows", "_time_ring", "size", "logs", "count", "center", "width", "min_log", "mads",
+                 "bias_log", "biased", "_stale")
 
     #: Fewer samples than this call nothing an outlier.
     MIN_SAMPLES = 16
     UPDATE_EVERY = 8
 
-    def __init__(self, size: int, min_log: float, mads: float) -> None:
+    def __init__(self, size: int, min_log: float, mads: float, bias_log: float = math.inf) -> None:
         self._features = np.zeros((size, len(FEATURE_NAMES)))
         # The rows as given: they are read only after a refit, so they are converted then (a numpy
         # row assignment per sample would cost as much as the rest of observe).
         self._rows: list[tuple] = [(0.0,) * len(FEATURE_NAMES)] * size
-        # Times in an array("d") (a numpy scalar store costs several times a plain one); ``times``
-        # reads it as a numpy array, no copy.
-        self._time_ring = array("d", [1.0]) * size
-        self.times = np.frombuffer(self._time_ring, dtype=np.float64)
+        # Times in a list (a list store costs a fraction of an array("d") one, which parses its
+        # value, or of a numpy one); ``times`` reads them as a numpy array.
+        self._time_ring = [1.0] * size
+        self.size = size
         self.logs = [0.0] * size  # a list: _update reads it as one every few samples
         self.count = 0
         self.center = 0.0
         self.width = math.inf
         self.min_log = min_log
         self.mads = mads
+        #: Whether the median is beyond ``bias_log``: kept with the median, which moves every few
+        #: samples, where the online model asks on most observations (OnlineCostModel._biased).
+        self.bias_log = bias_log
+        self.biased = False
+        #: Whether the ring's values changed since the medians were taken (a sample equal to the
+        #: one it replaces leaves them as they are: an engine timed by the model itself).
+        self._stale = False
 
     def is_outlier(self, features, measured_s: float, log_ratio: float) -> bool:
         outlier = abs(log_ratio - self.center) > self.width  # judged before it moves the ring
-        slot = self.count % len(self.times)
+        slot = self.count % self.size
         self._rows[slot] = features
         self._time_ring[slot] = measured_s
+        if self.count < self.size or self.logs[slot] != log_ratio:
+            self._stale = True
         self.logs[slot] = log_ratio
         self.count += 1
         # The median moves slowly: recomputing it every few samples keeps observe() cheap (it runs
         # once per scheduler iteration).
-        if self.count % self.UPDATE_EVERY == 0 or self.count < self.MIN_SAMPLES:
+        if (self.count % self.UPDATE_EVERY == 0 or self.count < self.MIN_SAMPLES) and self._stale:
             self._update()
         return outlier
+
+    @property
+    def times(self) -> np.ndarray:
+        """The ring's times (``sample % size``), as doubles."""
+        return np.array(self._time_ring, dtype=np.float64)
 
     @property
     def features(self) -> np.ndarray:
@@ -559,7 +577,7 @@ class _RecentGate:
 
     def rejudge(self, coefficients: np.ndarray) -> None:
         """The model changed: recompute the ring's log ratios under ``coefficients``."""
-        n = min(self.count, len(self.times))
+        n = min(self.count, self.size)
         if n == 0:
             return
         predicted = self.features[:n] @ coefficients
@@ -572,12 +590,19 @@ class _RecentGate:
         # Medians of <= gate_window floats in plain Python: several times cheaper than numpy's at
         # this size, and it runs every few iterations.  The deviations are taken in sorted order:
         # a falling run then a rising one, which sorted() merges in one pass.
-        ordered = sorted(self.logs if self.count >= len(self.times) else self.logs[: self.count])
+        self._stale = False
+        ordered = sorted(self.logs if self.count >= self.size else self.logs[: self.count])
         center = self.center = _median_of_sorted(ordered)
+        self.biased = abs(center) > self.bias_log
         if len(ordered) < self.MIN_SAMPLES:
             self.width = math.inf
             return
-        spread = 1.4826 * _median_of_sorted(sorted([abs(x - center) for x in ordered]))
+        # |x - center| without a call per value: center - x below the center, x - center from it
+        # on (the same doubles: a difference only changes sign when its operands swap).
+        middle = bisect.bisect_left(ordered, center)
+        deviations = [center - x for x in ordered[:middle]]
+        deviations += [x - center for x in ordered[middle:]]
+        spread = 1.4826 * _median_of_sorted(sorted(deviations))
         self.width = max(self.mads * spread, self.min_log)
 
 
@@ -687,13 +712,12 @@ class OnlineCostModel:
         self.terms = terms
         self._window_features = np.zeros((window, len(FEATURE_NAMES)))
         self._pending: list[tuple] = []  # feature rows not yet in the window (see _write_rows)
-        # Times in an array("d"), stored into per sample (a numpy scalar store costs several times
-        # a plain one); _times is a numpy view of it, no copy.
-        self._time_ring = array("d", [0.0]) * window
-        self._times = np.frombuffer(self._time_ring, dtype=np.float64)
+        # Times in a list, stored into per sample (an array("d") store parses its value, a numpy
+        # one costs more still); _times reads them as a numpy array (at refits).
+        self._time_ring = [0.0] * window
         self._count = 0  # total accepted samples (ring index = count % window)
         self._since_refit = 0
-        self._gates = tuple(_RecentGate(gate_window, math.log(outlier_factor), outlier_mads)
+        self._gates = tuple(_RecentGate(gate_window, math.log(outlier_factor), outlier_mads, self.bias_log)
                             for _ in range(2))  # [decode-only, with a prefill chunk]
         self.observed = 0
         self.rejected = 0
@@ -707,6 +731,11 @@ class OnlineCostModel:
     @property
     def samples(self) -> int:
         return min(self._count, self.window)
+
+    @property
+    def _times(self) -> np.ndarray:
+        """The window's times (``sample % window``), as doubles."""
+        return np.array(self._time_ring, dtype=np.float64)
 
     def predict_shape(self, shape: BatchShape) -> float:
         return self.current.predict_shape(shape)
@@ -722,24 +751,31 @@ class OnlineCostModel:
             predicted_s = self.current.predict_shape(shape)
         return self._observe(shape.features(), shape.num_prefills > 0, predicted_s, measured_s)
 
-    def observe_decode_steps(self, num_seqs: int, sum_context: int, measured_s) -> list[float]:
+    def observe_decode_steps(self, num_seqs: int, sum_context: int, measured_s,
+                             predicted_s=None, predicted_by: CostModel | None = None) -> list[float]:
         """:meth:`observe` of decode-only batches of ``num_seqs`` sequences, one after another, the
         k-th attending to ``sum_context + k * num_seqs`` KV tokens and measured at ``measured_s[k]``
         (a simulator's run of decode steps, without a shape object per step).  Returns what the model
         predicted for each step: the model as it stood when that step was observed, before any
-        refit the step caused (what a plan made just before it would have predicted)."""
+        refit the step caused (what a plan made just before it would have predicted).
+        ``predicted_s``: each step's prediction by ``predicted_by``, when the caller has them (a
+        simulator's engine timing the steps with the model itself): taken while that model is
+        still the current one, instead of predicting the same shapes again."""
         predicted = []
         for k, step_s in enumerate(measured_s):
             context = sum_context + k * num_seqs
-            # The arguments predict_shape passes for that shape (BatchShape.add_decode's totals).
-            # (decode-only: the squared decode context counts only with a prefill, so none passed)
-            predicted_s = self.current.predict(num_seqs, context, num_seqs, 0, 0, 0, context)
-            predicted.append(predicted_s)
+            if self.current is predicted_by:
+                step_predicted_s = predicted_s[k]
+            else:
+                # The arguments predict_shape passes for that shape (BatchShape.add_decode's totals).
+                # (decode-only: the squared decode context counts only with a prefill, so none passed)
+                step_predicted_s = self.current.predict(num_seqs, context, num_seqs, 0, 0, 0, context)
+            predicted.append(step_predicted_s)
             if num_seqs:
                 # (a decode-only row: its mixed_context_sq is 0 whatever the rows' squares)
                 self._observe(feature_row(num_seqs, context, num_seqs, 0, False, 0, decode_context=context,
                                           decode_context_sq=0),
-                              False, predicted_s, step_s)
+                              False, step_predicted_s, step_s)
             else:
                 self.observed += 1
                 self.rejected += 1
@@ -750,8 +786,8 @@ class OnlineCostModel:
         ``extend``) that the current model predicts at ``predicted`` seconds."""
         self.observed += 1
         if (
-            isinstance(measured_s, bool)
-            or not isinstance(measured_s, (int, float))
+            # (a float nearly always: one type test before the two isinstance calls)
+            type(measured_s) is not float and (isinstance(measured_s, bool) or not isinstance(measured_s, (int, float)))
             or not 0.0 < measured_s <= self.max_iteration_s  # False for NaN too
         ):
             self.rejected += 1
@@ -780,7 +816,7 @@ class OnlineCostModel:
     def _biased(self) -> bool:
         """Whether the recent samples of a class say the current model is off by ``bias_factor``."""
         decode, extend = self._gates  # two names, no generator: it runs on most observations
-        return abs(decode.center) > self.bias_log or abs(extend.center) > self.bias_log
+        return decode.biased or extend.biased
 
     @property
     def _features(self) -> np.ndarray:
@@ -903,11 +939,11 @@ class OnlineCostModel:
     def _keep_recent(self) -> None:
         """The window becomes the gate rings' samples: every recent finite measurement, those the
         gate rejected included (after a change of regime the first of them looked like outliers)."""
-        features = [g.features[: min(g.count, len(g.times))] for g in self._gates]
-        times = [g.times[: min(g.count, len(g.times))] for g in self._gates]
+        features = [g.features[: min(g.count, g.size)] for g in self._gates]
+        times = [g.times[: min(g.count, g.size)] for g in self._gates]
         features, times = np.concatenate(features), np.concatenate(times)
         self._features[: len(times)] = features  # (empties the pending rows first)
-        self._times[: len(times)] = times
+        self._time_ring[: len(times)] = times.tolist()
         self._count = len(times)
 
     def recent_mape(self) -> float | None:

@@ -151,6 +151,9 @@ class FairBatchingPolicy(BatchPolicy):
         self.budget_safety = COLD_START_SAFETY if budget_safety is None else budget_safety
         self._ratios = [0.0] * ERROR_WINDOW  # measured / predicted, a ring buffer
         self._observed = 0
+        # Whether the ring's values changed since the safety was derived from them (a ratio equal
+        # to the one it replaces, as when the engine is timed by the model itself, leaves it).
+        self._ratios_changed = False
         self.min_chunk_tokens = min_chunk_tokens
         self.max_time_budget_s = max_time_budget_s
         # None: cap each chunk at the cost model's most efficient size (see
@@ -188,7 +191,7 @@ class FairBatchingPolicy(BatchPolicy):
             builder = self.separate_iteration(builder, view, order)
         else:
             builder = self.prefills(builder, view, order)
-            self.relaxed_decodes(builder, order)
+            self.relaxed_decodes(builder, order, view)
         if builder.plan.empty:
             self.ensure_progress(builder, view)
         return builder.finish(view)
@@ -589,12 +592,21 @@ class FairBatchingPolicy(BatchPolicy):
         return prefill_only if prefill_only.mixed else decode_only  # else memory or seats keep them out
 
     # ------------------------------------------------------------------ 3. relaxed decodes
-    def relaxed_decodes(self, builder: BatchBuilder, order: IterationOrder) -> None:
+    def relaxed_decodes(self, builder: BatchBuilder, order: IterationOrder, view: IterationView | None = None) -> None:
         """Decodes that could wait, most hurried first, while they fit; the lost ones lead (they
         have no SLO left, but finishing them frees their KV).  Once one skippable decode does not
         fit, the rest sit out, but a decode that cannot be skipped still runs."""
         relaxed = order.lost + order.protected if order.lost else order.protected
-        added = builder.add_decodes(relaxed)
+        shape = builder.plan.shape
+        if (view is not None and view.decode_context_tokens is not None and view.decode_context_sq is not None
+                and len(builder.plan.decodes) + len(relaxed) == len(view.decodes)
+                and not builder.decode_context_sq_pending):
+            # Every decode the plan does not hold yet: their context sums are the view's less the
+            # plan's (the driver keeps the view's), so when all certainly fit they take no pass.
+            added = builder.add_decodes(relaxed, sum_context=view.decode_context_tokens - shape.decode_context,
+                                        sum_context_sq=view.decode_context_sq - shape.decode_context_sq)
+        else:
+            added = builder.add_decodes(relaxed)
         # Sitting out serves a prefill of this iteration or a protected decode's next deadline;
         # with neither (every decode lost, no prefill planned) it only slows the drain.
         nobody_gains = not builder.plan.prefills and not order.deadlines
@@ -610,13 +622,15 @@ class FairBatchingPolicy(BatchPolicy):
                 self.clients.charge_output(request)
         self._track_error(plan.predicted_s, measured_s)
 
-    def observe_decode_steps(self, decodes, sum_context: int, measured_s) -> None:
+    def observe_decode_steps(self, decodes, sum_context: int, measured_s, predicted_s=None,
+                             predicted_by: CostModel | None = None) -> None:
         """:meth:`observe` of each step of a decode run, with the online model taking the whole run
         in one call; the error ring needs only each step's prediction, which that call returns."""
         if self.clients is not None or self.online is None:
             super().observe_decode_steps(decodes, sum_context, measured_s)
             return
-        predicted = self.online.observe_decode_steps(len(decodes), sum_context, measured_s)
+        predicted = self.online.observe_decode_steps(len(decodes), sum_context, measured_s, predicted_s,
+                                                     predicted_by)
         for predicted_s, step_s in zip(predicted, measured_s):
             self._track_error(predicted_s, step_s)
 
@@ -625,11 +639,16 @@ class FairBatchingPolicy(BatchPolicy):
         (the ring is the policy's alone, so it may be fed after the online model's observes)."""
         if self.fixed_safety is not None or not predicted_s > 0:
             return
-        if not isinstance(measured_s, (int, float)) or not 0 < measured_s < math.inf:
+        if type(measured_s) is not float and not isinstance(measured_s, (int, float)) or not 0 < measured_s < math.inf:
             return
-        self._ratios[self._observed % ERROR_WINDOW] = measured_s / predicted_s
+        slot = self._observed % ERROR_WINDOW
+        ratio = measured_s / predicted_s
+        if self._observed < ERROR_WINDOW or self._ratios[slot] != ratio:
+            self._ratios_changed = True
+        self._ratios[slot] = ratio
         self._observed += 1
-        if self._observed >= ERROR_MIN_SAMPLES and self._observed % ERROR_REFRESH == 0:
+        if self._observed >= ERROR_MIN_SAMPLES and self._observed % ERROR_REFRESH == 0 and self._ratios_changed:
+            self._ratios_changed = False
             # Leave room for the model's 90th-percentile under-prediction: an iteration predicted
             # at ``budget`` then ends by ``budget * (1 + q90)`` nine times in ten.
             ratios = sorted(self._ratios[: min(self._observed, ERROR_WINDOW)])

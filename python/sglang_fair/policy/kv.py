@@ -82,6 +82,14 @@ class NewTokenRatio:
         current = self.current - self.decay
         self.current = current if current > self.minimum else self.minimum
 
+    def decode_steps(self, steps: int) -> None:
+        """:meth:`decode_step` ``steps`` times (a simulator's run of decode steps); once at the
+        minimum the ratio stays there, so the rest are skipped."""
+        for _ in range(steps):
+            if self.current == self.minimum:
+                return
+            self.decode_step()
+
     def after_retraction(self, still_running: Iterable[RequestState]) -> None:
         """What the requests kept have generated (plus a few steps) over what they may generate."""
         generated = may_generate = count = 0

@@ -126,26 +126,26 @@ class RequestState:
         """Deadline of output token ``token_index`` (0 is the first token)."""
         if token_index == 0:
             return self.arrival_s + self.ttft_slo_s
-        return self.line_start_s + token_index * self.tpot_slo_s
+        return self.line_start_s + self.tpot_slo_s * token_index
 
     @property
     def next_deadline_s(self) -> float:
         """Deadline of the next token: the planning line every policy step reads."""
-        return self.line_start_s + self.generated_tokens * self.tpot_slo_s
+        return self.line_start_s + self.tpot_slo_s * self.generated_tokens
 
     def slack_s(self, now_s: float) -> float:
         """Time left until the next token is due; negative means late."""
-        return self.line_start_s + self.generated_tokens * self.tpot_slo_s - now_s
+        return self.line_start_s + self.tpot_slo_s * self.generated_tokens - now_s
 
     # --- judged SLO definitions (docs/design.md, Metrics), shared by the simulator and runtime ---
     def envelope_deadline_s(self, token_index: int) -> float:
         """The judged envelope line: token j due by ``arrival + ttft + j * tpot`` (not anchored)."""
-        return self.arrival_s + self.ttft_slo_s + token_index * self.tpot_slo_s
+        return self.arrival_s + self.ttft_slo_s + self.tpot_slo_s * token_index
 
     def envelope_slack_s(self, token_index: int, emitted_s: float) -> float:
         """How early token ``token_index`` came out at ``emitted_s`` against the judged envelope
         (negative: late)."""
-        return self.arrival_s + self.ttft_slo_s + token_index * self.tpot_slo_s - emitted_s
+        return self.arrival_s + self.ttft_slo_s + self.tpot_slo_s * token_index - emitted_s
 
     def slo_met(self) -> tuple[bool, bool]:
         """``(ttft_met, mean_tpot_met)`` of a request that has its first token (:func:`meets_ttft`,
@@ -236,19 +236,21 @@ class RequestState:
 # Planning and the simulator ask them of every running request every iteration; a property or
 # method call costs several times its arithmetic, so these are the same expressions, term for term
 # (the results are bit for bit those of the methods; test_request checks it), in one comprehension.
+# (Here and in the methods a product is written ``tpot * tokens``: the float first takes the int
+# directly, where ``int * float`` first asks the int, which declines; the product is the same.)
 
 def next_deadlines_s(requests) -> list[float]:
     """Each request's :attr:`RequestState.next_deadline_s`."""
-    return [r.line_start_s + r.generated_tokens * r.tpot_slo_s for r in requests]
+    return [r.line_start_s + r.tpot_slo_s * r.generated_tokens for r in requests]
 
 
 def envelope_slacks_s(requests, emitted_s: float, ahead_tokens: int = 0) -> list[float]:
     """Each request's :meth:`RequestState.envelope_slack_s` for its next token (``generated_tokens``),
     or the token ``ahead_tokens`` after it, out at ``emitted_s``."""
     if ahead_tokens:
-        return [r.arrival_s + r.ttft_slo_s + (r.generated_tokens + ahead_tokens) * r.tpot_slo_s - emitted_s
+        return [r.arrival_s + r.ttft_slo_s + r.tpot_slo_s * (r.generated_tokens + ahead_tokens) - emitted_s
                 for r in requests]
-    return [r.arrival_s + r.ttft_slo_s + r.generated_tokens * r.tpot_slo_s - emitted_s for r in requests]
+    return [r.arrival_s + r.ttft_slo_s + r.tpot_slo_s * r.generated_tokens - emitted_s for r in requests]
 
 
 def any_lost(requests, now_s: float) -> bool:

@@ -149,6 +149,7 @@ class Replica:
         # the running requests' max_new_tokens and generated tokens, for their KV reservation.
         self.queued_prompt_tokens = 0
         self._running_context = 0  # sum of the running requests' context_tokens
+        self._running_context_sq = 0  # and of their squares
         self._running_max_new = 0
         self._running_generated = 0
         self._running_clipped = 0  # running requests whose cap exceeds SGLang's clip
@@ -188,6 +189,7 @@ class Replica:
             now_s, self.running, prefills, self.free_kv_tokens, config.kv_capacity_tokens,
             config.max_running_requests, config.max_prefill_tokens, self._admission_kv_tokens(),
             config.max_running_requests - len(self.running) - len(self.partial), self._running_context,
+            self._running_context_sq,
         )
 
     def _admission_kv_tokens(self) -> float:
@@ -247,7 +249,8 @@ class Replica:
         measured_s = plan.predicted_s if plan.predicted_by is true_model else true_model.predict_shape(plan.shape)
         if self.config.noise_sigma > 0:
             measured_s *= self.noise()
-        measured_s = max(measured_s, 1e-6)
+        if measured_s < 1e-6:  # (max(measured_s, 1e-6) without a call)
+            measured_s = 1e-6
         self.policy.observe(plan, measured_s)
         self.iterations += 1
         self.busy_s += measured_s
@@ -285,6 +288,7 @@ class Replica:
         context = self._running_context
         ends: list[float] = []
         measured: list[float] = []
+        predicted: list[float] = []  # the model's time for each step, before noise
         end_s = now_s
         busy_s = 0.0
         last_s = None  # the folded last step's time (see fold_last_step)
@@ -293,15 +297,17 @@ class Replica:
         while len(ends) < steps_left:
             # The arguments predict_shape passes for the decode step's shape (BatchShape.add_decode),
             # but the decode rows' squared context: without a prefill it counts for nothing.
-            measured_s = predict(count, context, count, 0, 0, 0, context)
+            predicted_s = measured_s = predict(count, context, count, 0, 0, 0, context)
             if noise is not None:
                 measured_noise = noise()
                 measured_s *= measured_noise
-            measured_s = max(measured_s, 1e-6)
+            if measured_s < 1e-6:  # (max(measured_s, 1e-6) without a call: this runs per step)
+                measured_s = 1e-6
             if end_s + measured_s >= horizon_s:
                 if (ends and self.fold_last_step and count <= config.max_running_requests
                         and count <= self.free_kv_tokens - count * len(ends)):
-                    last_s = measured_s  # the step plan_decode_step would start next: played too
+                    # the step plan_decode_step would start next: played too
+                    last_s, last_predicted_s = measured_s, predicted_s
                 elif noise is not None:  # keep the stream in step with one-at-a-time play
                     self._noise_buffer.append(measured_noise)
                 break
@@ -309,6 +315,7 @@ class Replica:
             busy_s += measured_s
             ends.append(end_s)
             measured.append(measured_s)
+            predicted.append(predicted_s)
             context += count
         steps = len(ends)
         if not steps:
@@ -317,17 +324,17 @@ class Replica:
                 and count <= self.free_kv_tokens - count * steps):
             # The run stopped because the next step reaches a request's length (or the pool's
             # end): that step, timed as step() would time it, is played with the run too.
-            last_s = predict(count, context, count, 0, 0, 0, context)
+            last_predicted_s = last_s = predict(count, context, count, 0, 0, 0, context)
             if noise is not None:
                 last_s *= noise()
             last_s = max(last_s, 1e-6)
         if last_s is not None:
             measured.append(last_s)
+            predicted.append(last_predicted_s)
             last_end_s = end_s + last_s
-        self.policy.observe_decode_steps(running, self._running_context, measured)
-        new_token_ratio = self.new_token_ratio
-        for _ in range(len(measured)):
-            new_token_ratio.decode_step()
+        # (the model's own times: the policy need not predict the same steps again)
+        self.policy.observe_decode_steps(running, self._running_context, measured, predicted, self.true_model)
+        self.new_token_ratio.decode_steps(len(measured))
         sim = self.sim
         # The gaps every request shares (steps 2..K), and each one's own first gap.
         shared_gaps = [later - earlier for earlier, later in zip(ends, ends[1:])]
@@ -350,7 +357,7 @@ class Replica:
             tpot_s = request.tpot_slo_s
             lowest = lowest_by_tpot.get(tpot_s)
             if lowest is None:
-                lowest = lowest_by_tpot[tpot_s] = min(k * tpot_s - end for k, end in enumerate(ends))
+                lowest = lowest_by_tpot[tpot_s] = min(tpot_s * k - end for k, end in enumerate(ends))
             slack = slack_at_zero + lowest
             if slack < request.worst_slack_s:
                 request.worst_slack_s = slack
@@ -370,6 +377,8 @@ class Replica:
             if generated >= request.output_tokens:
                 finishing = True
         sim.record_shared_gaps(shared_gaps, count)
+        # Each context c became c + steps: the squares gained 2 c steps + steps^2 each.
+        self._running_context_sq += 2 * steps * self._running_context + count * steps * steps
         self._running_context = context
         self._running_generated += count * steps
         self.free_kv_tokens -= count * steps
@@ -380,6 +389,7 @@ class Replica:
         # The folded step's bookkeeping, in the order step() and _complete() keep it: its gaps go
         # after the run's (nothing else records one before it ends: one replica).
         sim.tbt_gaps_s.extend([last_gap_s] * count)
+        self._running_context_sq += 2 * self._running_context + count
         self._running_context += count
         self._running_generated += count
         self.free_kv_tokens -= count
@@ -439,14 +449,18 @@ class Replica:
 
     def _join_running(self, request: SimRequest) -> None:
         self.running.append(request)
-        self._running_context += request.prefilled_tokens + request.generated_tokens
+        context = request.prefilled_tokens + request.generated_tokens
+        self._running_context += context
+        self._running_context_sq += context * context
         self._running_max_new += request.max_new_tokens
         self._running_generated += request.generated_tokens
         if request.max_new_tokens > CLIP_MAX_NEW_TOKENS:
             self._running_clipped += 1
 
     def _leave_running(self, request: SimRequest) -> None:
-        self._running_context -= request.prefilled_tokens + request.generated_tokens
+        context = request.prefilled_tokens + request.generated_tokens
+        self._running_context -= context
+        self._running_context_sq -= context * context
         self._running_max_new -= request.max_new_tokens
         self._running_generated -= request.generated_tokens
         if request.max_new_tokens > CLIP_MAX_NEW_TOKENS:
@@ -477,6 +491,8 @@ class Replica:
                 finished = True
         self.free_kv_tokens -= len(decodes)
         self._running_generated += len(decodes)
+        # Each decode's context c became c + 1 (the plan's shape sums the c): squares gain 2c + 1.
+        self._running_context_sq += 2 * plan.shape.decode_context + len(decodes)
         self._running_context += len(decodes)
         admitted = False
         filled = False
