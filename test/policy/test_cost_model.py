@@ -546,7 +546,6 @@ def test_a_decode_run_observed_with_the_engine_predictions_is_the_same(model):
 def test_the_outlier_gate_center_and_width_are_statistics_medians():
     """The gate's medians (taken from sorted copies) are ``statistics.median``'s, bit for bit."""
     import random
-    import statistics
 
     from sglang_fair.policy.cost_model import _RecentGate
 
@@ -556,12 +555,19 @@ def test_the_outlier_gate_center_and_width_are_statistics_medians():
         log_ratio = rng.gauss(0.0, 0.1) if sample % 17 else rng.uniform(-3, 3)
         gate.is_outlier((1.0,) * len(FEATURE_NAMES), 0.01, log_ratio)
         gate._update()
-        logs = gate.logs[: min(gate.count, 64)]
-        center = statistics.median(logs)
-        assert gate.center == center
-        if len(logs) >= gate.MIN_SAMPLES:
-            spread = 1.4826 * statistics.median([abs(x - center) for x in logs])
-            assert gate.width == max(gate.mads * spread, gate.min_log)
+        _assert_gate_is_statistics_median(gate, 64)
+
+
+def _assert_gate_is_statistics_median(gate, window: int) -> None:
+    """The gate's center and width are those ``statistics.median`` gives over its last ``window``."""
+    import statistics
+
+    logs = gate.logs[: min(gate.count, window)]
+    center = statistics.median(logs)
+    assert gate.center == center
+    if len(logs) >= gate.MIN_SAMPLES:
+        spread = 1.4826 * statistics.median([abs(x - center) for x in logs])
+        assert gate.width == max(gate.mads * spread, gate.min_log)
 
 
 def test_a_plan_says_which_model_predicted_it_and_observe_reuses_only_that(model):
@@ -593,7 +599,6 @@ def test_the_outlier_gate_skips_medians_only_where_its_values_are_unchanged():
     """The gate takes its medians again only when a sample differs from the one it replaces (or
     the ring is still filling): at every update point they are still ``statistics.median``'s."""
     import random
-    import statistics
 
     from sglang_fair.policy.cost_model import _RecentGate
 
@@ -606,12 +611,7 @@ def test_the_outlier_gate_skips_medians_only_where_its_values_are_unchanged():
         period[sample % 64] = log_ratio
         gate.is_outlier((1.0,) * len(FEATURE_NAMES), 0.01, log_ratio)
         if gate.count % gate.UPDATE_EVERY == 0 or gate.count < gate.MIN_SAMPLES:
-            logs = gate.logs[: min(gate.count, 64)]
-            center = statistics.median(logs)
-            assert gate.center == center
-            if len(logs) >= gate.MIN_SAMPLES:
-                spread = 1.4826 * statistics.median([abs(x - center) for x in logs])
-                assert gate.width == max(gate.mads * spread, gate.min_log)
+            _assert_gate_is_statistics_median(gate, 64)
 
 
 def test_add_decodes_adds_what_add_decode_one_at_a_time_would(model):
