@@ -614,20 +614,28 @@ def test_the_outlier_gate_skips_medians_only_where_its_values_are_unchanged():
             _assert_gate_is_statistics_median(gate, 64)
 
 
+def _random_decodes(rng) -> list:
+    """Up to 40 running decodes with random prompts (1-4000 tokens) and outputs so far (1-500)."""
+    from sglang_fair.policy import RequestState
+
+    requests = []
+    for i in range(rng.randint(0, 40)):
+        request = RequestState(str(i), 0.0, rng.randint(1, 4000), 1.0, 0.05)
+        request.prefilled_tokens = request.fill_tokens
+        request.generated_tokens = rng.randint(1, 500)
+        requests.append(request)
+    return requests
+
+
 def test_add_decodes_adds_what_add_decode_one_at_a_time_would(model):
     """The batched hot path and the one-request rule stop at the same request: time, KV, seats."""
     import random
 
-    from sglang_fair.policy import BatchBuilder, IterationView, RequestState
+    from sglang_fair.policy import BatchBuilder, IterationView
 
     rng = random.Random(4)
     for case in range(300):
-        requests = []
-        for i in range(rng.randint(0, 40)):
-            request = RequestState(str(i), 0.0, rng.randint(1, 4000), 1.0, 0.05)
-            request.prefilled_tokens = request.fill_tokens
-            request.generated_tokens = rng.randint(1, 500)
-            requests.append(request)
+        requests = _random_decodes(rng)
         view = IterationView(0.0, requests, [], free_kv_tokens=rng.choice([0, 5, 30, 10**6]),
                              max_batch_requests=rng.choice([0, 3, 25, 256]))
         budget_s = rng.choice([math.inf, 0.0, 0.005, 0.012, 0.03])
@@ -655,12 +663,7 @@ def test_add_decodes_given_the_sums_adds_what_the_pass_adds(model):
     skipped = 0
     for case in range(600):
         cost_model = model if case % 2 else cpu_like
-        requests = []
-        for i in range(rng.randint(0, 40)):
-            request = RequestState(str(i), 0.0, rng.randint(1, 4000), 1.0, 0.05)
-            request.prefilled_tokens = request.fill_tokens
-            request.generated_tokens = rng.randint(1, 500)
-            requests.append(request)
+        requests = _random_decodes(rng)
         view = IterationView(0.0, requests, [], free_kv_tokens=rng.choice([5, 30, 10**6]),
                              max_batch_requests=rng.choice([3, 25, 256]))
         contexts = [r.context_tokens for r in requests]
