@@ -56,7 +56,9 @@ def main() -> int:
     parser.add_argument("--policies", default="fairbatching,sarathi")
     parser.add_argument("--repeats", type=int, default=5, help="fresh processes per policy; the median is reported")
     parser.add_argument("--profile", action="store_true", help="one in-process run per policy under cProfile")
-    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a timed subprocess
+    parser.add_argument("--one", default=None, metavar="POLICY",
+                        help="run one simulation of POLICY in this process and print its iterations and seconds"
+                             " (what each timed run executes; e.g. under valgrind)")
     args = parser.parse_args()
     if args.one:
         _one(args)
