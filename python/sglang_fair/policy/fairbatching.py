@@ -592,13 +592,13 @@ class FairBatchingPolicy(BatchPolicy):
         return prefill_only if prefill_only.mixed else decode_only  # else memory or seats keep them out
 
     # ------------------------------------------------------------------ 3. relaxed decodes
-    def relaxed_decodes(self, builder: BatchBuilder, order: IterationOrder, view: IterationView | None = None) -> None:
+    def relaxed_decodes(self, builder: BatchBuilder, order: IterationOrder, view: IterationView) -> None:
         """Decodes that could wait, most hurried first, while they fit; the lost ones lead (they
         have no SLO left, but finishing them frees their KV).  Once one skippable decode does not
         fit, the rest sit out, but a decode that cannot be skipped still runs."""
         relaxed = order.lost + order.protected if order.lost else order.protected
         shape = builder.plan.shape
-        if (view is not None and view.decode_context_tokens is not None and view.decode_context_sq is not None
+        if (view.decode_context_tokens is not None and view.decode_context_sq is not None
                 and len(builder.plan.decodes) + len(relaxed) == len(view.decodes)
                 and not builder.decode_context_sq_pending):
             # Every decode the plan does not hold yet: their context sums are the view's less the
@@ -639,7 +639,8 @@ class FairBatchingPolicy(BatchPolicy):
         (the ring is the policy's alone, so it may be fed after the online model's observes)."""
         if self.fixed_safety is not None or not predicted_s > 0:
             return
-        if type(measured_s) is not float and not isinstance(measured_s, (int, float)) or not 0 < measured_s < math.inf:
+        # (a float nearly always: one type test before the isinstance call)
+        if (type(measured_s) is not float and not isinstance(measured_s, (int, float))) or not 0 < measured_s < math.inf:
             return
         slot = self._observed % ERROR_WINDOW
         ratio = measured_s / predicted_s
