@@ -30,6 +30,7 @@ class FairConfig:
     admission_control: bool = False  # --fair-admission-control
     client_fairness: bool = False  # --fair-client-fairness
     calibrate: bool = True  # off with --fair-no-calibration: time the model at start-up
+    iteration_log: str | None = None  # --fair-iteration-log: every measured iteration, JSON lines
     policy_options: dict = field(default_factory=dict)  # --fair-policy-option KEY=VALUE
 
     def to_json(self) -> str:

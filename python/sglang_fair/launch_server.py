@@ -94,6 +94,13 @@ def _add_fair_args(parser: argparse.ArgumentParser) -> None:
         " the online refit then starts from a shipped preset)",
     )
     group.add_argument(
+        "--fair-iteration-log",
+        default=defaults.iteration_log,
+        metavar="FILE",
+        help="append every measured iteration (shape, predicted and measured seconds) to FILE as JSON"
+        " lines, for benchmark/online_model_replay.py (FILE.<dp rank> with data parallelism)",
+    )
+    group.add_argument(
         "--fair-policy-option",
         action="append",
         default=[],
@@ -160,6 +167,12 @@ def parse_fair_args(argv: list[str]) -> tuple[FairConfig, list[str]]:
         cost_model = load_cost_model(args.cost_model or preset_names()[0])
     except CostModelError as exc:
         fail("--cost-model", str(exc))
+    if args.fair_iteration_log is not None:
+        folder = os.path.dirname(os.path.abspath(args.fair_iteration_log))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            fail("--fair-iteration-log", f"{folder} is not a writable folder")
+        if os.path.isdir(args.fair_iteration_log):
+            fail("--fair-iteration-log", f"{args.fair_iteration_log} is a folder, not a file")
     try:
         options = _policy_options(args.batch_policy, args.fair_policy_option)
         make_policy(args.batch_policy, cost_model, **options)  # the policy checks the values
@@ -174,6 +187,7 @@ def parse_fair_args(argv: list[str]) -> tuple[FairConfig, list[str]]:
         admission_control=args.fair_admission_control,
         client_fairness=args.fair_client_fairness,
         calibrate=args.fair_calibrate,
+        iteration_log=args.fair_iteration_log,
         policy_options=options,
     )
     return config, rest

@@ -53,6 +53,7 @@ __all__ = [
     "OnlineCostModel",
     "FEATURE_NAMES",
     "KERNEL_TERMS",
+    "ONLINE_NONNEGATIVE_TERMS",
     "feature_row",
     "fit_cost_model",
     "fit_physical_cost_model",
@@ -630,6 +631,12 @@ def _within_for_nine_in_ten(values: np.ndarray, reference: np.ndarray, log_error
     return float(np.partition(error, k)[k]) <= log_error
 
 
+#: The terms the online refit keeps >= 0: the extend-path terms, the fixed, context and chunk^2
+#: costs (a window with few prefills, or noise, would make mixing or context look free); the
+#: per-sequence term may go negative, as GPU fits of decode batches often have it.
+ONLINE_NONNEGATIVE_TERMS = ("fixed", "sum_context", "sum_chunk_sq", *_EXTEND_TERMS)
+
+
 class OnlineCostModel:
     """A cost model that keeps refitting itself from measured iteration times.
 
@@ -751,6 +758,20 @@ class OnlineCostModel:
             predicted_s = self.current.predict_shape(shape)
         return self._observe(shape.features(), shape.num_prefills > 0, predicted_s, measured_s)
 
+    def observe_row(self, features, measured_s: float, predicted_s: float | None = None) -> bool:
+        """:meth:`observe` of an iteration given by its ``FEATURE_NAMES`` values (as
+        ``--fair-iteration-log`` writes them) instead of a shape."""
+        features = tuple(map(float, features))
+        if len(features) != len(FEATURE_NAMES):
+            raise ValueError(f"expected {len(FEATURE_NAMES)} feature values, got {len(features)}")
+        if features[FEATURE_NAMES.index("num_seqs")] <= 0:
+            self.observed += 1
+            self.rejected += 1
+            return False
+        if predicted_s is None:
+            predicted_s = float(np.dot(features, self.current.coefficients()))
+        return self._observe(features, features[FEATURE_NAMES.index("prefill_iteration")] > 0, predicted_s, measured_s)
+
     def observe_decode_steps(self, num_seqs: int, sum_context: int, measured_s,
                              predicted_s=None, predicted_by: CostModel | None = None) -> list[float]:
         """:meth:`observe` of decode-only batches of ``num_seqs`` sequences, one after another, the
@@ -847,13 +868,9 @@ class OnlineCostModel:
         return anchored, shape_error, math.exp(level)
 
     def _fit(self, features, times, terms, prior: CostModel, prior_samples: float) -> CostModel:
-        # The extend-path terms, the fixed, context and chunk^2 costs must not go negative (a
-        # window with few prefills, or noise, would make mixing or context look free); the
-        # per-sequence term may, as GPU fits of decode batches often have it.
         return fit_physical_cost_model(
             features, times, terms=terms, name=f"{self.prior.name}+online", prior=prior,
-            prior_weight=prior_samples / len(times),
-            nonnegative=("fixed", "sum_context", "sum_chunk_sq", *_EXTEND_TERMS),
+            prior_weight=prior_samples / len(times), nonnegative=ONLINE_NONNEGATIVE_TERMS,
         )
 
     def refit(self, *, _after_forgetting: bool = False) -> CostModel:

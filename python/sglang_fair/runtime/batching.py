@@ -91,6 +91,7 @@ class FairBatchingMixin:
                 self.policy = PlanOrderedSchedulePolicy(self.policy, self)
         self.fair_calibration = None
         self.fair_metrics = None  # created below; the calibration's iterations are not metrics
+        self.fair_iteration_log = None  # (nor are they logged)
         if self.fair_active:
             # Times real iterations through this scheduler (runtime/calibration.py), then leaves
             # it clean; its model is the online model's prior unless --cost-model is given.
@@ -109,6 +110,13 @@ class FairBatchingMixin:
         from sglang_fair.runtime.metrics import FairMetrics
 
         self.fair_metrics = FairMetrics.maybe_create(self)
+        if self.fair_active:
+            from sglang_fair.runtime.iteration_log import open_iteration_log
+
+            online = self.fair_policy.online
+            self.fair_iteration_log = open_iteration_log(
+                config.iteration_log, batch_policy=config.batch_policy,
+                prior=online.prior if online is not None else self.fair_policy.cost_model)
         logger.info(
             "sglang_fair: batch policy = %s; cost model %s; decode skipping %s",
             config.batch_policy,

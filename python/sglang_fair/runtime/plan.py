@@ -205,5 +205,8 @@ def finish_iteration(scheduler, batch, record: IterationRecord, measured_s: floa
     scheduler.fair_iterations += 1
     if scheduler.fair_metrics is not None:
         scheduler.fair_metrics.observe_iteration(scheduler, plan, executed, measured_s)
+    if scheduler.fair_iteration_log is not None:
+        scheduler.fair_iteration_log.record(end_s=end_s, measured_s=measured_s, predicted_s=executed.predicted_s,
+                                            time_budget_s=plan.time_budget_s, shape=shape)
     if len(states) > 2 * (len(scheduler.waiting_queue) + len(scheduler.running_batch.reqs)) + 64:
         sweep(scheduler, batch)
