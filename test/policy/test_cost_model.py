@@ -13,7 +13,7 @@ from sglang_fair.policy import (
     load_cost_model,
     preset_names,
 )
-from sglang_fair.policy.cost_model import FEATURE_NAMES, feature_row
+from sglang_fair.policy.cost_model import FEATURE_NAMES, ONLINE_NONNEGATIVE_TERMS, feature_row
 
 
 def _samples(model: CostModel, n: int, rng, noise=0.0):
@@ -414,6 +414,22 @@ def test_online_refit_never_keeps_a_negative_extend_cost(model):
     assert online.refits > 0
     assert online.current.per_prefill_iteration_s >= 0 and online.current.per_mixed_seq_s >= 0
     assert online.current.per_mixed_context_s >= 0
+
+
+def test_online_refit_never_makes_a_chunk_against_its_prefix_cheaper():
+    """A CPU server's log (2026-12-06) had a refit price the chunk x prefix term below 0, and a
+    40-token chunk after a 470-token prefix predicted at -18 ms: work that looks free."""
+    engine = CostModel(fixed_s=2e-3, per_new_token_s=2e-5, per_context_token_s=1e-6, per_seq_s=2e-4,
+                       per_chunk_sq_s=1e-8, per_prefill_iteration_s=1e-3, name="engine")
+    online = OnlineCostModel(engine, min_samples=32, refit_every=32)
+    rng = np.random.default_rng(9)
+    for shape in _mixed_shapes(rng, 256):
+        # Continuing chunks measured faster the longer their prefix (noise that a fit would take).
+        time_s = engine.predict_shape(shape) * (1.0 - min(0.5, shape.sum_chunk_prefix * 2e-7))
+        online.observe(shape, time_s)
+    assert online.refits > 0
+    assert online.current.per_chunk_prefix_s >= 0
+    assert "sum_chunk_prefix" in ONLINE_NONNEGATIVE_TERMS
 
 
 def test_builder_charges_the_first_chunk_the_mixing_cost():

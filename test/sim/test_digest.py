@@ -23,8 +23,9 @@ PINNED = {
     # the online refit fits a tenth column, mixed_context_sq (noise gives it a value in some
     # refits; restricted to the nine earlier terms the run is the old pin, 07b1c234a8fefd9d078f;
     # to the eight before mixed_context, 65c653bd77a42f248aff); each refit's level set to the
-    # newest samples' median (2026-12-06; before: 5455d2f4665966197f99)
-    "fairbatching-noisy": "a9b28322e972380cbc6e",
+    # newest samples' median (2026-12-06; before: 5455d2f4665966197f99), and the chunk x prefix
+    # cost kept >= 0 (2026-12-06; before: a9b28322e972380cbc6e)
+    "fairbatching-noisy": "7b1bc4795378c2d5ce94",
     # late prompts move into the on-time prompts' slack (2026-12-06; before: c0a77db1e7eddd6775d4)
     "fairbatching-pab4": "95c1ad43c60bf1b65018",
 }

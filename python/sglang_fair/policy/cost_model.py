@@ -657,10 +657,11 @@ def _within_for_nine_in_ten(values: np.ndarray, reference: np.ndarray, log_error
     return float(np.partition(error, k)[k]) <= log_error
 
 
-#: The terms the online refit keeps >= 0: the extend-path terms, the fixed, context and chunk^2
-#: costs (a window with few prefills, or noise, would make mixing or context look free); the
-#: per-sequence term may go negative, as GPU fits of decode batches often have it.
-ONLINE_NONNEGATIVE_TERMS = ("fixed", "sum_context", "sum_chunk_sq", *_EXTEND_TERMS)
+#: The terms the online refit keeps >= 0: the extend-path terms, the fixed, context, chunk^2 and
+#: chunk x prefix costs (a window with few prefills, or noise, would make mixing, context or a
+#: continuing chunk look free: a CPU server once predicted one at -18 ms); the per-sequence term
+#: may go negative, as GPU fits of decode batches often have it.
+ONLINE_NONNEGATIVE_TERMS = ("fixed", "sum_context", "sum_chunk_sq", "sum_chunk_prefix", *_EXTEND_TERMS)
 
 
 class OnlineCostModel:
