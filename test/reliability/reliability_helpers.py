@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import resource
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -36,11 +37,28 @@ CLIENT_TIMEOUT_S = 120.0
 #: went out on a connection the server was closing at that moment (reset, "Can not write request
 #: body", ServerDisconnectedError: the 11 lost of run 3's soak).  A client drops them first.
 CLIENT_KEEPALIVE_S = 2.0
+#: Upper bound of :func:`max_client_connections`.
+MAX_CLIENT_CONNECTIONS = 8192
+
+
+def max_client_connections() -> int:
+    """The most connections a test client holds open at once; requests beyond wait in its pool, as
+    behind any real client or gateway.  The 10-minute soak at 3x without admission control queues
+    44,000-65,000 requests: with a connection each, client and server both ran out of file
+    descriptors (20,000 per process on the test machine; 2026-12-06, docs/reliability.md) and
+    "Too many open files" lost two thirds of them.  A quarter of this process's descriptor limit
+    (the server, started from it, has the same), at most 8,192."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CLIENT_CONNECTIONS
+    return max(64, min(MAX_CLIENT_CONNECTIONS, soft // 4))
 
 
 def client_session() -> aiohttp.ClientSession:
-    """The tests' HTTP client: unbounded pool, idle connections dropped before the server drops them."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=CLIENT_KEEPALIVE_S))
+    """The tests' HTTP client: a pool of at most ``max_client_connections()``, idle connections
+    dropped before the server drops them."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max_client_connections(),
+                                                                keepalive_timeout=CLIENT_KEEPALIVE_S))
 #: Token ids for prompts: clear of the tiny model's special tokens (0..2) and inside its vocabulary.
 FIRST_TOKEN_ID, LAST_TOKEN_ID = 3, 500
 
