@@ -35,7 +35,6 @@ class IterationLog:
     def __init__(self, path: str, *, prior: CostModel, batch_policy: str) -> None:
         self.path = path
         self._file = open(path, "a", buffering=1, encoding="utf-8")  # line-buffered
-        self.lines = 0
         self._write({"kind": "start", "batch_policy": batch_policy, "wall_time": time.time(),
                      "features": list(FEATURE_NAMES), "prior": prior.to_dict()})
 
@@ -53,7 +52,6 @@ class IterationLog:
             return
         try:
             self._file.write(strict_json.dumps(entry, indent=None) + "\n")
-            self.lines += 1
         except (OSError, ValueError) as exc:  # ValueError: the file was closed under us
             logger.warning("--fair-iteration-log %s: %s; iteration log off", self.path, exc)
             self.close()
