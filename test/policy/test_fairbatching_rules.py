@@ -153,14 +153,17 @@ def test_once_the_first_prompt_missed_its_ttft_the_extend_path_gets_an_efficient
     assert late.prefill_tokens >= efficient
 
 
-def test_a_prompt_that_can_still_make_its_ttft_stretches_only_to_the_extend_overhead():
-    # Served now it can make its TTFT; the budget grows only as far as the prefill work that
-    # matches the extend overhead: the decodes' TPOT still counts.
+def test_a_prompt_that_cannot_wait_brings_the_queue_with_it():
+    # Served now it can still make its TTFT, but not after one more decode step: the iteration
+    # carries the queue's chunk (the most efficient chunk: 6000 tokens wait), as a late prompt's
+    # does. Given only the prefill worth its overhead (the rule before 2026-12-07), the head was
+    # saved and the prompts behind it reached the same point one iteration pair at a time.
     policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
-    urgent = policy.plan(_cpu_overload_view(NOW - 0.95))
-    late = policy.plan(_cpu_overload_view(NOW - 5.0))
-    assert 0 < urgent.prefill_tokens < CPU_LIKE.efficient_chunk_tokens(0)
-    assert urgent.time_budget_s < late.time_budget_s
+    cannot_wait = policy.plan(_cpu_overload_view(NOW - 0.95))
+    assert cannot_wait.step.endswith("head cannot wait")
+    assert cannot_wait.prefill_tokens >= CPU_LIKE.efficient_chunk_tokens(0)
+    # With time to spare the same queue waits for the decodes to bank slack.
+    assert not policy.plan(_cpu_overload_view(NOW - 0.2)).prefills
 
 
 def _lost(rid, tpot_s):

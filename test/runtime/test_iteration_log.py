@@ -80,3 +80,10 @@ def test_a_real_scheduler_logs_its_iterations(tmp_path):
     assert all(it["measured_s"] > 0 and it["predicted_s"] > 0 and len(it["features"]) == len(FEATURE_NAMES)
                for it in iterations)
     assert sum(it["features"][FEATURE_NAMES.index("new_tokens")] for it in iterations) == 3 * 60 + 3 * 5 - 3
+    # The first iteration was planned with all three prompts waiting, none late yet; once they
+    # are prefilled the decode-only steps nobody planned say so (no step, no queue).
+    first = iterations[0]
+    assert first["waiting_prompts"] == 3 and 0 < first["min_prompt_slack_s"] <= scheduler.fair_config.ttft_slo_s
+    assert first["step"] in ("mixed", "progress")
+    assert iterations[-1]["step"] == "" and iterations[-1]["waiting_prompts"] == 0
+    assert iterations[-1]["min_prompt_slack_s"] is None

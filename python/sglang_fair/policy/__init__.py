@@ -11,6 +11,7 @@ from .base import (
     IterationView,
     Plan,
     PrefillChunk,
+    min_first_token_slack_s,
     prefill_admission_budget,
 )
 from .cost_model import (
@@ -54,6 +55,7 @@ __all__ = [
     "fit_physical_cost_model",
     "load_cost_model",
     "make_policy",
+    "min_first_token_slack_s",
     "policy_options",
     "prefill_admission_budget",
     "preset_names",

@@ -30,6 +30,7 @@ __all__ = [
     "PrefillChunk",
     "decode_utilisation",
     "first_token_deadline",
+    "min_first_token_slack_s",
     "prefill_admission_budget",
 ]
 
@@ -111,6 +112,9 @@ class Plan:
     #: The model whose prediction for ``shape`` ``predicted_s`` is (set by BatchBuilder.finish), so
     #: a reader asking that model about that shape need not ask again; None: not known.
     predicted_by: CostModel | None = None
+    #: Which step of the policy decided the batch's shape (e.g. ``"mixed"``, ``"apart: prefill,
+    #: amortised"``): for iteration logs and debugging only, never read by a driver's logic.
+    step: str = ""
 
     @property
     def empty(self) -> bool:
@@ -505,3 +509,10 @@ def decode_utilisation(decodes: Sequence[RequestState], model: CostModel, sum_co
 
 def first_token_deadline(request: RequestState) -> float:
     return request.arrival_s + request.ttft_slo_s
+
+
+def min_first_token_slack_s(prompts: Sequence[RequestState], now_s: float) -> float | None:
+    """The least time any of ``prompts`` has left to its first-token deadline (None: no prompts)."""
+    if not prompts:
+        return None
+    return min([first_token_deadline(request) for request in prompts]) - now_s

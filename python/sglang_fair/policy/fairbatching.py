@@ -45,9 +45,11 @@ Where measurement and the paper disagree, the measurement decides (``docs/design
   several.  Decodes that missed their TTFT, or whose last possible token is past its line,
   stop pinning the budget and keep a slower line of their own (``lost_tpot_factor``).
 * *The extend path's overhead* (CPU engines, no CUDA graph): an iteration's prefill must carry at
-  least as much work as the overhead it brings; a sliver of prefill waits, or the budget stretches.
-  Once the first prompt in line has missed its TTFT (overload), it stretches to the most efficient
-  chunk: small chunks then only slow the drain, for nobody's sake.
+  least as much work as the overhead it brings; a sliver of prefill waits while the first prompt in
+  line can still wait.  Once it cannot (it would miss its TTFT after one more decode step, or
+  already has), the budget stretches to the queue's chunk, the most efficient chunk or all that
+  waits: the smallest prefill worth its overhead saved that prompt and left the ones behind it to
+  hit the same wall one iteration pair at a time (``_queue_chunk_tokens``).
 
 Prefill Admission Budget and admission control come from :func:`prefill_admission_budget`.
 """
@@ -194,6 +196,7 @@ class FairBatchingPolicy(BatchPolicy):
             self.relaxed_decodes(builder, order, view)
         if builder.plan.empty:
             self.ensure_progress(builder, view)
+            builder.plan.step = "progress"
         return builder.finish(view)
 
     # ------------------------------------------------------------------ 0. order and budget
@@ -388,15 +391,21 @@ class FairBatchingPolicy(BatchPolicy):
     def prefills(self, builder: BatchBuilder, view: IterationView, order: IterationOrder) -> BatchBuilder:
         """Chunks in ``order.prefills`` while time, KV and seats last; then the extend-overhead rule
         (module docstring): when the prefill planned carries less work than the extend overhead it
-        brings, defer it (the next prompt can wait an iteration) or stretch the budget to one
-        chunk worth it."""
+        brings, defer it (the next prompt can wait an iteration) or stretch the budget to the
+        queue's chunk (:meth:`_queue_chunk_tokens`)."""
         self._grant_chunks(builder, view, order)
         worthwhile = self._worthwhile_chunk_tokens(builder, view, order, view.now_s + order.urgent_until_s)
         if worthwhile is None:
+            builder.plan.step = "mixed" if builder.plan.prefills else "decodes"
             return builder
         self._refund(builder)
         urgent = builder.plan.decodes[: builder.plan.urgent_decodes]
         builder = self._builder_with(view, order.budget_s, urgent)
+        if not worthwhile:
+            builder.plan.step = "decodes: prompts wait"
+        else:
+            late = view.now_s > first_token_deadline(order.prefills[0])
+            builder.plan.step = "mixed: head late" if late else "mixed: head cannot wait"
         if worthwhile:
             # Stretch the budget to hold that much prefill work, over one prompt or several short
             # ones (relaxed decodes then sit out, as they would for any prefill surge).
@@ -405,8 +414,9 @@ class FairBatchingPolicy(BatchPolicy):
             stretched_s = builder.predicted_s + builder.decode_rows_mixing_s() + model.prefill_cost_s(worthwhile, 0)
             builder.time_budget_s = builder.plan.time_budget_s = stretched_s
             self._grant_chunks(builder, view, order)
-            if not builder.mixed:  # nothing could use it (the prefill cap, a minimum chunk)
+            if not builder.mixed:  # nothing could use it (the prefill cap, a minimum chunk, KV)
                 builder.time_budget_s = builder.plan.time_budget_s = order.budget_s
+                builder.plan.step = "decodes: no prefill fits"
         return builder
 
     def _grant_chunks(self, builder: BatchBuilder, view: IterationView, order: IterationOrder,
@@ -441,11 +451,10 @@ class FairBatchingPolicy(BatchPolicy):
 
         Phase 2 stands when the extend path is free (a GPU preset), when nothing waits, or when
         memory or seats keep the prompts out.  Otherwise the head of the prefill order decides.
-        Past its TTFT already (an overload), it gets at least the most efficient chunk
-        (:meth:`_overload_chunk_tokens`).  Else the plan stands if its prefill carries at least the
+        Past its TTFT already (an overload), it gets at least the queue's chunk
+        (:meth:`_queue_chunk_tokens`).  Else the plan stands if its prefill carries at least the
         extend overhead it brings; if not, the prefill waits when the head can still meet its TTFT
-        after one more iteration, and otherwise gets the smallest prefill work that matches the
-        overhead.
+        after one more iteration, and otherwise (it cannot wait) gets the queue's chunk too.
         """
         model = builder.model
         if not view.decodes or not order.prefills:
@@ -459,23 +468,24 @@ class FairBatchingPolicy(BatchPolicy):
         head = order.prefills[0]
         due_s = first_token_deadline(head)
         worthwhile = model.max_chunk_tokens(mixing_s, 0) + 1
-        if view.now_s > due_s:
-            target = max(worthwhile, self._overload_chunk_tokens(model, order))
-            return target if builder.plan.prefill_tokens < target else None
-        if builder.mixed and builder.prefill_work_s >= builder.mixing_s:
-            return None
-        finish_s = next_end_s + model.prefill_cost_s(head.remaining_prefill_tokens, head.prefilled_tokens)
-        if finish_s <= due_s:
-            return 0 if builder.mixed else None  # it can wait: decode-only now, slack banks
-        return worthwhile
+        if view.now_s <= due_s:
+            if builder.mixed and builder.prefill_work_s >= builder.mixing_s:
+                return None
+            finish_s = next_end_s + model.prefill_cost_s(head.remaining_prefill_tokens, head.prefilled_tokens)
+            if finish_s <= due_s:
+                return 0 if builder.mixed else None  # it can wait: decode-only now, slack banks
+        target = max(worthwhile, self._queue_chunk_tokens(model, order))
+        return target if builder.plan.prefill_tokens < target else None
 
     @staticmethod
-    def _overload_chunk_tokens(model: CostModel, order: IterationOrder) -> int:
-        """Prefill work for an iteration whose first prompt already missed its TTFT: the most
-        efficient chunk alone (as much as waits, if less).  Nothing on time is left to protect at the
-        head of the queue, and every extend iteration's overhead spent on a sliver of prefill is
-        throughput an overload cannot spare: served in the smallest worthwhile slivers, a burst
-        drains several times slower than under a fixed token budget."""
+    def _queue_chunk_tokens(model: CostModel, order: IterationOrder) -> int:
+        """Prefill work for an iteration whose first prompt cannot wait any longer (it would miss
+        its TTFT after one more decode step, or already has): the most efficient chunk alone, or all
+        that waits if less.  The prompts queued behind the head are about to hit the same wall:
+        given only the smallest prefill worth its overhead, the head was saved and the rest followed
+        one by one, each paying an iteration pair's overhead (a burst of n prompts took n prefill
+        iterations and n decode steps where stock takes one mixed 512-token chunk; measured in
+        ``docs/results-cpu.md``).  In an overload, slivers also slow the drain for nobody's sake."""
         waiting = sum(request.remaining_prefill_tokens for request in order.prefills)
         efficient = model.efficient_chunk_tokens(order.prefills[0].prefilled_tokens)
         return min(waiting, efficient if efficient is not None else waiting)
@@ -548,10 +558,10 @@ class FairBatchingPolicy(BatchPolicy):
         (:data:`PREFILL_OVERHEAD_SHARE`; or all that waits, at most the engine's prefill cap), and
         meanwhile decode-only steps, work due anyway, bank it.  When the room is too small but the
         first prompt in line cannot wait (late, or missing its TTFT after a decode-only step) and no
-        decode is overdue yet, it gets a prefill worth its own overhead anyway, and once late (an
-        overload) the amortised one, at least the efficient chunk: decodes and prompts then take
-        turns, as in stock SGLang's prefill-first loop, instead of prompts starving behind a busy
-        decode batch.
+        decode is overdue yet, it gets the amortised prefill anyway, at least the queue's chunk
+        (:meth:`_queue_chunk_tokens`): decodes and prompts then take turns, as in stock SGLang's
+        prefill-first loop, instead of prompts starving behind a busy decode batch, and the prompts
+        queued behind the head go with it instead of reaching the same point one by one.
         """
         model = self.cost_model
         now_s = view.now_s
@@ -577,15 +587,18 @@ class FairBatchingPolicy(BatchPolicy):
             cannot_wait = now_s + decode_only.predicted_s + overhead_s + model.prefill_cost_s(
                 head.remaining_prefill_tokens, head.prefilled_tokens) > due_head_s
             if head.prefilled_tokens == 0 and (not cannot_wait or due_s <= now_s):
+                decode_only.plan.step = "apart: decodes overdue" if cannot_wait else "apart: decodes, prompts wait"
                 return decode_only
-            # The first prompt cannot wait: a prefill worth its overhead now; once it is late (an
-            # overload, where only the drain counts), the amortised one, at least the efficient chunk.
-            if now_s > due_head_s:
-                needed = max(needed, self._overload_chunk_tokens(model, order))
-            else:
-                needed = worthwhile
+            # The first prompt cannot wait: the queue's chunk now (:meth:`_queue_chunk_tokens`), at
+            # least the amortised prefill.
+            needed = max(needed, self._queue_chunk_tokens(model, order))
+            step = "apart: prefill, head late" if now_s > due_head_s else "apart: prefill, head cannot wait"
             room_s = overhead_s + model.prefill_cost_s(needed, 0)
+        else:
+            step = "apart: prefill, amortised"
         prefill_only = BatchBuilder(view, model, time_budget_s=room_s)
+        prefill_only.plan.step = step
+        decode_only.plan.step = "apart: decodes, no memory or seat"
         # The prompts' caps added up, what the room was sized for, filled in order (one cut).
         prefill_only.prefill_tokens_left = min(prefill_only.prefill_tokens_left, waiting_tokens)
         self._grant_chunks(prefill_only, view, order, spread=False)

@@ -32,7 +32,7 @@ import os
 import time
 
 from sglang_fair.config import FairConfig
-from sglang_fair.policy import IterationView, Plan
+from sglang_fair.policy import IterationView, Plan, min_first_token_slack_s
 from sglang_fair.runtime import plan as plan_step
 from sglang_fair.runtime import records, state as state_report
 from sglang_fair.runtime.heap import IdleHeapTrimmer
@@ -215,6 +215,9 @@ class FairBatchingMixin:
         view = self._fair_build_view(running_batch, now_s)
         plan = self.fair_policy.plan(view)
         record = self.fair_iteration = IterationRecord(plan=plan)
+        if self.fair_iteration_log is not None:
+            record.waiting_prompts = len(view.prefills)
+            record.min_prompt_slack_s = min_first_token_slack_s(view.prefills, now_s)
         self.fair_last_plan = plan
         self.fair_last_budget_s = plan.time_budget_s
         self.fair_last_min_slack_s = (

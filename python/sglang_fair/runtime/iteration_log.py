@@ -9,6 +9,11 @@ online model's prior, the policy, wall-clock time), each later line one iteratio
 * ``predicted_s``: the current model's prediction for the executed shape;
 * ``time_budget_s``: the plan's time budget (``null`` with ``time_budget_s_nonfinite`` when none);
 * ``features``: the shape's ``FEATURE_NAMES`` values (``policy.cost_model.feature_row``).
+* ``step``: which step of the policy decided the batch (``Plan.step``; ``""`` for a decode-only
+  step nobody planned);
+* ``waiting_prompts`` and ``min_prompt_slack_s``: the prompts waiting (or part-prefilled) when it
+  was planned, and the least time any of them had left to its TTFT deadline (negative: late;
+  ``null`` when none waited).
 
 The file is opened for appending and written line by line (a crash loses at most the line being
 written).  A write that fails (disk full) logs one warning and turns the log off: a debugging aid
@@ -43,9 +48,11 @@ class IterationLog:
         return self._file is not None
 
     def record(self, *, end_s: float, measured_s: float, predicted_s: float, time_budget_s: float,
-               shape: BatchShape) -> None:
+               shape: BatchShape, step: str = "", waiting_prompts: int = 0,
+               min_prompt_slack_s: float | None = None) -> None:
         self._write({"end_s": end_s, "measured_s": measured_s, "predicted_s": predicted_s,
-                     "time_budget_s": time_budget_s, "features": list(shape.features())})
+                     "time_budget_s": time_budget_s, "features": list(shape.features()), "step": step,
+                     "waiting_prompts": waiting_prompts, "min_prompt_slack_s": min_prompt_slack_s})
 
     def _write(self, entry: dict) -> None:
         if self._file is None:

@@ -40,6 +40,10 @@ class IterationRecord:
     adder_budget: tuple[int, int] | None = None
     #: ``time.perf_counter()`` when ``run_batch`` started (None: not timed, e.g. overlap on).
     started_s: float | None = None
+    #: The queue the plan was made for: prompts waiting (or part-prefilled) and the least TTFT
+    #: slack among them in seconds (None: none waited), for ``--fair-iteration-log``.
+    waiting_prompts: int = 0
+    min_prompt_slack_s: float | None = None
 
 
 def order_waiting_queue(waiting_queue: list, plan: Plan) -> None:
@@ -207,6 +211,8 @@ def finish_iteration(scheduler, batch, record: IterationRecord, measured_s: floa
         scheduler.fair_metrics.observe_iteration(scheduler, plan, executed, measured_s)
     if scheduler.fair_iteration_log is not None:
         scheduler.fair_iteration_log.record(end_s=end_s, measured_s=measured_s, predicted_s=executed.predicted_s,
-                                            time_budget_s=plan.time_budget_s, shape=shape)
+                                            time_budget_s=plan.time_budget_s, shape=shape, step=plan.step,
+                                            waiting_prompts=record.waiting_prompts,
+                                            min_prompt_slack_s=record.min_prompt_slack_s)
     if len(states) > 2 * (len(scheduler.waiting_queue) + len(scheduler.running_batch.reqs)) + 64:
         sweep(scheduler, batch)
