@@ -406,7 +406,6 @@ class FairBatchingPolicy(BatchPolicy):
         else:
             late = view.now_s > first_token_deadline(order.prefills[0])
             builder.plan.step = "mixed: head late" if late else "mixed: head cannot wait"
-        if worthwhile:
             # Stretch the budget to hold that much prefill work, over one prompt or several short
             # ones (relaxed decodes then sit out, as they would for any prefill surge).
             model = builder.model
@@ -598,11 +597,13 @@ class FairBatchingPolicy(BatchPolicy):
             step = "apart: prefill, amortised"
         prefill_only = BatchBuilder(view, model, time_budget_s=room_s)
         prefill_only.plan.step = step
-        decode_only.plan.step = "apart: decodes, no memory or seat"
         # The prompts' caps added up, what the room was sized for, filled in order (one cut).
         prefill_only.prefill_tokens_left = min(prefill_only.prefill_tokens_left, waiting_tokens)
         self._grant_chunks(prefill_only, view, order, spread=False)
-        return prefill_only if prefill_only.mixed else decode_only  # else memory or seats keep them out
+        if prefill_only.mixed:
+            return prefill_only
+        decode_only.plan.step = "apart: decodes, no memory or seat"
+        return decode_only
 
     # ------------------------------------------------------------------ 3. relaxed decodes
     def relaxed_decodes(self, builder: BatchBuilder, order: IterationOrder, view: IterationView) -> None:
