@@ -30,10 +30,11 @@ miss); TTFT SLO = 8x the TPOT SLO (``slo_rule``).
    the same seed.  Also each server's start-up time, the machine load (``uptime``) and the date.
 
 **Drain mode**: a burst of ``--burst`` requests sent at once to each server in turn (stock, fair,
-fair with ``--fair-admission-control``); the time T until every request is answered (200 or an
+fair with ``--fair-admission-control``), ``--drain-repeats`` rounds interleaved (one burst is a
+single noisy sample on this machine); the time T until every request is answered (200 or an
 error with a reason) and none left hanging, then one plain request sent once the burst has
-drained, whose latency must be under 1 s.  Acceptance: fair's T <= 1.1x stock's; with admission
-control every burst request answered (served or rejected with a reason), none hung.
+drained, whose latency must be under 1 s.  Acceptance: fair's median T <= 1.1x stock's; with
+admission control every burst request answered (served or rejected with a reason), none hung.
 """
 
 from __future__ import annotations
@@ -497,16 +498,21 @@ def drain_mode(args, out_dir: Path) -> dict:
         specs = [load_client.RequestSpec(s.index, 0.0, s.prompt_tokens, s.output_tokens, ttft_slo_s, tpot_slo_s)
                  for s in load_client.make_workload(**{**probe_args, "num_requests": args.burst, "seed": args.burst_seed,
                                                        "ttft_slo_s": ttft_slo_s, "tpot_slo_s": tpot_slo_s})]
-        runs = {}
-        for server in started:
-            runs[server.name] = drain_once(server, specs, args.burst_seed, model.vocab_size, args.drain_limit)
-            r = runs[server.name]
-            print(f"[drain] {server.name}: {r['served']} served, {r['rejected']} rejected, {r['hung']} hung,"
-                  f" drained in {r['drain_s']:.1f} s; plain request after: {r['plain_request_latency_s']}", flush=True)
+        repeats = {server.name: [] for server in started}
+        for round_index in range(args.drain_repeats):  # interleaved: stock, fair, fair-ac, stock, ...
+            for server in started:
+                r = drain_once(server, specs, args.burst_seed, model.vocab_size, args.drain_limit)
+                repeats[server.name].append(r)
+                print(f"[drain] round {round_index + 1}/{args.drain_repeats} {server.name}: {r['served']} served,"
+                      f" {r['rejected']} rejected, {r['hung']} hung, drained in {r['drain_s']:.1f} s;"
+                      f" plain request after: {r['plain_request_latency_s']}", flush=True)
+        runs = {name: drain_summary(rounds) for name, rounds in repeats.items()}
         report.update(
-            ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s, slo=slo, runs=runs,
+            ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s, slo=slo, runs=runs, drain_repeats=args.drain_repeats,
             calibration=fair_state(fair).get("runtime", {}).get("calibration"),
             drain_ratio=runs["fairbatching"]["drain_s"] / runs["sglang"]["drain_s"],
+            drain_ratio_per_round=[f["drain_s"] / s["drain_s"]
+                                   for f, s in zip(repeats["fairbatching"], repeats["sglang"])],
             acceptance={
                 "fair_drains_within_1.1x": runs["fairbatching"]["drain_s"] <= 1.1 * runs["sglang"]["drain_s"]
                 and runs["fairbatching"]["hung"] == 0,
@@ -522,19 +528,45 @@ def drain_mode(args, out_dir: Path) -> dict:
     return report
 
 
+def drain_summary(rounds: list[dict]) -> dict:
+    """One server's drain rounds: the median round's figures (drain time, P99 TTFT, plain request),
+    counts summed over rounds (a request hung in any round counts), the range of drain times, and
+    every round kept under ``rounds``."""
+    def median(key):
+        values = [r[key] for r in rounds if r[key] is not None]
+        return statistics.median(values) if values else None
+    drain_times = [r["drain_s"] for r in rounds]
+    return {
+        "burst": rounds[0]["burst"], "prompt_tokens": rounds[0]["prompt_tokens"],
+        "drain_s": median("drain_s"), "drain_s_min": min(drain_times), "drain_s_max": max(drain_times),
+        "last_served_s": median("last_served_s"), "ttft_p99_s": median("ttft_p99_s"),
+        "plain_request_latency_s": median("plain_request_latency_s"),
+        "plain_request_ok": all(r["plain_request_ok"] for r in rounds),
+        "served": sum(r["served"] for r in rounds), "rejected": sum(r["rejected"] for r in rounds),
+        "hung": sum(r["hung"] for r in rounds),
+        "rejection_reasons": sorted({reason for r in rounds for reason in r["rejection_reasons"]})[:3],
+        "hang_reasons": sorted({reason for r in rounds for reason in r["hang_reasons"]})[:3],
+        "rounds": rounds,
+    }
+
+
 def render_drain(report: dict) -> str:
     lines = [f"Drain ({report['date_utc']}; load at start {report['load_start']['uptime']!r}, at end"
              f" {report['load_end']['uptime']!r}): {report['burst']} requests at once,"
              f" {report['model']} ({report['model_description']}); SLOs TTFT {report.get('ttft_slo_s')} s,"
-             f" TPOT {report.get('tpot_slo_s')} s", "",
-             "| server | drained in s | served | rejected | hung | P99 TTFT s | plain request after, s |",
+             f" TPOT {report.get('tpot_slo_s')} s; {report.get('drain_repeats', 1)} rounds, interleaved"
+             " (medians; served, rejected and hung summed over the rounds)", "",
+             "| server | drained in s, median [range] | served | rejected | hung | P99 TTFT s | plain request after, s |",
              "|---|---|---|---|---|---|---|"]
     for name, r in report.get("runs", {}).items():
         plain = r["plain_request_latency_s"]
-        lines.append(f"| {name} | {r['drain_s']:.1f} | {r['served']} | {r['rejected']} | {r['hung']} |"
+        spread = f" [{r['drain_s_min']:.1f}-{r['drain_s_max']:.1f}]" if "drain_s_min" in r else ""
+        lines.append(f"| {name} | {r['drain_s']:.1f}{spread} | {r['served']} | {r['rejected']} | {r['hung']} |"
                      f" {r['ttft_p99_s']:.1f} | {'-' if plain is None else f'{plain:.2f}'} |")
     if "drain_ratio" in report:
-        lines += ["", f"fair / stock drain time {report['drain_ratio']:.2f}x; acceptance {report['acceptance']}"]
+        per_round = ", ".join(f"{x:.2f}" for x in report.get("drain_ratio_per_round", []))
+        lines += ["", f"fair / stock drain time {report['drain_ratio']:.2f}x (median)"
+                      + (f", per round {per_round}" if per_round else "") + f"; acceptance {report['acceptance']}"]
     return "\n".join(lines)
 
 
@@ -566,6 +598,8 @@ def parse_args(argv) -> argparse.Namespace:
                         help="user mode: seconds after the last arrival before unfinished requests are cancelled")
     parser.add_argument("--burst", type=int, default=200, help="drain mode: requests sent at once")
     parser.add_argument("--burst-seed", type=int, default=7)
+    parser.add_argument("--drain-repeats", type=int, default=3,
+                        help="drain mode: interleaved rounds of the burst on every server (medians reported)")
     parser.add_argument("--drain-limit", type=float, default=600.0,
                         help="drain mode: seconds a burst request may take before it counts as hung")
     parser.add_argument("--stock-args", default="", help="drain mode: stock's flags, e.g. '--enable-mixed-chunk'")
@@ -573,6 +607,8 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--out-dir", default=None)
     parser.add_argument("--start-timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
+    if args.drain_repeats < 1:
+        parser.error("--drain-repeats must be at least 1")
     default_models = "tiny" if args.mode == "drain" else "tiny,bench"
     args.models = (args.models or default_models).split(",")
     args.seeds = [int(s) for s in (args.seeds or ("0,1" if args.quick else "0,1,2,3,4")).split(",")]

@@ -104,3 +104,27 @@ def test_a_fixed_rate_skips_the_search_and_picks_stock_at_that_rate(monkeypatch)
     assert (rate, best.name) == (7.5, "sglang-c2048")
     assert calls == [("sglang-c512", 75, 1999), ("sglang-c2048", 75, 1999)]
     assert all(step["rate_rps"] == 7.5 and step["selection"] for step in steps)
+
+
+def test_drain_rounds_report_the_median_and_count_every_hung_request():
+    # One burst is a single noisy sample: the rounds' median drain time is reported with its range,
+    # and a request hung in any round makes the acceptance fail.
+    def round_(drain_s, hung=0, plain=0.04):
+        return {"burst": 60, "prompt_tokens": 9000, "drain_s": drain_s, "last_served_s": drain_s - 0.1,
+                "served": 60 - hung, "rejected": 0, "hung": hung, "rejection_reasons": [],
+                "hang_reasons": ["timeout"] if hung else [], "plain_request_latency_s": plain,
+                "plain_request_ok": plain is not None and plain <= 1.0, "ttft_p99_s": 0.5}
+    summary = user.drain_summary([round_(2.4), round_(1.9), round_(2.2, hung=1, plain=None)])
+    assert summary["drain_s"] == 2.2 and (summary["drain_s_min"], summary["drain_s_max"]) == (1.9, 2.4)
+    assert summary["hung"] == 1 and summary["served"] == 179 and summary["hang_reasons"] == ["timeout"]
+    assert summary["plain_request_latency_s"] == pytest.approx(0.04) and not summary["plain_request_ok"]
+    assert len(summary["rounds"]) == 3
+    report = {"date_utc": "d", "load_start": {"uptime": "u0"}, "load_end": {"uptime": "u1"}, "burst": 60,
+              "model": "tiny", "model_description": "tiny", "ttft_slo_s": 0.1, "tpot_slo_s": 0.02,
+              "drain_repeats": 3, "runs": {"sglang": summary}, "drain_ratio": 1.05,
+              "drain_ratio_per_round": [1.0, 1.1, 1.05], "acceptance": {}}
+    text = user.render_drain(report)
+    assert "| sglang | 2.2 [1.9-2.4] | 179 | 0 | 1 |" in text and "3 rounds, interleaved" in text
+    assert "per round 1.00, 1.10, 1.05" in text
+    with pytest.raises(SystemExit):
+        user.parse_args(["--mode", "drain", "--drain-repeats", "0"])
