@@ -169,6 +169,10 @@ def units(text: str) -> list[Unit]:
     return out
 
 
+#: A server of benchmark/cpu_ab.py: ``--server "NAME[@PYTHONPATH]=FLAGS"`` (group 1: FLAGS).
+SERVER_ARGUMENT = re.compile(r'--server\s+"[^"=]*=([^"]*)"')
+
+
 def commands_in(text: str, code: bool = True) -> list[tuple[int, str]]:
     """(position, command) of each command ``text`` names (scripts in prose: only where run)."""
     spans = [m.span(1) for m in re.finditer(r"`([^`]*)`", text)]
@@ -191,10 +195,14 @@ def attributed_flags(path: Path) -> list[tuple[int, str, str | None]]:
     last_command = None
     for position, unit in enumerate(all_units):
         named = commands_in(unit.text, unit.code)
+        # benchmark/cpu_ab.py --server "NAME=FLAGS": FLAGS are a launch_server command line.
+        server_flags = [m.span(1) for m in SERVER_ARGUMENT.finditer(unit.text)] if unit.code else []
         for match in FLAG.finditer(unit.text):
             before = [c for at, c in named if at < match.start()]
             after = [c for at, c in named if at > match.start()]
             command = before[-1] if before else (after[0] if after else None)
+            if any(start <= match.start() < end for start, end in server_flags):
+                command = "launch_server"
             if command is None and unit.code and unit.text.startswith("#"):
                 for later in all_units[position + 1:]:
                     if later.block != unit.block:
@@ -353,13 +361,18 @@ def test_attribution_follows_the_command_line_and_the_sentence(tmp_path):
         "  http://x --port 1\n"
         "```\n\n"
         "    .venv/bin/python benchmark/sim_compare.py --seeds 0\n\n"
-        "| `--policies` | which |\n"
+        "| `--policies` | which |\n\n"
+        "    .venv/bin/python benchmark/cpu_ab.py --rate 1 \\\n"
+        "        --server \"a@/wt/python=--batch-policy sglang\" --seeds 0\n"
     )
     assert attributed_flags(doc) == [
         (1, "--rate", "sim run"), (2, "--fair-ttft-slo", "launch_server"),
         (5, "--prometheus-port", "sglang-router"), (6, "--worker-urls", "sglang-router"),
         (7, "--port", "sglang-router"), (10, "--seeds", "benchmark/sim_compare.py"),
         (12, "--policies", "benchmark/sim_compare.py"),
+        # cpu_ab's --server "NAME=FLAGS": the FLAGS are a server's, the rest cpu_ab's.
+        (14, "--rate", "benchmark/cpu_ab.py"), (15, "--server", "benchmark/cpu_ab.py"),
+        (15, "--batch-policy", "launch_server"), (15, "--seeds", "benchmark/cpu_ab.py"),
     ]
 
 

@@ -1,0 +1,190 @@
+"""Interleaved A/B of CPU servers on the same seeds: the comparison behind a policy change.
+
+On a noisy 2-core machine one run of a server is one sample, and stock's own attainment on the
+same seed moves by 15 points between runs, so a change is judged by several servers started
+together and driven seed by seed in turn (server A seed 0, B seed 0, ..., A seed 1, ...), each
+run the same workload at a fixed rate::
+
+    .venv/bin/python benchmark/cpu_ab.py --rate 12 --arrivals bursty --seeds 0,1,2,3,4,5,6,7 \\
+        --ttft-slo 0.136 --tpot-slo 0.017 \\
+        --server "stock=--batch-policy sglang --chunked-prefill-size 512 --enable-mixed-chunk" \\
+        --server "fair=--batch-policy fairbatching --fair-ttft-slo {ttft} --fair-tpot-slo {tpot}"
+
+Each ``--server NAME=FLAGS`` is a ``python -m sglang_fair.launch_server`` command line (the model
+flags are added; ``{ttft}`` and ``{tpot}`` stand for the SLOs); the default pair is the two above,
+stock SGLang and the README's FairBatching command.  A server may run another checkout of the
+package with ``NAME@PATH=FLAGS`` (``PATH`` goes first on its ``PYTHONPATH``: a git worktree's
+``python/`` folder).  Reported per arrival process: each server's attainment per seed (TTFT and
+mean TPOT both met), the median, P99 TTFT, P99 TBT (inter-token gap) and P99 per-request TPOT
+(medians over seeds), and runs under 50% where the first server met >= 90% (collapses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cpu_user_bench as bench  # noqa: E402
+import load_client  # noqa: E402
+from sglang_fair import strict_json
+
+ARRIVAL_CV = {"poisson": 1.0, "bursty": 3.0}
+DEFAULT_SERVERS = (
+    "stock=--batch-policy sglang --chunked-prefill-size 512 --enable-mixed-chunk",
+    "fair=--batch-policy fairbatching --fair-ttft-slo {ttft} --fair-tpot-slo {tpot}",
+)
+REPORTED = ("slo_attainment", "ttft_p99_s", "itl_p99_s", "tpot_p99_s")
+
+
+def parse_server(spec: str, ttft_slo_s: float, tpot_slo_s: float) -> tuple[str, str | None, list[str]]:
+    """``NAME[@PYTHONPATH]=FLAGS`` -> (name, pythonpath or None, flags with the SLOs filled in)."""
+    head, sep, flags = spec.partition("=")
+    name, _, python_path = head.partition("@")
+    if not sep or not name.strip():
+        raise ValueError(f"--server {spec!r}: expected NAME=FLAGS or NAME@PYTHONPATH=FLAGS")
+    if "/" in name or name.strip() != name:
+        raise ValueError(f"--server {spec!r}: the name must be a plain word (it names the log file)")
+    filled = flags.replace("{ttft}", repr(ttft_slo_s)).replace("{tpot}", repr(tpot_slo_s))
+    return name, python_path or None, shlex.split(filled)
+
+
+def summarize(names: list[str], runs: list[dict]) -> dict:
+    """Per server: attainment per seed and the medians over seeds of :data:`REPORTED`; collapses
+    counted against the first server (a run under 50% on a seed where it met >= 90%)."""
+    reference = names[0]
+    out = {}
+    for name in names:
+        median = {}
+        for key in REPORTED:
+            values = [run[name][key] for run in runs if run[name][key] == run[name][key]]  # no NaN
+            median[key] = statistics.median(values) if values else float("nan")
+        out[name] = {
+            "attainment_per_seed": [run[name]["slo_attainment"] for run in runs],
+            "median": median,
+            "collapses": sum(run[name]["slo_attainment"] < bench.COLLAPSE_ATTAINMENT
+                             and run[reference]["slo_attainment"] >= bench.STOCK_OK_ATTAINMENT for run in runs),
+        }
+    return out
+
+
+def render(report: dict) -> str:
+    lines = [f"Interleaved A/B ({report['date_utc']}; load at start {report['load_start']['uptime']!r}, at end"
+             f" {report['load_end']['uptime']!r}): {report['model']}, {report['requests']} requests a run,"
+             f" SLOs TTFT {report['ttft_slo_s']} s, TPOT {report['tpot_slo_s']} s"]
+    for name, server in report["servers"].items():
+        lines.append(f"- {name}: `{server['command']}`")
+    for arrival, block in report["arrivals"].items():
+        lines += ["", f"{arrival} at {block['rate_rps']} req/s, seeds {', '.join(map(str, block['seeds']))}:", "",
+                  "| server | attainment per seed | median | P99 TTFT s | P99 TBT ms | P99 TPOT ms | collapses |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, row in block["summary"].items():
+            m = row["median"]
+            per_seed = ", ".join(f"{100 * a:.0f}" for a in row["attainment_per_seed"])
+            lines.append(f"| {name} | {per_seed}% | **{100 * m['slo_attainment']:.0f}%** | {m['ttft_p99_s']:.2f} |"
+                         f" {1000 * m['itl_p99_s']:.0f} | {1000 * m['tpot_p99_s']:.0f} | {row['collapses']} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="cpu_ab.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--server", action="append", default=None, metavar="NAME[@PYTHONPATH]=FLAGS",
+                        help="a server to compare (repeat; the first is the reference for collapses)")
+    parser.add_argument("--rate", type=float, required=True, help="req/s, the same for every server")
+    parser.add_argument("--arrivals", default="poisson,bursty", help="poisson (gamma CV 1), bursty (CV 3)")
+    parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7")
+    parser.add_argument("--requests", type=int, default=240, help="requests a run")
+    parser.add_argument("--ttft-slo", type=float, required=True, help="seconds")
+    parser.add_argument("--tpot-slo", type=float, required=True, help="seconds")
+    parser.add_argument("--model", default="tiny", help="tiny or bench (cpu_user_bench's shapes)")
+    parser.add_argument("--length-scale", type=float, default=0.125, help="factor on the trace's lengths")
+    parser.add_argument("--drain-timeout", type=float, default=120.0,
+                        help="seconds after the last arrival before unfinished requests are cancelled")
+    parser.add_argument("--trace", default=str(load_client.default_trace_path()))
+    parser.add_argument("--out-dir", default=None)
+    parser.add_argument("--start-timeout", type=float, default=600.0)
+    args = parser.parse_args(argv)
+    args.arrivals = args.arrivals.split(",")
+    unknown = [a for a in args.arrivals if a not in ARRIVAL_CV]
+    if unknown:
+        parser.error(f"--arrivals: unknown {unknown} (poisson, bursty)")
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    if not args.rate > 0 or args.requests < 1 or not args.ttft_slo > 0 or not args.tpot_slo > 0:
+        parser.error("--rate, --requests, --ttft-slo and --tpot-slo must be positive")
+    try:
+        args.servers = [parse_server(s, args.ttft_slo, args.tpot_slo) for s in (args.server or DEFAULT_SERVERS)]
+    except ValueError as exc:
+        parser.error(str(exc))
+    names = [name for name, _, _ in args.servers]
+    if len(set(names)) != len(names):
+        parser.error(f"--server names must differ: {names}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="sglang_fair_ab_"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"[ab] output in {out_dir}", flush=True)
+    prompts, outputs = load_client.load_trace_lengths(args.trace)
+    model = bench.model_shape(args.model, out_dir)
+    base_env = {**os.environ, "SGLANG_FAIR_CALIBRATION_CACHE": str(out_dir / "calibration-cache")}
+    started = []
+    report = {"date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join([Path(bench.PYTHON).name, *map(shlex.quote, sys.argv)]),
+              "load_start": bench.machine_load(), "model": model.name, "model_description": model.description,
+              "requests": args.requests, "ttft_slo_s": args.ttft_slo, "tpot_slo_s": args.tpot_slo,
+              "length_scale": args.length_scale, "servers": {}, "arrivals": {}}
+    try:
+        for name, python_path, flags in args.servers:
+            server = bench.Server(name, flags)
+            env = dict(base_env)
+            if python_path:
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [python_path, env.get("PYTHONPATH")]))
+            bench.launch(server, model, out_dir, env)
+            started.append(server)
+            report["servers"][name] = {"flags": flags, "pythonpath": python_path,
+                                       "command": shlex.join(["python", "-m", "sglang_fair.launch_server", *flags])}
+        for server in started:
+            bench.wait_ready(server, args.start_timeout)
+            report["servers"][server.name]["startup_s"] = server.startup_s
+            print(f"[ab] {server.name} ready in {server.startup_s:.1f} s", flush=True)
+        workload = dict(prompts=prompts, outputs=outputs, length_scale=args.length_scale,
+                        ttft_slo_s=args.ttft_slo, tpot_slo_s=args.tpot_slo)
+        bench.warm_up(started, {**workload, "rate_rps": 1.0}, model.vocab_size)
+        names = [server.name for server in started]
+        runs = {arrival: [] for arrival in args.arrivals}
+        for seed in args.seeds:
+            for arrival in args.arrivals:
+                specs = load_client.make_workload(**workload, num_requests=args.requests, rate_rps=args.rate,
+                                                  seed=seed, arrival_cv=ARRIVAL_CV[arrival])
+                row = {"seed": seed}
+                for server in started:  # interleaved: every server on this seed before the next seed
+                    row[server.name] = bench.run_once(server, specs, seed, model.vocab_size, args.drain_timeout,
+                                                      f"{arrival} seed {seed} {server.name}")
+                runs[arrival].append(row)
+                print(f"[ab] {arrival} seed {seed}: " + ", ".join(
+                    f"{name} {row[name]['slo_attainment']:.0%}" for name in names), flush=True)
+        for arrival, rows in runs.items():
+            report["arrivals"][arrival] = {"rate_rps": args.rate, "arrival_cv": ARRIVAL_CV[arrival],
+                                           "seeds": args.seeds, "runs": rows, "summary": summarize(names, rows)}
+    finally:
+        for server in started:
+            bench.stop(server)
+    report["load_end"] = bench.machine_load()
+    text = render(report)
+    strict_json.write(out_dir / "results.json", report, other=str)
+    (out_dir / "results.md").write_text(text + "\n")
+    print(text)
+    print(f"[ab] wrote {out_dir / 'results.json'} and results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Pure parts of benchmark/cpu_ab.py (no server): server specs, the summary over seeds, the report."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmark"))
+import cpu_ab as ab  # noqa: E402
+
+
+def test_a_server_spec_is_a_name_an_optional_checkout_and_flags_with_the_slos_filled_in():
+    name, path, flags = ab.parse_server("fair=--batch-policy fairbatching --fair-ttft-slo {ttft} --fair-tpot-slo {tpot}",
+                                        0.136, 0.017)
+    assert (name, path) == ("fair", None)
+    assert flags == ["--batch-policy", "fairbatching", "--fair-ttft-slo", "0.136", "--fair-tpot-slo", "0.017"]
+    name, path, flags = ab.parse_server("variant@/work/wt/python=--batch-policy fairbatching --fair-tpot-slo 0.02",
+                                        0.1, 0.01)
+    assert (name, path, flags[-1]) == ("variant", "/work/wt/python", "0.02")
+    for bad in ("no flags", "=--batch-policy sglang", "a/b=--x"):
+        with pytest.raises(ValueError, match="--server"):
+            ab.parse_server(bad, 0.1, 0.01)
+
+
+def test_default_servers_are_stock_and_the_readme_command():
+    args = ab.parse_args(["--rate", "12", "--ttft-slo", "0.136", "--tpot-slo", "0.017"])
+    assert [s[0] for s in args.servers] == ["stock", "fair"]
+    assert args.servers[1][2] == ["--batch-policy", "fairbatching", "--fair-ttft-slo", "0.136", "--fair-tpot-slo", "0.017"]
+    assert args.arrivals == ["poisson", "bursty"] and args.seeds == list(range(8))
+
+
+@pytest.mark.parametrize("argv", [
+    ["--rate", "0", "--ttft-slo", "0.1", "--tpot-slo", "0.01"],
+    ["--rate", "5", "--ttft-slo", "0.1", "--tpot-slo", "0.01", "--arrivals", "steady"],
+    ["--rate", "5", "--ttft-slo", "0.1", "--tpot-slo", "0.01", "--server", "a=--x", "--server", "a=--y"],
+    ["--rate", "5", "--ttft-slo", "0.1", "--tpot-slo", "0.01", "--server", "nameless"],
+])
+def test_bad_arguments_are_refused(argv):
+    with pytest.raises(SystemExit):
+        ab.parse_args(argv)
+
+
+def _run(attainment, ttft_p99=0.2, itl_p99=0.03, tpot_p99=0.02):
+    return {"slo_attainment": attainment, "ttft_p99_s": ttft_p99, "itl_p99_s": itl_p99, "tpot_p99_s": tpot_p99}
+
+
+def test_the_summary_takes_medians_over_seeds_and_counts_collapses_against_the_first_server():
+    runs = [{"seed": 0, "stock": _run(0.95), "fair": _run(0.40, ttft_p99=0.9)},
+            {"seed": 1, "stock": _run(0.70), "fair": _run(0.30, itl_p99=math.nan)},  # stock < 90%: no collapse
+            {"seed": 2, "stock": _run(0.99), "fair": _run(0.97, ttft_p99=0.1)}]
+    summary = ab.summarize(["stock", "fair"], runs)
+    assert summary["fair"]["attainment_per_seed"] == [0.40, 0.30, 0.97]
+    assert summary["fair"]["median"]["slo_attainment"] == 0.40
+    assert summary["fair"]["median"]["ttft_p99_s"] == 0.2
+    assert summary["fair"]["median"]["itl_p99_s"] == pytest.approx(0.03)  # the NaN left out
+    assert summary["fair"]["collapses"] == 1 and summary["stock"]["collapses"] == 0
+    report = {"date_utc": "d", "load_start": {"uptime": "u0"}, "load_end": {"uptime": "u1"}, "model": "tiny",
+              "requests": 240, "ttft_slo_s": 0.136, "tpot_slo_s": 0.017,
+              "servers": {"stock": {"command": "python -m sglang_fair.launch_server --batch-policy sglang"},
+                          "fair": {"command": "python -m sglang_fair.launch_server --batch-policy fairbatching"}},
+              "arrivals": {"bursty": {"rate_rps": 12.0, "seeds": [0, 1, 2], "summary": summary}}}
+    text = ab.render(report)
+    assert "| fair | 40, 30, 97% | **40%** | 0.20 | 30 | 20 | 1 |" in text
+    assert "bursty at 12.0 req/s, seeds 0, 1, 2" in text
