@@ -26,14 +26,12 @@ import os
 import shlex
 import statistics
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu_user_bench as bench  # noqa: E402
 import load_client  # noqa: E402
-from sglang_fair import strict_json
 
 ARRIVAL_CV = {"poisson": 1.0, "bursty": 3.0}
 DEFAULT_SERVERS = (
@@ -129,9 +127,7 @@ def parse_args(argv) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="sglang_fair_ab_"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    print(f"[ab] output in {out_dir}", flush=True)
+    out_dir = bench.output_dir(args.out_dir, "ab")
     prompts, outputs = load_client.load_trace_lengths(args.trace)
     model = bench.model_shape(args.model, out_dir)
     base_env = {**os.environ, "SGLANG_FAIR_CALIBRATION_CACHE": str(out_dir / "calibration-cache")}
@@ -178,11 +174,7 @@ def main(argv=None) -> int:
         for server in started:
             bench.stop(server)
     report["load_end"] = bench.machine_load()
-    text = render(report)
-    strict_json.write(out_dir / "results.json", report, other=str)
-    (out_dir / "results.md").write_text(text + "\n")
-    print(text)
-    print(f"[ab] wrote {out_dir / 'results.json'} and results.md")
+    bench.write_results(out_dir, report, render(report), "ab")
     return 0
 
 

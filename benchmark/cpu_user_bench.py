@@ -571,6 +571,22 @@ def render_drain(report: dict) -> str:
 
 
 # --- entry point ----------------------------------------------------------------------------------
+def output_dir(given: str | None, label: str) -> Path:
+    """The run's folder (``--out-dir``, else a fresh temporary one), created and announced."""
+    out_dir = Path(given or tempfile.mkdtemp(prefix=f"sglang_fair_{label}_bench_"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"[{label}] output in {out_dir}", flush=True)
+    return out_dir
+
+
+def write_results(out_dir: Path, report: dict, text: str, label: str) -> None:
+    """``results.json`` (the whole report) and ``results.md`` (its table), and the table printed."""
+    strict_json.write(out_dir / "results.json", report, other=str)
+    (out_dir / "results.md").write_text(text + "\n")
+    print(text)
+    print(f"[{label}] wrote {out_dir / 'results.json'} and results.md")
+
+
 def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="cpu_user_bench.py",
                                      description=__doc__.splitlines()[0])
@@ -622,19 +638,14 @@ def parse_args(argv) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix=f"sglang_fair_{args.mode}_bench_"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    print(f"[{args.mode}] output in {out_dir}", flush=True)
+    out_dir = output_dir(args.out_dir, args.mode)
     if args.mode == "user":
         report = user_mode(args, out_dir)
         text = render_user(report)
     else:
         report = drain_mode(args, out_dir)
         text = render_drain(report)
-    strict_json.write(out_dir / "results.json", report, other=str)
-    (out_dir / "results.md").write_text(text + "\n")
-    print(text)
-    print(f"[{args.mode}] wrote {out_dir / 'results.json'} and results.md")
+    write_results(out_dir, report, text, args.mode)
     return 0
 
 
