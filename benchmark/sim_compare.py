@@ -63,6 +63,12 @@ _CLUSTER_MEMBERS = (("fairbatching", "pab", True), ("fairbatching", "least_load"
 
 _RR_MEMBERS = (("fairbatching", "round_robin", False), ("fairbatching", "round_robin", True))
 
+#: FairBatching routed without admission control by its PAB, and by outstanding tokens charged with
+#: each prompt sent between polls (SGLang's own data-parallel controller, ``--load-balance-method
+#: total_tokens``), the charging the PAB router does too: which signal routes best, apart from the
+#: rejections admission control adds.
+_ROUTER_MEMBERS = (("fairbatching", "pab", False), ("fairbatching", "total_tokens", False))
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -129,6 +135,12 @@ SCENARIOS = {
     "cluster4-gamma3-poll1s": Scenario("a100-llama3-8b", arrival="gamma", replicas=4, load_poll_s=1.0,
                                        members=_CLUSTER_MEMBERS,
                                        note="4 replicas, bursty, loads 1 s stale (--worker-startup-check-interval 1)"),
+    "cluster4-gamma3-routers": Scenario("a100-llama3-8b", arrival="gamma", replicas=4, load_poll_s=30.0,
+                                        members=_ROUTER_MEMBERS, note="4 replicas, bursty, loads 30 s stale"),
+    "cluster4-gamma3-routers-poll1s": Scenario("a100-llama3-8b", arrival="gamma", replicas=4, load_poll_s=1.0,
+                                               members=_ROUTER_MEMBERS, note="4 replicas, bursty, loads 1 s stale"),
+    "cluster4-poisson-routers": Scenario("a100-llama3-8b", replicas=4, load_poll_s=30.0, members=_ROUTER_MEMBERS,
+                                         note="4 replicas, loads 30 s stale"),
 }
 
 
@@ -315,14 +327,18 @@ def markdown(summary: dict) -> str:
                      f"{' CV ' + format(scenario['burstiness'], 'g') if scenario['arrival'] == 'gamma' else ''},"
                      f" {scenario['num_requests']} requests")
         lines.append("")
+        stretch = entry["heaviest_stretch"]
+        if "headroom_over_sarathi" in entry:
+            sarathi = (f"; best Sarathi reaches {entry['sarathi_share_of_work_bound']:.2f} of the work bound "
+                       f"(headroom {entry['headroom_over_sarathi']:.2f}x)")
+            stretch_sarathi = f" ({entry['stretch_headroom_over_sarathi']:.2f}x Sarathi)"
+        else:  # no Sarathi member in this scenario
+            sarathi = stretch_sarathi = ""
         lines.append(f"{scenario['note']}. KV pool {entry['engine']['kv_capacity_tokens']:,} tokens; work bound "
                      f"{bound['rps']:.3f} rps ({bound['binding_limit']}-limited iterations), saturation "
-                     f"{entry['saturation_rps']:.3f} rps; best Sarathi reaches "
-                     f"{entry.get('sarathi_share_of_work_bound', math.nan):.2f} of the work bound (headroom "
-                     f"{entry.get('headroom_over_sarathi', math.nan):.2f}x). Its heaviest stretch of "
-                     f"{entry['heaviest_stretch']['rows']:,} consecutive requests (from row "
-                     f"{entry['heaviest_stretch']['first_row']:,}) can be served at {entry['heaviest_stretch']['rps']:.3f} rps "
-                     f"at best ({entry.get('stretch_headroom_over_sarathi', math.nan):.2f}x Sarathi).")
+                     f"{entry['saturation_rps']:.3f} rps{sarathi}. Its heaviest stretch of "
+                     f"{stretch['rows']:,} consecutive requests (from row {stretch['first_row']:,}) can be served "
+                     f"at {stretch['rps']:.3f} rps at best{stretch_sarathi}.")
         lines.append("")
         seeds = sorted(entry["seeds"])
         lines.append("| scheduler | " + " | ".join(f"seed {s}: rps (setting) P99 TTFT / P99 TBT" for s in seeds)

@@ -26,8 +26,9 @@ PINNED = {
     # newest samples' median (2026-12-06; before: 5455d2f4665966197f99), and the chunk x prefix
     # cost kept >= 0 (2026-12-06; before: a9b28322e972380cbc6e)
     "fairbatching-noisy": "7b1bc4795378c2d5ce94",
-    # late prompts move into the on-time prompts' slack (2026-12-06; before: c0a77db1e7eddd6775d4)
-    "fairbatching-pab4": "95c1ad43c60bf1b65018",
+    # late prompts move into the on-time prompts' slack (2026-12-06; before: c0a77db1e7eddd6775d4);
+    # the PAB router charges what it sends between polls (2026-12-07; before: 95c1ad43c60bf1b65018)
+    "fairbatching-pab4": "d9a1e651c079c95fc460",
 }
 
 

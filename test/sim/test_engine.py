@@ -9,6 +9,7 @@ from sim_helpers import A100, CPU_LIKE, small_workload
 from sglang_fair.policy import POLICY_NAMES, CostModel, make_policy
 from sglang_fair.policy.kv import admission_reservation_tokens
 from sglang_fair.sim import ROUTER_NAMES, EngineConfig, Simulation, simulate, summarize
+from sglang_fair.sim.engine import CHARGING_ROUTERS
 
 
 class CheckedPolicy:
@@ -279,6 +280,21 @@ def test_a_router_polling_loads_routes_on_stale_ones():
                      load_poll_s=1000.0)
     assert len(set(fresh.replica.tolist())) == 3
     assert set(stale.replica.tolist()) == {0}
+
+
+@pytest.mark.parametrize("router", CHARGING_ROUTERS)
+def test_a_charging_router_spreads_what_it_sends_between_polls(router):
+    """With one poll for the whole run, a router that charges each prompt it sends to the replica
+    it sent it to (as SGLang's data-parallel controller does) still spreads the work: every replica
+    gets about a third of the prompt tokens, where an uncharged stale router sends everything to one."""
+    rng = np.random.default_rng(2)
+    n = 60
+    prompts = rng.integers(200, 2000, n)
+    w = small_workload(prompts, rng.integers(5, 60, n), np.sort(rng.uniform(0, 5, n)))
+    stale = simulate(w, lambda: make_policy("fairbatching", A100), replicas=3, router=router, load_poll_s=1000.0)
+    assert np.isfinite(stale.finish_s).all()
+    tokens = np.bincount(stale.replica, weights=prompts, minlength=3)
+    assert tokens.min() > 0.25 * prompts.sum(), tokens
 
 
 def test_a_rejected_request_is_retried_on_another_replica():

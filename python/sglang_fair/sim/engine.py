@@ -58,7 +58,12 @@ __all__ = [
     "simulate",
 ]
 
-ROUTER_NAMES = ("round_robin", "least_load", "power_of_two", "pab")
+ROUTER_NAMES = ("round_robin", "least_load", "power_of_two", "total_tokens", "pab")
+#: Routers that, between two polls, charge each request they send to the replica they sent it to, as
+#: SGLang's data-parallel controller does (``DPBudget.dispatch`` adds the prompt's tokens to the rank's
+#: last reported load until the next snapshot): without it, every request of a poll period herds
+#: onto the replica that looked best at the poll.  sglang-router's load-aware policies do not.
+CHARGING_ROUTERS = ("total_tokens", "pab")
 #: Gaps between tokens kept as Python floats before they are packed (Simulation.flush_gaps).
 GAP_BLOCK = 1 << 16
 #: In-flight markers of a decode step already played with its run (Replica._decode_run):
@@ -601,9 +606,10 @@ class Simulation:
         self.replicas = [Replica(i, p, self.config, self) for i, p in enumerate(policies)]
         self.router = router
         self.admission_control = admission_control
-        # The router as a real one runs: it reads replica loads (least_load, power_of_two, pab)
-        # from a snapshot refreshed every ``load_poll_s`` (sglang-router polls /get_load: every 30 s
-        # by default, every --worker-startup-check-interval seconds when set), and a request a
+        # The router as a real one runs: it reads replica loads (least_load, power_of_two,
+        # total_tokens, pab) from a snapshot refreshed every ``load_poll_s`` (sglang-router polls
+        # /get_load: every 30 s by default, every --worker-startup-check-interval seconds when set),
+        # charged with what it sent since where it keeps count (CHARGING_ROUTERS), and a request a
         # replica rejects (admission control) is tried on up to ``retries`` other replicas.
         if not (load_poll_s >= 0 and math.isfinite(load_poll_s)):
             raise ValueError(f"load_poll_s must be >= 0, got {load_poll_s}")
@@ -685,6 +691,9 @@ class Simulation:
         for _ in range(min(self.retries, len(replicas) - 1) + 1):
             chosen = self._pick(candidates, now_s)
             if not self.admission_control or chosen.policy.admit(request, chosen.full_view(now_s)):
+                if self.router in CHARGING_ROUTERS and chosen.index in self._snapshot:
+                    # (either load grows with the prompt: outstanding tokens, or the PAB negated)
+                    self._snapshot[chosen.index] += request.prompt_tokens
                 return chosen
             candidates.remove(chosen)  # rejected with a reason: the router tries another
             self.retried += 1
@@ -701,7 +710,7 @@ class Simulation:
         if len(candidates) == 1:
             return candidates[0]
         loads = self._loads(now_s)
-        if router == "least_load":
+        if router in ("least_load", "total_tokens"):
             return min(candidates, key=lambda r: loads[r.index])
         if router == "power_of_two":
             a, b = self.random.sample(candidates, 2)
@@ -710,7 +719,8 @@ class Simulation:
 
     def _loads(self, now_s: float) -> dict[int, float]:
         """Each replica's load as the router sees it (lower is better): outstanding tokens, or for
-        ``pab`` the prefill admission budget, negated; fresh, or as of the last poll."""
+        ``pab`` the prefill admission budget, negated; fresh, or as of the last poll (plus the
+        prompts a charging router sent since)."""
         if self.load_poll_s > 0 and now_s < self._snapshot_until_s:
             return self._snapshot
         if self.router == "pab":
