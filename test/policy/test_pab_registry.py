@@ -100,3 +100,25 @@ def test_option_text_is_typed_by_its_default():
         parse_option_value("sarathi", "nope", "1")
     with pytest.raises(ValueError, match="token_budget takes a number"):
         parse_option_value("sarathi", "token_budget", "many")
+
+
+def test_a_relaxed_decode_takes_the_machine_only_as_often_as_its_tpot_asks():
+    """With one TPOT the utilisation is a decode step's time over the TPOT.  With SLO classes a
+    decode whose TPOT is four times the tightest needs a step only every fourth time: it takes a
+    quarter of the row time a tight one takes, and the steps' fixed cost is paid every tight TPOT."""
+    from sglang_fair.policy.base import decode_utilisation
+
+    tight = [_decode(i, ctx=800, tpot=0.05) for i in range(10)]
+    relaxed = [_decode(10 + i, ctx=800, tpot=0.2) for i in range(10)]
+    row_s = A100.decode_cost_s(_decode(0, ctx=800).context_tokens)
+    assert decode_utilisation(tight, A100) == pytest.approx(
+        A100.predict(10, sum(r.context_tokens for r in tight), 10) / 0.05)
+    mixed = decode_utilisation(tight + relaxed, A100)
+    assert mixed == pytest.approx((A100.fixed_s + 10 * row_s) / 0.05 + 10 * row_s / 0.2)
+    everyone_tight = decode_utilisation(tight + [_decode(10 + i, ctx=800) for i in range(10)], A100)
+    assert decode_utilisation(tight, A100) < mixed < everyone_tight
+    # The prompts get the rest: more PAB beside relaxed decodes than beside as many tight ones.
+    waiting = [make_request("w", NOW, 2000, 1.0, 0.05)]
+    assert (prefill_admission_budget(IterationView(NOW, tight + relaxed, waiting), A100, 1.0).tokens
+            > prefill_admission_budget(IterationView(NOW, tight + [_decode(10 + i, ctx=800) for i in range(10)],
+                                                     waiting), A100, 1.0).tokens)

@@ -496,12 +496,20 @@ def prefill_admission_budget(
 
 
 def decode_utilisation(decodes: Sequence[RequestState], model: CostModel, sum_context: int | None = None) -> float:
-    """Share of the machine running decodes take at the pace their TPOT asks (a decode step every
-    ``min tpot``), the rest being what prefills can count on.  ``sum_context``: the decodes' summed
-    ``context_tokens`` when the caller has it (:attr:`IterationView.decode_context_tokens`)."""
+    """Share of the machine running decodes take at the pace their TPOT asks, the rest being what
+    prefills can count on: a decode step every ``min tpot`` pays the fixed cost, and each decode its
+    own row once per its own TPOT (with SLO classes a relaxed decode sits out the steps its TPOT
+    does not need; counting it in every step gave up prompts that had room).  ``sum_context``: the
+    decodes' summed ``context_tokens`` when the caller has it
+    (:attr:`IterationView.decode_context_tokens`)."""
     if not decodes:
         return 0.0
-    min_tpot_s = min([r.tpot_slo_s for r in decodes])
+    tpots_s = [r.tpot_slo_s for r in decodes]
+    min_tpot_s = min(tpots_s)
+    if max(tpots_s) > min_tpot_s:
+        per_decode_s = model.per_new_token_s + model.per_seq_s
+        return min(1.0, model.fixed_s / min_tpot_s + sum(
+            (per_decode_s + model.per_context_token_s * r.context_tokens) / r.tpot_slo_s for r in decodes))
     if sum_context is None:
         sum_context = sum(r.context_tokens for r in decodes)
     return min(1.0, model.predict(len(decodes), sum_context, len(decodes)) / min_tpot_s)
