@@ -163,10 +163,14 @@ class RequestResult:
         state.generated_tokens = self.output_tokens
         return state
 
+    def slo_met(self) -> tuple[bool, bool]:
+        """``(ttft_met, mean_tpot_met)``; both False if it did not complete."""
+        state = self._judged()
+        return (False, False) if state is None else state.slo_met()
+
     def meets_slo(self) -> bool:
         """Completed, TTFT within its SLO and mean TPOT within its SLO (bench_serving --goodput)."""
-        state = self._judged()
-        return state is not None and all(state.slo_met())
+        return all(self.slo_met())
 
     def meets_envelope(self) -> bool:
         """Completed and every token j by ``ttft_slo + j * tpot_slo`` after the send."""
@@ -184,7 +188,8 @@ def summarize(results: list[RequestResult], duration_s: float) -> dict:
     """Aggregate metrics of one run; ``duration_s`` is first send to last completion."""
     duration_s = max(duration_s, 1e-9)
     completed = [r for r in results if r.ok]
-    met = sum(r.meets_slo() for r in results)
+    verdicts = [r.slo_met() for r in results]
+    met = sum(ttft_met and tpot_met for ttft_met, tpot_met in verdicts)
     itl = [gap for r in completed for gap in r.inter_token_s()]
     n = len(results)
     return {
@@ -193,6 +198,9 @@ def summarize(results: list[RequestResult], duration_s: float) -> dict:
         "failed": n - len(completed),
         "duration_s": duration_s,
         "slo_attainment": met / n if n else math.nan,
+        # Which SLO the misses miss: the share within each on its own.
+        "ttft_attainment": sum(ttft_met for ttft_met, _ in verdicts) / n if n else math.nan,
+        "tpot_attainment": sum(tpot_met for _, tpot_met in verdicts) / n if n else math.nan,
         "envelope_attainment": sum(r.meets_envelope() for r in results) / n if n else math.nan,
         "goodput_rps": met / duration_s,
         "throughput_rps": len(completed) / duration_s,

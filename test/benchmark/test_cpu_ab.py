@@ -42,7 +42,9 @@ def test_bad_arguments_are_refused(argv):
 
 
 def _run(attainment, ttft_p99=0.2, itl_p99=0.03, tpot_p99=0.02):
-    return {"slo_attainment": attainment, "ttft_p99_s": ttft_p99, "itl_p99_s": itl_p99, "tpot_p99_s": tpot_p99}
+    return {"slo_attainment": attainment, "ttft_attainment": min(1.0, attainment + 0.05),
+            "tpot_attainment": min(1.0, attainment + 0.02), "ttft_p99_s": ttft_p99, "itl_p99_s": itl_p99,
+            "tpot_p99_s": tpot_p99}
 
 
 def test_the_summary_takes_medians_over_seeds_and_counts_collapses_against_the_first_server():
@@ -61,5 +63,5 @@ def test_the_summary_takes_medians_over_seeds_and_counts_collapses_against_the_f
                           "fair": {"command": "python -m sglang_fair.launch_server --batch-policy fairbatching"}},
               "arrivals": {"bursty": {"rate_rps": 12.0, "seeds": [0, 1, 2], "summary": summary}}}
     text = ab.render(report)
-    assert "| fair | 40, 30, 97% | **40%** | 0.20 | 30 | 20 | 1 |" in text
+    assert "| fair | 40, 30, 97% | **40%** | 45 / 42% | 0.20 | 30 | 20 | 1 |" in text
     assert "bursty at 12.0 req/s, seeds 0, 1, 2" in text

@@ -50,6 +50,9 @@ def test_summarize_goodput_and_attainment():
     summary = load_client.summarize(results, duration_s=4.0)
     assert summary["requests"] == 3 and summary["completed"] == 2 and summary["failed"] == 1
     assert summary["slo_attainment"] == pytest.approx(1 / 3)
+    # The second missed its TTFT only; the third, never completed, missed both.
+    assert summary["ttft_attainment"] == pytest.approx(1 / 3)
+    assert summary["tpot_attainment"] == pytest.approx(2 / 3)
     assert summary["goodput_rps"] == pytest.approx(0.25)
     assert summary["throughput_rps"] == pytest.approx(0.5)
     assert summary["ttft_p50_s"] == pytest.approx(1.25)
