@@ -17,7 +17,9 @@ package with ``NAME@PATH=FLAGS`` (``PATH`` goes first on its ``PYTHONPATH``: a g
 ``python/`` folder).  Reported per arrival process: each server's attainment per seed (TTFT and
 mean TPOT both met), the median, the share that met TTFT and the share that met TPOT each on its
 own (which SLO the misses miss), P99 TTFT, P99 TBT (inter-token gap) and P99 per-request TPOT
-(medians over seeds), and runs under 50% where the first server met >= 90% (collapses).
+(medians over seeds), and runs under 50% where the first server met >= 90% (collapses).  With
+``--per-request`` every request's outcome is kept in results.json and the misses are counted by
+output length (a mean TPOT over a few gaps is missed by one late gap).
 """
 
 from __future__ import annotations
@@ -75,6 +77,35 @@ def summarize(names: list[str], runs: list[dict]) -> dict:
     return out
 
 
+#: Output-length bins (tokens, upper bounds) of the per-request miss table: a mean TPOT over few
+#: gaps is missed by one late gap.
+OUTPUT_BINS = (4, 16, 64, math.inf)
+
+
+def misses_by_output(names: list[str], runs: list[dict]) -> dict:
+    """With ``--per-request``: per server and output-length bin, the requests, those that missed
+    their TTFT, and those that met it but missed their TPOT."""
+    out = {}
+    for name in names:
+        bins = {bound: {"requests": 0, "ttft_missed": 0, "tpot_missed_only": 0} for bound in OUTPUT_BINS}
+        for run in runs:
+            detail = run[name].get("requests_detail")
+            if detail is None:
+                return {}
+            for row in detail["rows"]:
+                request = dict(zip(detail["columns"], row))
+                counts = bins[next(b for b in OUTPUT_BINS if request["output_tokens"] <= b)]
+                counts["requests"] += 1
+                counts["ttft_missed"] += not request["ttft_met"]
+                counts["tpot_missed_only"] += request["ttft_met"] and not request["tpot_met"]
+        out[name] = {("any" if bound == math.inf else bound): counts for bound, counts in bins.items()}
+    return out
+
+
+def _bin_label(bound, previous) -> str:
+    return f"> {previous}" if bound == "any" else f"{previous + 1}-{bound}"
+
+
 def render(report: dict) -> str:
     lines = [f"Interleaved A/B ({report['date_utc']}; load at start {report['load_start']['uptime']!r}, at end"
              f" {report['load_end']['uptime']!r}): {report['model']}, {report['requests']} requests a run,"
@@ -92,6 +123,16 @@ def render(report: dict) -> str:
             lines.append(f"| {name} | {per_seed}% | **{100 * m['slo_attainment']:.0f}%** |"
                          f" {100 * m['ttft_attainment']:.0f} / {100 * m['tpot_attainment']:.0f}% | {m['ttft_p99_s']:.2f} |"
                          f" {1000 * m['itl_p99_s']:.0f} | {1000 * m['tpot_p99_s']:.0f} | {row['collapses']} |")
+        misses = block.get("misses_by_output")
+        if misses:
+            lines += ["", "Misses by output length (all seeds): requests, TTFT missed, TPOT missed with TTFT met:", "",
+                      "| output tokens | " + " | ".join(misses) + " |", "|---|" + "---|" * len(misses)]
+            previous = 0
+            for bound in next(iter(misses.values())):
+                cells = [misses[name][bound] for name in misses]
+                lines.append(f"| {_bin_label(bound, previous)} | " + " | ".join(
+                    f"{c['requests']}, {c['ttft_missed']}, {c['tpot_missed_only']}" for c in cells) + " |")
+                previous = bound if bound != "any" else previous
     return "\n".join(lines)
 
 
@@ -112,6 +153,8 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--trace", default=str(load_client.default_trace_path()))
     parser.add_argument("--out-dir", default=None)
     parser.add_argument("--start-timeout", type=float, default=600.0)
+    parser.add_argument("--per-request", action="store_true",
+                        help="keep every request's outcome in results.json (which requests missed which SLO)")
     args = parser.parse_args(argv)
     args.arrivals = args.arrivals.split(",")
     unknown = [a for a in args.arrivals if a not in ARRIVAL_CV]
@@ -168,13 +211,14 @@ def main(argv=None) -> int:
                 row = {"seed": seed}
                 for server in started:  # interleaved: every server on this seed before the next seed
                     row[server.name] = bench.run_once(server, specs, seed, model.vocab_size, args.drain_timeout,
-                                                      f"{arrival} seed {seed} {server.name}")
+                                                      f"{arrival} seed {seed} {server.name}", args.per_request)
                 runs[arrival].append(row)
                 print(f"[ab] {arrival} seed {seed}: " + ", ".join(
                     f"{name} {row[name]['slo_attainment']:.0%}" for name in names), flush=True)
         for arrival, rows in runs.items():
             report["arrivals"][arrival] = {"rate_rps": args.rate, "arrival_cv": ARRIVAL_CV[arrival],
-                                           "seeds": args.seeds, "runs": rows, "summary": summarize(names, rows)}
+                                           "seeds": args.seeds, "runs": rows, "summary": summarize(names, rows),
+                                           "misses_by_output": misses_by_output(names, rows)}
     finally:
         for server in started:
             bench.stop(server)

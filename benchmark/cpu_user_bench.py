@@ -206,13 +206,18 @@ def slo_rule(url: str, model: ModelShape) -> tuple[float, float, dict]:
 
 
 # --- one run --------------------------------------------------------------------------------------
-def run_once(server: Server, specs, seed: int, vocab_size: int, drain_timeout_s: float, label: str) -> dict:
+def run_once(server: Server, specs, seed: int, vocab_size: int, drain_timeout_s: float, label: str,
+             per_request: bool = False) -> dict:
+    """One run's summary; ``per_request`` adds every request's row (``load_client.request_rows``)."""
     servers.wait_idle(server)
     results, duration_s = asyncio.run(load_client.run_workload(
         server.url, specs, seed=seed, vocab_size=vocab_size, drain_timeout_s=drain_timeout_s,
         description=label, progress=False))
     summary = load_client.summarize(results, duration_s)
     summary["errors"] = sorted({r.error for r in results if r.error})[:5]
+    if per_request:
+        summary["requests_detail"] = {"columns": list(load_client.REQUEST_COLUMNS),
+                                      "rows": load_client.request_rows(results)}
     servers.wait_idle(server)
     return summary
 

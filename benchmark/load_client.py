@@ -179,6 +179,22 @@ class RequestResult:
             state.envelope_slack_s(j, t) for j, t in enumerate(self.token_times_s))))
 
 
+#: The columns of :func:`request_rows`.
+REQUEST_COLUMNS = ("index", "prompt_tokens", "output_tokens", "ttft_s", "tpot_s", "ttft_met", "tpot_met")
+
+
+def request_rows(results: list[RequestResult]) -> list[list]:
+    """Each request's outcome as a compact row (:data:`REQUEST_COLUMNS`: output tokens and times as
+    seen, NaN where none; both verdicts False for one that did not complete), for analyses a summary
+    cannot answer (which requests missed which SLO)."""
+    rows = []
+    for r in results:
+        ttft_met, tpot_met = r.slo_met()
+        rows.append([r.spec.index, r.spec.prompt_tokens, r.output_tokens, round(r.ttft_s, 6), round(r.tpot_s, 6),
+                     bool(ttft_met), bool(tpot_met)])
+    return rows
+
+
 def _percentile(values: list[float], q: float) -> float:
     values = [v for v in values if not math.isnan(v)]
     return float(np.percentile(values, q)) if values else math.nan

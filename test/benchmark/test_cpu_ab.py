@@ -65,3 +65,30 @@ def test_the_summary_takes_medians_over_seeds_and_counts_collapses_against_the_f
     text = ab.render(report)
     assert "| fair | 40, 30, 97% | **40%** | 45 / 42% | 0.20 | 30 | 20 | 1 |" in text
     assert "bursty at 12.0 req/s, seeds 0, 1, 2" in text
+
+
+def test_misses_by_output_length_come_from_the_per_request_rows():
+    columns = ["index", "prompt_tokens", "output_tokens", "ttft_s", "tpot_s", "ttft_met", "tpot_met"]
+
+    def run(rows):
+        return {**_run(0.9), "requests_detail": {"columns": columns, "rows": rows}}
+
+    runs = [{"seed": 0, "stock": run([[0, 10, 3, 0.1, 0.01, True, True], [1, 10, 40, 0.2, 0.01, False, True]]),
+             "fair": run([[0, 10, 3, 0.1, 0.03, True, False], [1, 10, 40, 0.1, 0.01, True, True]])},
+            {"seed": 1, "stock": run([[0, 10, 100, 0.1, 0.01, True, True]]),
+             "fair": run([[0, 10, 100, 0.1, 0.02, True, False]])}]
+    misses = ab.misses_by_output(["stock", "fair"], runs)
+    assert misses["fair"][4] == {"requests": 1, "ttft_missed": 0, "tpot_missed_only": 1}
+    assert misses["stock"][64] == {"requests": 1, "ttft_missed": 1, "tpot_missed_only": 0}
+    assert misses["fair"]["any"] == {"requests": 1, "ttft_missed": 0, "tpot_missed_only": 1}
+    assert misses["stock"][16]["requests"] == 0
+    # Without per-request rows there is no table.
+    assert ab.misses_by_output(["stock"], [{"seed": 0, "stock": _run(0.9)}]) == {}
+    report = {"date_utc": "d", "load_start": {"uptime": "u0"}, "load_end": {"uptime": "u1"}, "model": "tiny",
+              "requests": 2, "ttft_slo_s": 0.136, "tpot_slo_s": 0.017, "servers": {},
+              "arrivals": {"poisson": {"rate_rps": 16.0, "seeds": [0, 1],
+                                       "summary": ab.summarize(["stock", "fair"], runs), "misses_by_output": misses}}}
+    text = ab.render(report)
+    assert "| 1-4 | 1, 0, 0 | 1, 0, 1 |" in text
+    assert "| 17-64 | 1, 1, 0 | 1, 0, 0 |" in text
+    assert "| > 64 | 1, 0, 0 | 1, 0, 1 |" in text

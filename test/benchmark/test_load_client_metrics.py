@@ -53,6 +53,10 @@ def test_summarize_goodput_and_attainment():
     # The second missed its TTFT only; the third, never completed, missed both.
     assert summary["ttft_attainment"] == pytest.approx(1 / 3)
     assert summary["tpot_attainment"] == pytest.approx(2 / 3)
+    rows = load_client.request_rows(results)
+    assert [dict(zip(load_client.REQUEST_COLUMNS, row))["ttft_met"] for row in rows] == [True, False, False]
+    assert [row[-1] for row in rows] == [True, True, False]  # TPOT met, met, never completed
+    assert rows[0][2] == 2 and rows[0][3] == pytest.approx(0.5)
     assert summary["goodput_rps"] == pytest.approx(0.25)
     assert summary["throughput_rps"] == pytest.approx(0.5)
     assert summary["ttft_p50_s"] == pytest.approx(1.25)
