@@ -1,0 +1,80 @@
+"""Where a FairBatching server's iterations go, step by step, from its iteration log.
+
+    python -m sglang_fair.launch_server --batch-policy fairbatching ... --fair-iteration-log /tmp/iter.jsonl
+    ... drive it (benchmark/cpu_ab.py --server "fair=... --fair-iteration-log /tmp/iter.jsonl") ...
+    .venv/bin/python benchmark/iteration_steps.py /tmp/iter.jsonl --tpot-slo 0.017
+
+For each policy step (``Plan.step``: which rule decided the batch; decode-only steps nobody planned
+are ``(decode run)``): how many iterations, their measured time (median, P90, P99), and how many
+took longer than the TPOT SLO, a gap every decode in them saw.  A prefill-only iteration is
+counted with the step after it (the decodes wait for both): the last column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+UNPLANNED = "(decode run)"
+
+
+def read_log(path: str) -> list[dict]:
+    """The iteration lines of a ``--fair-iteration-log`` file (plain or gzipped), header left out."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    return [row for row in rows if row.get("kind") != "start"]
+
+
+def steps_table(rows: list[dict], tpot_slo_s: float) -> list[dict]:
+    """Per step, most frequent first: count, median / P90 / P99 measured seconds, iterations over
+    the TPOT, and (prefill-only steps) those that, with the iteration after them, were over it."""
+    times = defaultdict(list)
+    pair_over = defaultdict(int)
+    for index, row in enumerate(rows):
+        step = row.get("step") or UNPLANNED
+        times[step].append(row["measured_s"])
+        if step.startswith("apart: prefill") and index + 1 < len(rows):
+            pair_over[step] += row["measured_s"] + rows[index + 1]["measured_s"] > tpot_slo_s
+    table = []
+    for step, values in sorted(times.items(), key=lambda item: -len(item[1])):
+        measured = np.asarray(values)
+        median, p90, p99 = np.percentile(measured, [50, 90, 99])
+        table.append({"step": step, "iterations": len(values), "median_s": float(median), "p90_s": float(p90),
+                      "p99_s": float(p99), "over_tpot": int((measured > tpot_slo_s).sum()),
+                      "with_next_over_tpot": pair_over.get(step)})
+    return table
+
+
+def render(table: list[dict], tpot_slo_s: float) -> str:
+    lines = [f"| step | iterations | median ms | P90 ms | P99 ms | over {1000 * tpot_slo_s:g} ms |"
+             " prefill-only + next over it |", "|---|---|---|---|---|---|---|"]
+    for row in table:
+        paired = "" if row["with_next_over_tpot"] is None else str(row["with_next_over_tpot"])
+        lines.append(f"| {row['step']} | {row['iterations']} | {1000 * row['median_s']:.1f} | {1000 * row['p90_s']:.1f} |"
+                     f" {1000 * row['p99_s']:.1f} | {row['over_tpot']} | {paired} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("log", help="a --fair-iteration-log file (.gz accepted)")
+    parser.add_argument("--tpot-slo", type=float, required=True, help="seconds: the gap counted as too long")
+    args = parser.parse_args(argv)
+    if not args.tpot_slo > 0:
+        parser.error("--tpot-slo must be positive")
+    rows = read_log(args.log)
+    if not rows:
+        parser.error(f"{args.log}: no iterations")
+    print(f"{len(rows)} iterations")
+    print(render(steps_table(rows, args.tpot_slo), args.tpot_slo))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
