@@ -77,9 +77,9 @@ def summarize(names: list[str], runs: list[dict]) -> dict:
     return out
 
 
-#: Output-length bins (tokens, upper bounds) of the per-request miss table: a mean TPOT over few
-#: gaps is missed by one late gap.
-OUTPUT_BINS = (4, 16, 64, math.inf)
+#: Output-length bins of the per-request miss table (upper bound in tokens, label): a mean TPOT over
+#: few gaps is missed by one late gap.
+OUTPUT_BINS = ((4, "1-4"), (16, "5-16"), (64, "17-64"), (math.inf, "> 64"))
 
 
 def misses_by_output(names: list[str], runs: list[dict]) -> dict:
@@ -87,23 +87,19 @@ def misses_by_output(names: list[str], runs: list[dict]) -> dict:
     their TTFT, and those that met it but missed their TPOT."""
     out = {}
     for name in names:
-        bins = {bound: {"requests": 0, "ttft_missed": 0, "tpot_missed_only": 0} for bound in OUTPUT_BINS}
+        bins = {label: {"requests": 0, "ttft_missed": 0, "tpot_missed_only": 0} for _, label in OUTPUT_BINS}
         for run in runs:
             detail = run[name].get("requests_detail")
             if detail is None:
                 return {}
             for row in detail["rows"]:
                 request = dict(zip(detail["columns"], row))
-                counts = bins[next(b for b in OUTPUT_BINS if request["output_tokens"] <= b)]
+                counts = bins[next(label for bound, label in OUTPUT_BINS if request["output_tokens"] <= bound)]
                 counts["requests"] += 1
                 counts["ttft_missed"] += not request["ttft_met"]
                 counts["tpot_missed_only"] += request["ttft_met"] and not request["tpot_met"]
-        out[name] = {("any" if bound == math.inf else bound): counts for bound, counts in bins.items()}
+        out[name] = bins
     return out
-
-
-def _bin_label(bound, previous) -> str:
-    return f"> {previous}" if bound == "any" else f"{previous + 1}-{bound}"
 
 
 def render(report: dict) -> str:
@@ -127,12 +123,10 @@ def render(report: dict) -> str:
         if misses:
             lines += ["", "Misses by output length (all seeds): requests, TTFT missed, TPOT missed with TTFT met:", "",
                       "| output tokens | " + " | ".join(misses) + " |", "|---|" + "---|" * len(misses)]
-            previous = 0
-            for bound in next(iter(misses.values())):
-                cells = [misses[name][bound] for name in misses]
-                lines.append(f"| {_bin_label(bound, previous)} | " + " | ".join(
-                    f"{c['requests']}, {c['ttft_missed']}, {c['tpot_missed_only']}" for c in cells) + " |")
-                previous = bound if bound != "any" else previous
+            for _, label in OUTPUT_BINS:
+                lines.append(f"| {label} | " + " | ".join(
+                    f"{c['requests']}, {c['ttft_missed']}, {c['tpot_missed_only']}"
+                    for c in (misses[name][label] for name in misses)) + " |")
     return "\n".join(lines)
 
 

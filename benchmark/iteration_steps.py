@@ -4,31 +4,32 @@
     ... drive it (benchmark/cpu_ab.py --server "fair=... --fair-iteration-log /tmp/iter.jsonl") ...
     .venv/bin/python benchmark/iteration_steps.py /tmp/iter.jsonl --tpot-slo 0.017
 
-For each policy step (``Plan.step``: which rule decided the batch; decode-only steps nobody planned
-are ``(decode run)``): how many iterations, their measured time (median, P90, P99), and how many
-took longer than the TPOT SLO, a gap every decode in them saw.  A prefill-only iteration is
+For each policy step of the log's last run (``Plan.step``: which rule decided the batch; decode-only
+steps nobody planned are ``(decode run)``): how many iterations, their measured time (median, P90,
+P99), and how many took longer than the TPOT SLO, a gap every decode in them saw.  A prefill-only iteration is
 counted with the step after it (the decodes wait for both): the last column.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
+import os
 import sys
 from collections import defaultdict
 
 import numpy as np
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+
+from sglang_fair.runtime.iteration_log import read_last_run  # noqa: E402
+
 UNPLANNED = "(decode run)"
 
 
 def read_log(path: str) -> list[dict]:
-    """The iteration lines of a ``--fair-iteration-log`` file (plain or gzipped), header left out."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt") as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
-    return [row for row in rows if row.get("kind") != "start"]
+    """The iterations of the last run in a ``--fair-iteration-log`` file (plain or gzipped; the
+    file is appended to by every start)."""
+    return [entry for _, entry in read_last_run(path)[2]]
 
 
 def steps_table(rows: list[dict], tpot_slo_s: float) -> list[dict]:
@@ -68,7 +69,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.tpot_slo > 0:
         parser.error("--tpot-slo must be positive")
-    rows = read_log(args.log)
+    try:
+        rows = read_log(args.log)
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
     if not rows:
         parser.error(f"{args.log}: no iterations")
     print(f"{len(rows)} iterations")

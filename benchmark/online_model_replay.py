@@ -27,8 +27,6 @@ the engine does.
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import math
 import os
 import sys
@@ -47,6 +45,7 @@ from sglang_fair.policy.cost_model import (  # noqa: E402
     load_cost_model,
     median_centred,
 )
+from sglang_fair.runtime.iteration_log import read_last_run  # noqa: E402
 
 #: An iteration this much over its prediction is past what a 0.8 budget safety leaves room for.
 OVERRUN_FACTOR = 1.25
@@ -61,31 +60,26 @@ class ReplayError(ValueError):
 def read_log(path: str) -> tuple[CostModel, np.ndarray, np.ndarray]:
     """The prior, the feature rows and the measured seconds of one iteration log (the last run's,
     if the file holds several: the log is appended to by every start)."""
-    prior, rows, times = None, [], []
-    with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-                if entry.get("kind") == "start":
-                    if list(entry["features"]) != list(FEATURE_NAMES):
-                        raise ReplayError(f"{path}:{number}: features {entry['features']} are not {list(FEATURE_NAMES)}")
-                    prior, rows, times = CostModel.from_dict(entry["prior"], source=f"{path}:{number}"), [], []
-                    continue
-                features, measured_s = entry["features"], entry["measured_s"]
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
-                if isinstance(exc, ReplayError):
-                    raise
-                raise ReplayError(f"{path}:{number}: not an iteration-log line ({exc})") from None
-            if prior is None:
-                raise ReplayError(f"{path}:{number}: an iteration before the log's header (no prior)")
-            if len(features) != len(FEATURE_NAMES):
-                raise ReplayError(f"{path}:{number}: {len(features)} features, expected {len(FEATURE_NAMES)}")
-            rows.append(features)
-            times.append(measured_s)
-    if prior is None:
-        raise ReplayError(f"{path}: no header line: not written by --fair-iteration-log")
+    try:
+        header_line, header, entries = read_last_run(path)
+    except ValueError as exc:
+        raise ReplayError(str(exc)) from None
+    if list(header.get("features", [])) != list(FEATURE_NAMES):
+        raise ReplayError(f"{path}:{header_line}: features {header.get('features')} are not {list(FEATURE_NAMES)}")
+    try:
+        prior = CostModel.from_dict(header["prior"], source=f"{path}:{header_line}")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReplayError(f"{path}:{header_line}: not an iteration-log header ({exc})") from None
+    rows, times = [], []
+    for number, entry in entries:
+        try:
+            features, measured_s = entry["features"], entry["measured_s"]
+        except KeyError as exc:
+            raise ReplayError(f"{path}:{number}: not an iteration-log line ({exc})") from None
+        if len(features) != len(FEATURE_NAMES):
+            raise ReplayError(f"{path}:{number}: {len(features)} features, expected {len(FEATURE_NAMES)}")
+        rows.append(features)
+        times.append(measured_s)
     if not times:
         raise ReplayError(f"{path}: no iterations after the last header")
     return prior, np.asarray(rows, dtype=float), np.asarray(times, dtype=float)

@@ -78,10 +78,10 @@ def test_misses_by_output_length_come_from_the_per_request_rows():
             {"seed": 1, "stock": run([[0, 10, 100, 0.1, 0.01, True, True]]),
              "fair": run([[0, 10, 100, 0.1, 0.02, True, False]])}]
     misses = ab.misses_by_output(["stock", "fair"], runs)
-    assert misses["fair"][4] == {"requests": 1, "ttft_missed": 0, "tpot_missed_only": 1}
-    assert misses["stock"][64] == {"requests": 1, "ttft_missed": 1, "tpot_missed_only": 0}
-    assert misses["fair"]["any"] == {"requests": 1, "ttft_missed": 0, "tpot_missed_only": 1}
-    assert misses["stock"][16]["requests"] == 0
+    assert misses["fair"]["1-4"] == {"requests": 1, "ttft_missed": 0, "tpot_missed_only": 1}
+    assert misses["stock"]["17-64"] == {"requests": 1, "ttft_missed": 1, "tpot_missed_only": 0}
+    assert misses["fair"]["> 64"] == {"requests": 1, "ttft_missed": 0, "tpot_missed_only": 1}
+    assert misses["stock"]["5-16"]["requests"] == 0
     # Without per-request rows there is no table.
     assert ab.misses_by_output(["stock"], [{"seed": 0, "stock": _run(0.9)}]) == {}
     report = {"date_utc": "d", "load_start": {"uptime": "u0"}, "load_end": {"uptime": "u1"}, "model": "tiny",

@@ -7,7 +7,7 @@ import pytest
 
 from sglang_fair.launch_server import parse_fair_args
 from sglang_fair.policy.cost_model import FEATURE_NAMES, BatchShape, CostModel, OnlineCostModel
-from sglang_fair.runtime.iteration_log import IterationLog
+from sglang_fair.runtime.iteration_log import IterationLog, read_last_run
 
 PRIOR = CostModel(fixed_s=1e-3, per_new_token_s=1e-5, per_context_token_s=1e-7, name="prior")
 
@@ -36,6 +36,32 @@ def test_header_then_one_strict_json_line_per_iteration(tmp_path):
     by_row, by_shape = OnlineCostModel(PRIOR), OnlineCostModel(PRIOR)
     assert by_row.observe_row(second["features"], second["measured_s"]) == by_shape.observe(_shape(2, 64), 0.02)
     assert by_row._features[0].tolist() == by_shape._features[0].tolist()
+
+
+def test_the_reader_returns_the_last_run_of_an_appended_log(tmp_path):
+    path = tmp_path / "it.jsonl"
+    for run, steps in enumerate((["mixed", "mixed"], ["apart: prefill, amortised"])):
+        log = IterationLog(str(path), prior=PRIOR, batch_policy="fairbatching")  # each start appends
+        for step in steps:
+            log.record(end_s=float(run), measured_s=0.004, predicted_s=0.003, time_budget_s=0.05,
+                       shape=_shape(), step=step)
+        log.close()
+    header_line, header, entries = read_last_run(str(path))
+    assert header_line == 4 and header["kind"] == "start"
+    assert [(number, entry["step"]) for number, entry in entries] == [(5, "apart: prefill, amortised")]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"measured_s": 0.01}\n', "2: an iteration before the log's header"),
+    ('{"kind": "start"}\nnot json\n', "3: not an iteration-log line"),
+    ('{"kind": "start"}\n[1, 2]\n', "3: not an iteration-log line"),
+    ("", "no header line"),
+])
+def test_the_reader_names_the_line_it_cannot_read(tmp_path, text, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n" + text)  # a blank first line is skipped, not counted out
+    with pytest.raises(ValueError, match=message):
+        read_last_run(str(path))
 
 
 def test_a_failing_write_turns_the_log_off_instead_of_raising(tmp_path, caplog):

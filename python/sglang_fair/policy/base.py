@@ -507,9 +507,8 @@ def decode_utilisation(decodes: Sequence[RequestState], model: CostModel, sum_co
     tpots_s = [r.tpot_slo_s for r in decodes]
     min_tpot_s = min(tpots_s)
     if max(tpots_s) > min_tpot_s:
-        per_decode_s = model.per_new_token_s + model.per_seq_s
-        return min(1.0, model.fixed_s / min_tpot_s + sum(
-            (per_decode_s + model.per_context_token_s * r.context_tokens) / r.tpot_slo_s for r in decodes))
+        return min(1.0, model.fixed_s / min_tpot_s
+                   + sum(model.decode_cost_s(r.context_tokens) / r.tpot_slo_s for r in decodes))
     if sum_context is None:
         sum_context = sum(r.context_tokens for r in decodes)
     return min(1.0, model.predict(len(decodes), sum_context, len(decodes)) / min_tpot_s)

@@ -23,6 +23,8 @@ each rank writes ``FILE.<dp rank>``.
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import time
 
@@ -31,7 +33,7 @@ from sglang_fair.policy.cost_model import FEATURE_NAMES, BatchShape, CostModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IterationLog", "open_iteration_log"]
+__all__ = ["IterationLog", "open_iteration_log", "read_last_run"]
 
 
 class IterationLog:
@@ -93,3 +95,30 @@ def open_iteration_log(path: str | None, *, prior: CostModel, batch_policy: str)
     except OSError as exc:
         logger.warning("--fair-iteration-log %s: %s; iteration log off", path, exc)
         return None
+
+
+def read_last_run(path: str) -> tuple[int, dict, list[tuple[int, dict]]]:
+    """The last run of a log (plain, or gzipped when the name ends in ``.gz``): the file is appended
+    to by every start.  Returns its header's line number, the header, and each iteration's line
+    number and entry.  ``ValueError`` names the file and line of a line that is not a JSON object
+    and of an iteration before any header, and the file when it has no header."""
+    header_line, header, entries = 0, None, []
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not an iteration-log line ({exc})") from None
+            if not isinstance(entry, dict):
+                raise ValueError(f"{path}:{number}: not an iteration-log line (not an object)")
+            if entry.get("kind") == "start":
+                header_line, header, entries = number, entry, []
+            elif header is None:
+                raise ValueError(f"{path}:{number}: an iteration before the log's header (no prior)")
+            else:
+                entries.append((number, entry))
+    if header is None:
+        raise ValueError(f"{path}: no header line: not written by --fair-iteration-log")
+    return header_line, header, entries

@@ -710,12 +710,11 @@ class Simulation:
         if len(candidates) == 1:
             return candidates[0]
         loads = self._loads(now_s)
-        if router in ("least_load", "total_tokens"):
-            return min(candidates, key=lambda r: loads[r.index])
         if router == "power_of_two":
             a, b = self.random.sample(candidates, 2)
             return a if loads[a.index] <= loads[b.index] else b
-        return min(candidates, key=lambda r: loads[r.index])  # pab: lowest load = most budget left
+        # least_load, total_tokens, pab: the lowest load (for pab, the most budget left)
+        return min(candidates, key=lambda r: loads[r.index])
 
     def _loads(self, now_s: float) -> dict[int, float]:
         """Each replica's load as the router sees it (lower is better): outstanding tokens, or for
