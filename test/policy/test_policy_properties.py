@@ -150,19 +150,18 @@ def test_fairbatching_budget_and_urgent_decodes(view, safety, model):
                    + (model.extend_rows_cost_s(1, r.context_tokens, r.context_tokens**2) if plan.prefills else 0.0)
                    for r in plan.decodes if forced(r))
     if plan.time_budget_s > budget_s:
-        # Stretched (dear extend path only) to the prefill work that matches the extend overhead,
-        # for a prompt that cannot wait: at most that work beyond the urgent decodes.
+        # Stretched (dear extend path only) for a first prompt that cannot wait or already missed
+        # its TTFT: at most, beyond the urgent decodes, the larger of the prefill work that matches
+        # the extend overhead and the queue's chunk (the most efficient chunk, or all that waits).
         assert model.mixing_cost_s(0, 0, 0) > 0 and plan.prefills
         urgent = plan.decodes[: plan.urgent_decodes]  # (added first)
         mixing_s = model.mixing_cost_s(len(urgent), sum(r.context_tokens for r in urgent),
                                        sum(r.context_tokens**2 for r in urgent))
-        worthwhile = model.max_chunk_tokens(mixing_s, 0) + 1
         order = policy.order_and_budget(view)
-        if view.now_s > first_token_deadline(order.prefills[0]):
-            # ... or, once the first prompt in line missed its TTFT, the most efficient chunk
-            waiting = sum(r.remaining_prefill_tokens for r in order.prefills)
-            efficient = model.efficient_chunk_tokens(order.prefills[0].prefilled_tokens)
-            worthwhile = max(worthwhile, min(waiting, efficient if efficient is not None else waiting))
+        waiting = sum(r.remaining_prefill_tokens for r in order.prefills)
+        efficient = model.efficient_chunk_tokens(order.prefills[0].prefilled_tokens)
+        worthwhile = max(model.max_chunk_tokens(mixing_s, 0) + 1,
+                         min(waiting, efficient if efficient is not None else waiting))
         assert plan.time_budget_s <= forced_s + model.fixed_s + mixing_s + model.prefill_cost_s(worthwhile, 0) + 1e-9
     assert plan.predicted_s - forced_s <= plan.time_budget_s + 1e-9
 
@@ -407,3 +406,27 @@ def test_a_late_prompt_moving_into_slack_costs_no_on_time_prompt_its_ttft(waitin
             assert finish_after[rid] <= first_token_deadline(request) + 1e-9
         else:
             assert finish_after[rid] <= finish_before[rid] + 1e-9
+
+
+def test_a_prompt_that_cannot_wait_but_is_not_late_brings_the_queue_chunk():
+    """The case hypothesis found against the old bound (the queue's chunk only once late): decodes
+    that must run pay the extend path, and the half-prefilled first prompt, which would miss its
+    TTFT after one more iteration, gets all that waits (563 tokens, under the 964-token efficient
+    chunk), not only the prefill worth the extend overhead (343)."""
+    decodes = []
+    for i in range(17):
+        r = make_request(f"d{i}", NOW - 1, 1, 1.0, 0.02, prefilled=0, generated=1, first_token_s=NOW - 0.015,
+                         can_skip=i > 0)
+        r.prefilled_tokens = 1
+        decodes.append(r)
+    head = make_request("p0", NOW - 0.95, 564, 1.0, 0.05, prefilled=1)
+    view = IterationView(NOW, decodes, [head], 10**7, 200_000, 10**4, 8192)
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.8)
+    assert not policy.keeps_prefills_apart(view)  # d0 may not sit out
+    plan = policy.plan(view)
+    assert plan.step == "mixed: head cannot wait"
+    # (the chunk that fits the stretched time may lose a token to rounding)
+    assert [chunk.request.rid for chunk in plan.prefills] == ["p0"] and 562 <= plan.prefills[0].tokens <= 563
+    decode_s = CPU_LIKE.predict(17, sum(r.context_tokens for r in decodes), 17)
+    mixing_s = CPU_LIKE.mixing_cost_s(17, sum(r.context_tokens for r in decodes), sum(r.context_tokens**2 for r in decodes))
+    assert plan.time_budget_s == pytest.approx(decode_s + mixing_s + CPU_LIKE.prefill_cost_s(563, 0))
