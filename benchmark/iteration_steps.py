@@ -8,11 +8,18 @@ For each policy step of the log's last run (``Plan.step``: which rule decided th
 steps nobody planned are ``(decode run)``): how many iterations, their measured time (median, P90,
 P99), and how many took longer than the TPOT SLO, a gap every decode in them saw.  A prefill-only iteration is
 counted with the step after it (the decodes wait for both): the last column.
+
+When the log holds ``late_tokens`` (decode tokens past the line the policy plans against, which for
+a request's last token is a missed mean TPOT), a second table takes each request's first late
+token and the iterations that ran since that request's previous token, by their steps: how late,
+how long its line had given it, how far those iterations ran over their prediction, and the
+scheduler's own time between them (the wait less the iterations' measured time).
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import os
 import sys
 from collections import defaultdict
@@ -62,6 +69,49 @@ def render(table: list[dict], tpot_slo_s: float) -> str:
     return "\n".join(lines)
 
 
+def first_late_table(rows: list[dict]) -> list[dict]:
+    """Per sequence of steps behind a request's first late token (its iterations since the
+    request's previous token, oldest first), most frequent first: requests, and medians of how
+    late, of the time the line gave, of measured over predicted time, and of the time between
+    the iterations (scheduler work outside ``measured_s``)."""
+    if not any(row.get("late_tokens") for row in rows):
+        return []
+    ends = [row["end_s"] for row in rows]
+    seen = set()
+    groups = defaultdict(list)
+    for index, row in enumerate(rows):
+        for token in row.get("late_tokens") or ():
+            if token["rid"] in seen:
+                continue
+            seen.add(token["rid"])
+            start = bisect.bisect_right(ends, row["end_s"] - token["waited_s"] + 1e-9, 0, index)
+            window = rows[start:index + 1]
+            label = " + ".join(entry.get("step") or UNPLANNED for entry in window)
+            measured_s = sum(entry["measured_s"] for entry in window)
+            predicted_s = sum(entry["predicted_s"] for entry in window)
+            groups[label].append((token["late_s"], token["line_gave_s"],
+                                  measured_s / predicted_s if predicted_s > 0 else np.nan,
+                                  token["waited_s"] - measured_s))
+    table = []
+    for label, values in sorted(groups.items(), key=lambda item: -len(item[1])):
+        late, gave, over, between = np.nanmedian(np.asarray(values), axis=0)
+        table.append({"steps": label, "requests": len(values), "late_s": float(late), "line_gave_s": float(gave),
+                      "measured_over_predicted": float(over), "between_s": float(between)})
+    return table
+
+
+def render_first_late(table: list[dict], top: int = 12) -> str:
+    lines = ["| iterations since the request's previous token | requests | late ms | line gave ms |"
+             " measured / predicted | between iterations ms |", "|---|---|---|---|---|---|"]
+    for row in table[:top]:
+        lines.append(f"| {row['steps']} | {row['requests']} | {1000 * row['late_s']:.1f} | {1000 * row['line_gave_s']:.1f} |"
+                     f" {row['measured_over_predicted']:.2f} | {1000 * row['between_s']:.1f} |")
+    rest = sum(row["requests"] for row in table[top:])
+    if rest:
+        lines.append(f"| (other sequences) | {rest} | | | | |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("log", help="a --fair-iteration-log file (.gz accepted)")
@@ -77,6 +127,11 @@ def main(argv=None) -> int:
         parser.error(f"{args.log}: no iterations")
     print(f"{len(rows)} iterations")
     print(render(steps_table(rows, args.tpot_slo), args.tpot_slo))
+    first_late = first_late_table(rows)
+    if first_late:
+        print(f"\n{sum(row['requests'] for row in first_late)} requests had a decode token past the line the policy plans"
+              " against; their first such token, by the iterations since the request's previous token:")
+        print(render_first_late(first_late))
     return 0
 
 

@@ -50,3 +50,31 @@ def test_an_empty_log_and_a_bad_tpot_are_refused(tmp_path):
         iteration_steps.main([str(empty), "--tpot-slo", "0.017"])
     with pytest.raises(SystemExit):
         iteration_steps.main([_log(tmp_path), "--tpot-slo", "0"])
+
+
+def test_first_late_tokens_are_traced_to_the_iterations_since_the_previous_token(tmp_path):
+    """Request a's token at 0.040 s was due at 0.034 s: since its previous token (0.017 s) a
+    prefill-only iteration and a decode step ran, 18 ms of work predicted at 12 ms, and 5 ms went
+    between them.  Its second late token and request b's first are counted apart."""
+    late_a = {"rid": "a", "token": 2, "late_s": 0.006, "waited_s": 0.023, "line_gave_s": 0.017, "max_new_tokens": 8}
+    late_a2 = {**late_a, "token": 3, "late_s": 0.002}
+    late_b = {"rid": "b", "token": 1, "late_s": 0.001, "waited_s": 0.018, "line_gave_s": 0.017, "max_new_tokens": 8}
+    lines = [{"kind": "start"},
+             {"end_s": 0.017, "measured_s": 0.003, "predicted_s": 0.003, "step": ""},
+             {"end_s": 0.032, "measured_s": 0.014, "predicted_s": 0.009, "step": "apart: prefill, amortised"},
+             {"end_s": 0.040, "measured_s": 0.004, "predicted_s": 0.003, "step": "", "late_tokens": [late_a]},
+             {"end_s": 0.058, "measured_s": 0.016, "predicted_s": 0.010, "step": "mixed",
+              "late_tokens": [late_a2, late_b]}]
+    path = tmp_path / "late.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    table = iteration_steps.first_late_table(iteration_steps.read_log(str(path)))
+    assert [(row["steps"], row["requests"]) for row in table] == [
+        ("apart: prefill, amortised + (decode run)", 1), ("mixed", 1)]
+    first = table[0]
+    assert first["late_s"] == pytest.approx(0.006) and first["line_gave_s"] == pytest.approx(0.017)
+    assert first["measured_over_predicted"] == pytest.approx(0.018 / 0.012)
+    assert first["between_s"] == pytest.approx(0.005)
+    assert table[1]["between_s"] == pytest.approx(0.002)
+    text = iteration_steps.render_first_late(table)
+    assert "| apart: prefill, amortised + (decode run) | 1 | 6.0 | 17.0 | 1.50 | 5.0 |" in text
+    assert iteration_steps.first_late_table(iteration_steps.read_log(_log(tmp_path))) == []

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sglang_fair.policy.cost_model import FEATURE_NAMES
 from sglang_fair.policy.request import meets_envelope
-from sglang_fair.runtime.records import RuntimeRequestState, note_executed_batch
+from sglang_fair.runtime.records import RuntimeRequestState, late_decode_tokens, note_executed_batch
 
 
 class _Mode:
@@ -96,3 +97,28 @@ def test_a_mixed_shape_keeps_its_decode_rows_context_apart_from_the_chunks():
     features = dict(zip(FEATURE_NAMES, shape.features()))
     assert features["mixed_context"] == shape.decode_context
     assert features["mixed_context_sq"] == shape.decode_context_sq
+
+
+def test_late_decode_tokens_are_those_past_the_planning_line_of_requests_still_on_time():
+    """``--fair-iteration-log``'s late tokens: past the line anchored at the first token (for the
+    last token, a missed mean TPOT), not the looser envelope; a request that missed its TTFT is
+    settled and left out, and so is a prompt's chunk."""
+    def record(rid, first_token_s):
+        state = RuntimeRequestState(rid, 0.0, 10, 1.0, 0.1, max_new_tokens=8)
+        state.record_token(first_token_s)
+        return state, SimpleNamespace(rid=rid, output_ids=[1, 2], origin_input_ids=[0] * 10, finished_reason=None)
+
+    on_time, on_time_req = record("on-time", 0.2)  # its second token is due by 0.3
+    late, late_req = record("late", 0.1)  # due by 0.2
+    lost, lost_req = record("lost", 1.5)  # missed its TTFT (1 s): settled
+    prompt = SimpleNamespace(rid="p", output_ids=[1], origin_input_ids=[0] * 40, finished_reason=None)
+    states = {state.rid: state for state in (on_time, late, lost)}
+    batch = _batch([prompt, on_time_req, late_req, lost_req], prefill_rows=1, extend_lens=[40])
+    tokens = late_decode_tokens(states, batch, 0.25)
+    assert [token["rid"] for token in tokens] == ["late"]
+    token = tokens[0]
+    assert token["token"] == 1 and token["max_new_tokens"] == 8
+    assert (token["late_s"], token["waited_s"], token["line_gave_s"]) == pytest.approx((0.05, 0.15, 0.1))
+    # The envelope (arrival + TTFT + j * TPOT) would have called it on time.
+    assert meets_envelope(late.envelope_slack_s(1, 0.25))
+    assert late_decode_tokens(states, _batch([on_time_req, late_req], prefill_rows=0), 0.15) == []

@@ -13,7 +13,12 @@ online model's prior, the policy, wall-clock time), each later line one iteratio
   step nobody planned);
 * ``waiting_prompts`` and ``min_prompt_slack_s``: the prompts waiting (or part-prefilled) when it
   was planned, and the least time any of them had left to its TTFT deadline (negative: late;
-  ``null`` when none waited).
+  ``null`` when none waited);
+* ``late_tokens`` (only when there were any): the decode tokens this iteration emitted past the
+  line the policy plans against (``records.late_decode_tokens``): request id, token index,
+  ``late_s``, ``waited_s`` since the request's previous token, ``line_gave_s`` (the time its line
+  allowed then), ``max_new_tokens``.  ``benchmark/iteration_steps.py`` finds the iterations behind
+  each request's first late token from them.
 
 The file is opened for appending and written line by line (a crash loses at most the line being
 written).  A write that fails (disk full) logs one warning and turns the log off: a debugging aid
@@ -51,10 +56,13 @@ class IterationLog:
 
     def record(self, *, end_s: float, measured_s: float, predicted_s: float, time_budget_s: float,
                shape: BatchShape, step: str = "", waiting_prompts: int = 0,
-               min_prompt_slack_s: float | None = None) -> None:
-        self._write({"end_s": end_s, "measured_s": measured_s, "predicted_s": predicted_s,
-                     "time_budget_s": time_budget_s, "features": list(shape.features()), "step": step,
-                     "waiting_prompts": waiting_prompts, "min_prompt_slack_s": min_prompt_slack_s})
+               min_prompt_slack_s: float | None = None, late_tokens: list[dict] | None = None) -> None:
+        entry = {"end_s": end_s, "measured_s": measured_s, "predicted_s": predicted_s,
+                 "time_budget_s": time_budget_s, "features": list(shape.features()), "step": step,
+                 "waiting_prompts": waiting_prompts, "min_prompt_slack_s": min_prompt_slack_s}
+        if late_tokens:
+            entry["late_tokens"] = late_tokens
+        self._write(entry)
 
     def _write(self, entry: dict) -> None:
         if self._file is None:

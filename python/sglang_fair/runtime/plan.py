@@ -13,7 +13,7 @@ import copy
 from dataclasses import dataclass
 
 from sglang_fair.policy import Plan
-from sglang_fair.runtime.records import is_abort, note_executed_batch, release, sweep
+from sglang_fair.runtime.records import is_abort, late_decode_tokens, note_executed_batch, release, sweep
 
 __all__ = [
     "MIN_CONTINUE_CHUNK_TOKENS",
@@ -196,6 +196,8 @@ def finish_iteration(scheduler, batch, record: IterationRecord, measured_s: floa
     """The iteration's result was processed: records progress, finished requests are released,
     the executed shape and its measured seconds go to the policy (online refit) and the metrics."""
     states = scheduler.fair_states
+    log = scheduler.fair_iteration_log
+    late_tokens = late_decode_tokens(states, batch, end_s) if log is not None else None
     shape, finished = note_executed_batch(states, batch, end_s)
     for state, req in finished:
         release(scheduler, state, aborted=is_abort(req))
@@ -209,10 +211,10 @@ def finish_iteration(scheduler, batch, record: IterationRecord, measured_s: floa
     scheduler.fair_iterations += 1
     if scheduler.fair_metrics is not None:
         scheduler.fair_metrics.observe_iteration(scheduler, plan, executed, measured_s)
-    if scheduler.fair_iteration_log is not None:
-        scheduler.fair_iteration_log.record(end_s=end_s, measured_s=measured_s, predicted_s=executed.predicted_s,
-                                            time_budget_s=plan.time_budget_s, shape=shape, step=plan.step,
-                                            waiting_prompts=record.waiting_prompts,
-                                            min_prompt_slack_s=record.min_prompt_slack_s)
+    if log is not None:
+        log.record(end_s=end_s, measured_s=measured_s, predicted_s=executed.predicted_s,
+                   time_budget_s=plan.time_budget_s, shape=shape, step=plan.step,
+                   waiting_prompts=record.waiting_prompts, min_prompt_slack_s=record.min_prompt_slack_s,
+                   late_tokens=late_tokens)
     if len(states) > 2 * (len(scheduler.waiting_queue) + len(scheduler.running_batch.reqs)) + 64:
         sweep(scheduler, batch)

@@ -22,6 +22,7 @@ __all__ = [
     "RuntimeRequestState",
     "SloCounters",
     "is_abort",
+    "late_decode_tokens",
     "note_executed_batch",
     "release",
     "sweep",
@@ -223,6 +224,32 @@ def note_executed_batch(states: dict, batch, end_s: float) -> tuple[BatchShape, 
     shape.decode_context += sum_context  # (a mixed batch's decode rows: the mixed_context term)
     shape.decode_context_sq += sum_context_sq  # (and the mixed_context_sq term)
     return shape, finished
+
+
+def late_decode_tokens(states: dict, batch, end_s: float) -> list[dict]:
+    """Decode tokens of ``batch`` that come out at ``end_s`` past the line the policy plans
+    against (:attr:`RequestState.next_deadline_s`, anchored at the first token): for the last
+    token of a request that met its TTFT, that is exactly a missed mean TPOT.  Requests already
+    lost are left out (their verdict is settled).  Call before :func:`note_executed_batch` (it
+    reads each record as the iteration found it).  Only ``--fair-iteration-log`` asks: each entry
+    says how long the request had waited since its last token and how much time its line had
+    given it then, so a reader can find the iterations that made the token late.
+    """
+    if batch.forward_mode.is_extend():
+        decoding = batch.decoding_reqs or []
+    else:
+        decoding = batch.reqs
+    late = []
+    for req in decoding:
+        state = states.get(req.rid)
+        if state is None or state.last_token_s is None or len(req.output_ids) != state.generated_tokens + 1:
+            continue
+        due_s = state.next_deadline_s
+        if end_s > due_s and not state.is_lost(state.last_token_s):
+            late.append({"rid": req.rid, "token": state.generated_tokens, "late_s": end_s - due_s,
+                         "waited_s": end_s - state.last_token_s, "line_gave_s": due_s - state.last_token_s,
+                         "max_new_tokens": state.max_new_tokens})
+    return late
 
 
 def _note_prefill_rows(states: dict, batch, rows: list, shape: BatchShape, end_s: float, finished: list) -> None:
