@@ -14,7 +14,9 @@ Each ``--server NAME=FLAGS`` is a ``python -m sglang_fair.launch_server`` comman
 flags are added; ``{ttft}`` and ``{tpot}`` stand for the SLOs); the default pair is the two above,
 stock SGLang and the README's FairBatching command.  A server may run another checkout of the
 package with ``NAME@PATH=FLAGS`` (``PATH`` goes first on its ``PYTHONPATH``: a git worktree's
-``python/`` folder).  Reported per arrival process: each server's attainment per seed (TTFT and
+``python/`` folder).  Each server's code is recorded (the checkout's commit, and the files under
+its ``python/`` that differ from it: a server without ``@PATH`` runs this checkout's working tree,
+uncommitted edits included, which is named and warned about).  Reported per arrival process: each server's attainment per seed (TTFT and
 mean TPOT both met), the median, the share that met TTFT and the share that met TPOT each on its
 own (which SLO the misses miss), P99 TTFT, P99 TBT (inter-token gap) and P99 per-request TPOT
 (medians over seeds), and runs under 50% where the first server met >= 90% (collapses).  With
@@ -29,6 +31,7 @@ import math
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -102,12 +105,31 @@ def misses_by_output(names: list[str], runs: list[dict]) -> dict:
     return out
 
 
+def code_identity(python_path: str | None) -> dict:
+    """The code a server runs: the commit of the checkout its package comes from (``python_path``'s,
+    else this one's) and the files under that ``python/`` folder that differ from it."""
+    folder = Path(python_path) if python_path else Path(__file__).resolve().parents[1] / "python"
+    def git(*args) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True,
+                                  timeout=30, check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    commit = git("rev-parse", "--short", "HEAD").strip() or None
+    modified = sorted(line[3:] for line in git("status", "--porcelain", "--", ".").splitlines()
+                      if line[3:].endswith(".py"))
+    return {"commit": commit, "modified": modified}
+
+
 def render(report: dict) -> str:
     lines = [f"Interleaved A/B ({report['date_utc']}; load at start {report['load_start']['uptime']!r}, at end"
              f" {report['load_end']['uptime']!r}): {report['model']}, {report['requests']} requests a run,"
              f" SLOs TTFT {report['ttft_slo_s']} s, TPOT {report['tpot_slo_s']} s"]
     for name, server in report["servers"].items():
-        lines.append(f"- {name}: `{server['command']}`")
+        code = server.get("code") or {}
+        changed = f", with uncommitted edits to {', '.join(code['modified'])}" if code.get("modified") else ""
+        where = f" (code: {code.get('commit') or 'unknown commit'}{changed})" if code else ""
+        lines.append(f"- {name}: `{server['command']}`{where}")
     for arrival, block in report["arrivals"].items():
         lines += ["", f"{arrival} at {block['rate_rps']} req/s, seeds {', '.join(map(str, block['seeds']))}:", "",
                   "| server | attainment per seed | median | TTFT / TPOT met | P99 TTFT s | P99 TBT ms | P99 TPOT ms |"
@@ -187,7 +209,10 @@ def main(argv=None) -> int:
                 env["PYTHONPATH"] = os.pathsep.join(filter(None, [python_path, env.get("PYTHONPATH")]))
             bench.launch(server, model, out_dir, env)
             started.append(server)
-            report["servers"][name] = {"flags": flags, "pythonpath": python_path,
+            code = code_identity(python_path)
+            if code["modified"]:
+                print(f"[ab] warning: {name} runs uncommitted edits to {', '.join(code['modified'])}", flush=True)
+            report["servers"][name] = {"flags": flags, "pythonpath": python_path, "code": code,
                                        "command": shlex.join(["python", "-m", "sglang_fair.launch_server", *flags])}
         for server in started:
             bench.wait_ready(server, args.start_timeout)

@@ -92,3 +92,30 @@ def test_misses_by_output_length_come_from_the_per_request_rows():
     assert "| 1-4 | 1, 0, 0 | 1, 0, 1 |" in text
     assert "| 17-64 | 1, 1, 0 | 1, 0, 0 |" in text
     assert "| > 64 | 1, 0, 0 | 1, 0, 1 |" in text
+
+
+def test_each_server_names_the_commit_and_the_uncommitted_edits_it_runs(tmp_path):
+    """A server without @PATH runs this checkout's working tree: an edit there (a variant being
+    tried) would silently change the reference server too, so the report names it."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    package = tmp_path / "python" / "pkg"
+    package.mkdir(parents=True)
+    (package / "rule.py").write_text("X = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    clean = ab.code_identity(str(tmp_path / "python"))
+    assert clean["commit"] and clean["modified"] == []
+    (package / "rule.py").write_text("X = 2\n")
+    (tmp_path / "python" / "notes.txt").write_text("not code\n")
+    edited = ab.code_identity(str(tmp_path / "python"))
+    assert edited == {"commit": clean["commit"], "modified": ["python/pkg/rule.py"]}
+    assert ab.code_identity(str(tmp_path / "elsewhere")) == {"commit": None, "modified": []}
+    report = {"date_utc": "d", "load_start": {"uptime": "u0"}, "load_end": {"uptime": "u1"}, "model": "tiny",
+              "requests": 2, "ttft_slo_s": 0.136, "tpot_slo_s": 0.017, "arrivals": {},
+              "servers": {"fair": {"command": "python -m sglang_fair.launch_server", "code": edited}}}
+    assert f"(code: {clean['commit']}, with uncommitted edits to python/pkg/rule.py)" in ab.render(report)
