@@ -293,6 +293,25 @@ def test_dear_extend_path_runs_overdue_decodes_then_a_prompt_that_cannot_wait_al
     assert chunk.tokens >= CPU_LIKE.efficient_chunk_tokens(0)
 
 
+@pytest.mark.parametrize("remaining", [40, 600])
+def test_a_part_prefilled_prompt_gets_its_chunk_priced_from_its_prefix(remaining):
+    # The second test above with a prompt whose first 3000 tokens are prefilled: its next chunk
+    # attends to them (on CPU_LIKE 9 ms more than a chunk with no prefix).  The prefill-only
+    # iteration is sized for that; sized as if there were no prefix it held too small a chunk,
+    # or none at all (a plan of decodes only, to which SGLang then adds its 32-token
+    # continuation, with every decode, iteration after iteration).
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
+    decodes = _fresh_decodes(16)
+    for request in decodes:
+        request.first_token_s = request.last_token_s = NOW - 0.06
+    prompt = make_request("long", NOW - 0.93, 3000 + remaining, 1.0, 0.05, prefilled=3000)
+    now_s = _after_decode_step(decodes, policy.plan(IterationView(NOW, decodes, [], 10**6, 10**6, 256, 8192)).predicted_s)
+    plan = policy.plan(IterationView(now_s, decodes, [prompt], 10**6, 10**6, 256, 8192))
+    assert plan.step == "apart: prefill, head cannot wait"
+    (chunk,) = plan.prefills
+    assert chunk.tokens == min(remaining, CPU_LIKE.efficient_chunk_tokens(3000))
+
+
 def test_a_prefill_only_iteration_packs_several_short_prompts():
     policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9)
     decodes = _fresh_decodes(16)

@@ -582,7 +582,7 @@ class FairBatchingPolicy(BatchPolicy):
         amortised = min(model.max_chunk_tokens(amortised_s, 0), waiting_tokens, view.max_prefill_tokens)
         worthwhile = min(waiting_tokens, model.max_chunk_tokens(overhead_s, 0) + 1)
         needed = max(worthwhile, amortised)
-        if room_s < overhead_s + model.prefill_cost_s(needed, 0):
+        if room_s < overhead_s + self._fill_cost_s(model, order.prefills, needed):
             cannot_wait = now_s + decode_only.predicted_s + overhead_s + model.prefill_cost_s(
                 head.remaining_prefill_tokens, head.prefilled_tokens) > due_head_s
             if head.prefilled_tokens == 0 and (not cannot_wait or due_s <= now_s):
@@ -592,7 +592,7 @@ class FairBatchingPolicy(BatchPolicy):
             # least the amortised prefill.
             needed = max(needed, self._queue_chunk_tokens(model, order))
             step = "apart: prefill, head late" if now_s > due_head_s else "apart: prefill, head cannot wait"
-            room_s = overhead_s + model.prefill_cost_s(needed, 0)
+            room_s = overhead_s + self._fill_cost_s(model, order.prefills, needed)
         else:
             step = "apart: prefill, amortised"
         prefill_only = BatchBuilder(view, model, time_budget_s=room_s)
@@ -604,6 +604,24 @@ class FairBatchingPolicy(BatchPolicy):
             return prefill_only
         decode_only.plan.step = "apart: decodes, no memory or seat"
         return decode_only
+
+    @staticmethod
+    def _fill_cost_s(model: CostModel, prompts: list[RequestState], tokens: int) -> float:
+        """Prefill time of a prefill-only iteration that takes ``tokens`` from ``prompts`` in order,
+        each chunk priced from where its prompt stands, as the batch builder then prices it.  A
+        part-prefilled prompt's chunk attends to its prefix: a room sized as if it had none held
+        too small a chunk, or none (below the minimum chunk), and SGLang's 32-token continuation
+        then ran with every decode, iteration after iteration (``docs/results-cpu.md``)."""
+        cost_s = 0.0
+        for request in prompts:
+            if tokens <= 0:
+                break
+            take = min(tokens, request.remaining_prefill_tokens)
+            cost_s += model.prefill_cost_s(take, request.prefilled_tokens)
+            tokens -= take
+        # (plus a nanosecond: the builder inverts this cost in floating point, max_chunk_tokens,
+        # and could round the last token off, leaving it an iteration of its own)
+        return cost_s + 1e-9
 
     # ------------------------------------------------------------------ 3. relaxed decodes
     def relaxed_decodes(self, builder: BatchBuilder, order: IterationOrder, view: IterationView) -> None:
