@@ -16,10 +16,11 @@ stock SGLang and the README's FairBatching command.  A server may run another ch
 package with ``NAME@PATH=FLAGS`` (``PATH`` goes first on its ``PYTHONPATH``: a git worktree's
 ``python/`` folder).  Each server's code is recorded (the checkout's commit, and the files under
 its ``python/`` that differ from it: a server without ``@PATH`` runs this checkout's working tree,
-uncommitted edits included, which is named and warned about).  Reported per arrival process: each server's attainment per seed (TTFT and
-mean TPOT both met), the median, the share that met TTFT and the share that met TPOT each on its
-own (which SLO the misses miss), P99 TTFT, P99 TBT (inter-token gap) and P99 per-request TPOT
-(medians over seeds), and runs under 50% where the first server met >= 90% (collapses).  With
+uncommitted edits included, which is named and warned about).  Reported per arrival process: each
+server's attainment per seed (TTFT and mean TPOT both met), the median, the share that met TTFT and
+the share that met TPOT each on its own (which SLO the misses miss), P99 TTFT, P99 TBT (inter-token
+gap) and P99 per-request TPOT (medians over seeds), and runs under 50% where the first server met
+>= 90% (collapses).  With
 ``--per-request`` every request's outcome is kept in results.json and the misses are counted by
 output length (a mean TPOT over a few gaps is missed by one late gap).
 """
@@ -109,6 +110,7 @@ def code_identity(python_path: str | None) -> dict:
     """The code a server runs: the commit of the checkout its package comes from (``python_path``'s,
     else this one's) and the files under that ``python/`` folder that differ from it."""
     folder = Path(python_path) if python_path else Path(__file__).resolve().parents[1] / "python"
+
     def git(*args) -> str:
         try:
             return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True,

@@ -6,8 +6,8 @@
 
 For each policy step of the log's last run (``Plan.step``: which rule decided the batch; decode-only
 steps nobody planned are ``(decode run)``): how many iterations, their measured time (median, P90,
-P99), and how many took longer than the TPOT SLO, a gap every decode in them saw.  A prefill-only iteration is
-counted with the step after it (the decodes wait for both): the last column.
+P99), and how many took longer than the TPOT SLO, a gap every decode in them saw.  A prefill-only
+iteration is counted with the step after it (the decodes wait for both): the last column.
 
 When the log holds ``late_tokens`` (decode tokens past the line the policy plans against, which for
 a request's last token is a missed mean TPOT), a second table takes each request's first late

@@ -189,8 +189,7 @@ def note_executed_batch(states: dict, batch, end_s: float) -> tuple[BatchShape, 
     """
     shape = BatchShape()
     reqs = batch.reqs
-    decoding = batch.decoding_reqs or []
-    num_prefill_rows = len(reqs) - len(decoding) if batch.forward_mode.is_extend() else 0
+    num_prefill_rows = len(reqs) - len(_decode_rows(batch))
     finished = []
     if num_prefill_rows:
         _note_prefill_rows(states, batch, reqs[:num_prefill_rows], shape, end_s, finished)
@@ -226,6 +225,12 @@ def note_executed_batch(states: dict, batch, end_s: float) -> tuple[BatchShape, 
     return shape, finished
 
 
+def _decode_rows(batch) -> list:
+    """The decode rows of an executed batch: all of a decode batch; those SGLang mixed into an
+    extend batch (after its prefill rows)."""
+    return (batch.decoding_reqs or []) if batch.forward_mode.is_extend() else batch.reqs
+
+
 def late_decode_tokens(states: dict, batch, end_s: float) -> list[dict]:
     """Decode tokens of ``batch`` that come out at ``end_s`` past the line the policy plans
     against (:attr:`RequestState.next_deadline_s`, anchored at the first token): for the last
@@ -235,12 +240,8 @@ def late_decode_tokens(states: dict, batch, end_s: float) -> list[dict]:
     says how long the request had waited since its last token and how much time its line had
     given it then, so a reader can find the iterations that made the token late.
     """
-    if batch.forward_mode.is_extend():
-        decoding = batch.decoding_reqs or []
-    else:
-        decoding = batch.reqs
     late = []
-    for req in decoding:
+    for req in _decode_rows(batch):
         state = states.get(req.rid)
         if state is None or state.last_token_s is None or len(req.output_ids) != state.generated_tokens + 1:
             continue
