@@ -142,12 +142,17 @@ def engine_drift(features: np.ndarray, times: np.ndarray, model: CostModel, bloc
             "range": [min(medians), max(medians)] if medians else None}
 
 
+def hindsight_model(features: np.ndarray, times: np.ndarray) -> CostModel:
+    """One model fitted to a whole log: the online refit's fit with no prior (the whole log is the
+    evidence), centred on the median."""
+    return median_centred(fit_physical_cost_model(features, times, name="hindsight",
+                                                  nonnegative=ONLINE_NONNEGATIVE_TERMS), features, times)
+
+
 def replay_log(path: str, *, held: CostModel | None, skip: int, block: int) -> dict:
     prior, features, times = read_log(path)
     skip = min(skip, len(times) // 2)
-    # (the online refit's fit, with no prior: the whole log is the evidence)
-    hindsight = median_centred(fit_physical_cost_model(features, times, name="hindsight",
-                                                       nonnegative=ONLINE_NONNEGATIVE_TERMS), features, times)
+    hindsight = hindsight_model(features, times)
     references = reference_rows(features, times)
     variants = {"online": OnlineCostModel(prior), "prior": prior, "hindsight": hindsight}
     if held is not None:
