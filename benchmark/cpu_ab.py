@@ -22,7 +22,11 @@ the share that met TPOT each on its own (which SLO the misses miss), P99 TTFT, P
 gap) and P99 per-request TPOT (medians over seeds), and runs under 50% where the first server met
 >= 90% (collapses).  With
 ``--per-request`` every request's outcome is kept in results.json and the misses are counted by
-output length (a mean TPOT over a few gaps is missed by one late gap).
+output length (a mean TPOT over a few gaps is missed by one late gap).  Where a server keeps SLO
+counters of its own (``GET /fair/state``: FairBatching; stock batching keeps none), each run's are
+kept beside the client's, and the TTFTs met by the scheduler's clock (from its receipt of the
+request to its first token) are compared with the client's: the difference is lost outside the
+scheduler (tokenizer, detokenizer, HTTP), where the policy cannot see it.
 """
 
 from __future__ import annotations
@@ -106,6 +110,60 @@ def misses_by_output(names: list[str], runs: list[dict]) -> dict:
     return out
 
 
+#: The counters of a server's ``/fair/state`` SLO block that a run's are the difference of.
+SERVER_COUNTERS = ("finished", "met_ttft", "met_tpot", "met_both")
+
+
+def server_slo(url: str) -> dict | None:
+    """A server's own SLO counters (``GET /fair/state``, summed over its data-parallel ranks), or
+    ``None`` when it has no such endpoint or counts nothing (stock batching keeps no records)."""
+    import requests
+
+    try:
+        return slo_counters(requests.get(f"{url}/fair/state", timeout=10).json())
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def slo_counters(state: dict) -> dict | None:
+    """The SLO counters of a ``GET /fair/state`` answer, summed over its ranks (each rank's are in
+    its ``runtime`` block); ``None`` if it has none."""
+    try:
+        ranks = [rank.get("runtime", rank) for rank in state["dp_ranks"]]
+        return {key: sum(int(rank["slo"][key]) for rank in ranks) for key in SERVER_COUNTERS}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def server_run_slo(before: dict | None, after: dict | None) -> dict | None:
+    """One run's server-side counts: the difference of the counters around it (None if either
+    read failed or the server finished nothing, as stock batching, which keeps no records)."""
+    if before is None or after is None:
+        return None
+    run = {key: after[key] - before[key] for key in SERVER_COUNTERS}
+    return run if run["finished"] > 0 else None
+
+
+def server_vs_client(names: list[str], runs: list[dict]) -> dict:
+    """Per server with counters of its own, over all seeds: requests it finished, TTFTs met by its
+    clock and by the client's, and both SLOs met by each."""
+    out = {}
+    for name in names:
+        rows = [run[name] for run in runs if run[name].get("server_slo")]
+        if not rows:
+            continue
+        out[name] = {
+            "runs": len(rows),
+            "server_finished": sum(row["server_slo"]["finished"] for row in rows),
+            "server_met_ttft": sum(row["server_slo"]["met_ttft"] for row in rows),
+            "server_met_both": sum(row["server_slo"]["met_both"] for row in rows),
+            "client_requests": sum(row["requests"] for row in rows),
+            "client_met_ttft": sum(round(row["ttft_attainment"] * row["requests"]) for row in rows),
+            "client_met_both": sum(round(row["slo_attainment"] * row["requests"]) for row in rows),
+        }
+    return out
+
+
 def code_identity(python_path: str | None) -> dict:
     """The code a server runs: the commit of the checkout its package comes from (``python_path``'s,
     else this one's) and the files under that ``python/`` folder that differ from it."""
@@ -151,6 +209,15 @@ def render(report: dict) -> str:
                 lines.append(f"| {label} | " + " | ".join(
                     f"{c['requests']}, {c['ttft_missed']}, {c['tpot_missed_only']}"
                     for c in (misses[name][label] for name in misses)) + " |")
+        verdicts = block.get("server_vs_client")
+        if verdicts:
+            lines += ["", "The scheduler's own verdicts (its clock: receipt to first token) beside the client's,"
+                      " all seeds:", "",
+                      "| server | runs | finished | TTFT met: scheduler / client | both met: scheduler / client |",
+                      "|---|---|---|---|---|"]
+            for name, v in verdicts.items():
+                lines.append(f"| {name} | {v['runs']} | {v['server_finished']} | {v['server_met_ttft']} /"
+                             f" {v['client_met_ttft']} | {v['server_met_both']} / {v['client_met_both']} |")
     return "\n".join(lines)
 
 
@@ -231,15 +298,18 @@ def main(argv=None) -> int:
                                                   seed=seed, arrival_cv=ARRIVAL_CV[arrival])
                 row = {"seed": seed}
                 for server in started:  # interleaved: every server on this seed before the next seed
+                    before = server_slo(server.url)
                     row[server.name] = bench.run_once(server, specs, seed, model.vocab_size, args.drain_timeout,
                                                       f"{arrival} seed {seed} {server.name}", args.per_request)
+                    row[server.name]["server_slo"] = server_run_slo(before, server_slo(server.url))
                 runs[arrival].append(row)
                 print(f"[ab] {arrival} seed {seed}: " + ", ".join(
                     f"{name} {row[name]['slo_attainment']:.0%}" for name in names), flush=True)
         for arrival, rows in runs.items():
             report["arrivals"][arrival] = {"rate_rps": args.rate, "arrival_cv": ARRIVAL_CV[arrival],
                                            "seeds": args.seeds, "runs": rows, "summary": summarize(names, rows),
-                                           "misses_by_output": misses_by_output(names, rows)}
+                                           "misses_by_output": misses_by_output(names, rows),
+                                           "server_vs_client": server_vs_client(names, rows)}
     finally:
         for server in started:
             bench.stop(server)

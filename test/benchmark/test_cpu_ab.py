@@ -119,3 +119,30 @@ def test_each_server_names_the_commit_and_the_uncommitted_edits_it_runs(tmp_path
               "requests": 2, "ttft_slo_s": 0.136, "tpot_slo_s": 0.017, "arrivals": {},
               "servers": {"fair": {"command": "python -m sglang_fair.launch_server", "code": edited}}}
     assert f"(code: {clean['commit']}, with uncommitted edits to python/pkg/rule.py)" in ab.render(report)
+
+
+def test_the_schedulers_own_verdicts_are_set_beside_the_clients():
+    """A run's server-side counts are the difference of the counters around it; a server that
+    counts nothing (stock batching) or could not be read has none, and is left out of the table."""
+    before = {"finished": 10, "met_ttft": 9, "met_tpot": 10, "met_both": 9}
+    after = {"finished": 250, "met_ttft": 229, "met_tpot": 245, "met_both": 222}
+    run = ab.server_run_slo(before, after)
+    assert run == {"finished": 240, "met_ttft": 220, "met_tpot": 235, "met_both": 213}
+    assert ab.server_run_slo(before, dict(before)) is None and ab.server_run_slo(None, after) is None
+    fair = {**_run(0.85), "requests": 240, "ttft_attainment": 0.875, "server_slo": run}
+    stock = {**_run(0.9), "requests": 240, "server_slo": None}
+    verdicts = ab.server_vs_client(["stock", "fair"], [{"seed": 0, "stock": stock, "fair": fair}])
+    assert list(verdicts) == ["fair"]
+    assert verdicts["fair"] == {"runs": 1, "server_finished": 240, "server_met_ttft": 220, "server_met_both": 213,
+                                "client_requests": 240, "client_met_ttft": 210, "client_met_both": 204}
+    assert ab.server_slo("http://127.0.0.1:9") is None  # nothing listens there
+    rank = {"batch_policy": "fairbatching", "runtime": {"slo": {**after, "aborted": 0}}}
+    assert ab.slo_counters({"dp_ranks": [rank, rank]}) == {key: 2 * after[key] for key in ab.SERVER_COUNTERS}
+    assert ab.slo_counters({"dp_ranks": [{}]}) is None and ab.slo_counters({"error": "down"}) is None
+    report = {"date_utc": "d", "load_start": {"uptime": "u0"}, "load_end": {"uptime": "u1"}, "model": "tiny",
+              "requests": 240, "ttft_slo_s": 0.136, "tpot_slo_s": 0.017, "servers": {},
+              "arrivals": {"bursty": {"rate_rps": 12.0, "seeds": [0],
+                                      "summary": ab.summarize(["stock", "fair"], [{"seed": 0, "stock": stock,
+                                                                                   "fair": fair}]),
+                                      "server_vs_client": verdicts}}}
+    assert "| fair | 1 | 240 | 220 / 210 | 213 / 204 |" in ab.render(report)
