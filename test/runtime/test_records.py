@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from sglang_fair.policy.cost_model import FEATURE_NAMES
 from sglang_fair.policy.request import meets_envelope
+from sglang_fair.runtime import records
 from sglang_fair.runtime.records import RuntimeRequestState, late_decode_tokens, note_executed_batch
 
 
@@ -122,3 +123,14 @@ def test_late_decode_tokens_are_those_past_the_planning_line_of_requests_still_o
     # The envelope (arrival + TTFT + j * TPOT) would have called it on time.
     assert meets_envelope(late.envelope_slack_s(1, 0.25))
     assert late_decode_tokens(states, _batch([on_time_req, late_req], prefill_rows=0), 0.15) == []
+
+
+@pytest.mark.parametrize("created_s, expected_s", [
+    (99.9, 99.9),     # the HTTP server's receipt, 0.1 s before the scheduler's: the TTFT starts there
+    (0.0, 100.0),     # not sent (SGLang without the patch, a calibration request): the scheduler's
+    (100.5, 100.0),   # after the scheduler's receipt: another host's clock, not believed
+    (10.0, 100.0),    # 90 s before it: the same
+])
+def test_a_request_arrives_at_the_http_servers_receipt_when_the_scheduler_has_it(created_s, expected_s):
+    req = SimpleNamespace(time_stats=SimpleNamespace(created_time=created_s, scheduler_recv_time=100.0))
+    assert records.arrival_time_s(req) == expected_s

@@ -111,3 +111,27 @@ def test_waiting_queue_sorted_through_the_scheduler_policy_before_the_adder():
     assert "self.policy.shortest_prefill_chunk_limit(" in source
     assert "self.policy = SchedulePolicy(" in inspect.getsource(Scheduler.init_schedule_policy)
     assert _params(SchedulePolicy.calc_priority)[:1] == ["waiting_queue"]
+
+
+def test_the_tokenizers_receipt_time_reaches_the_scheduler_with_the_patch_only():
+    """SGLang 0.5.23 drops ``created_time`` when it pickles a request's time stats to the scheduler;
+    ``install_created_time_propagation`` sends it on, and the scheduler's stats take it
+    (``new_from_obj`` copies the fields both classes have).  Upstream renaming either field, or
+    starting to send it itself, fails here."""
+    import pickle
+
+    from sglang.srt.observability.req_time_stats import APIServerReqTimeStats, SchedulerReqTimeStats
+
+    from sglang_fair.runtime import http_routes
+
+    sent = APIServerReqTimeStats()
+    sent.set_created_time(1234.5)
+    if not getattr(APIServerReqTimeStats.__getstate__, "_sglang_fair_created_time", False):
+        assert "created_time" not in APIServerReqTimeStats.__getstate__(sent), \
+            "SGLang now sends created_time itself: drop the patch"
+    http_routes.install_created_time_propagation()
+    http_routes.install_created_time_propagation()  # idempotent
+    received = pickle.loads(pickle.dumps(sent))
+    assert received.created_time == 1234.5
+    assert SchedulerReqTimeStats.new_from_obj(received).created_time == 1234.5
+    assert hasattr(SchedulerReqTimeStats(), "scheduler_recv_time")

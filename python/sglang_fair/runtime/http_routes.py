@@ -40,6 +40,9 @@ scheduler round trip per poll, fine at sglang-router 0.3.2's interval of about 3
 vocabulary is a 400 in the tokenizer process; SGLang 0.5.23 passes it on and its scheduler process
 dies on the embedding lookup (IndexError), taking the server down; an empty prompt (0 tokens) is
 a 400 too, since such a request is never answered (both found by test/reliability's fuzzing).
+
+:func:`install_created_time_propagation` (every policy): the HTTP server's receipt time of each
+request reaches the scheduler, where the runtime starts its TTFT (SGLang 0.5.23 drops it on the way).
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ __all__ = [
     "find_body_problem",
     "install_routes",
     "install_token_id_check",
+    "install_created_time_propagation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -93,6 +97,7 @@ def install_routes(app, *, replica: str | None = None, validate: bool = False, a
 
     existing = {getattr(route, "path", None) for route in app.router.routes}
     install_token_id_check()
+    install_created_time_propagation()
     gate = PabGate(default_ttft_s) if admission else None
     if not getattr(app.state, "sglang_fair_guard", False):
         app.add_middleware(RequestGuard, replica=replica, validate=validate, admission=admission, gate=gate)
@@ -153,6 +158,32 @@ def install_token_id_check() -> None:
 
     validate_one_request._sglang_fair_checked = True
     TokenizerManager._validate_one_request = validate_one_request
+
+
+def install_created_time_propagation() -> None:
+    """Send the tokenizer's receipt time of each request on to the scheduler; idempotent.
+
+    SGLang 0.5.23 stamps ``created_time`` (``time.perf_counter()``) when the HTTP server takes a
+    request, but its ``APIServerReqTimeStats.__getstate__`` drops it when the request is pickled to
+    the scheduler, whose copy then holds 0.  Added to the pickled state, it lands in the
+    scheduler's ``SchedulerReqTimeStats.created_time`` (``new_from_obj`` copies the fields both
+    have), and the runtime starts each TTFT there (:func:`records.arrival_time_s`) instead of at
+    the scheduler's receipt: on a loaded 2-core CPU server the queue before the scheduler took part
+    of the TTFT the policy planned with (``docs/results-cpu.md``)."""
+    from sglang.srt.observability.req_time_stats import APIServerReqTimeStats
+
+    original = APIServerReqTimeStats.__getstate__
+    if getattr(original, "_sglang_fair_created_time", False):
+        return
+
+    def getstate(self):
+        state = original(self)
+        if self.created_time:
+            state["created_time"] = self.created_time
+        return state
+
+    getstate._sglang_fair_created_time = True
+    APIServerReqTimeStats.__getstate__ = getstate
 
 
 # ---------------------------------------------------------------------------------- request guard

@@ -104,11 +104,23 @@ def is_abort(req) -> bool:
     return reason is not None and type(reason).__name__ == "FINISH_ABORT"
 
 
+#: A tokenizer receipt older than this, at the scheduler's receipt, is not believed: a tokenizer on
+#: another host keeps another monotonic clock.
+MAX_TOKENIZER_LEAD_S = 60.0
+
+
 def arrival_time_s(req) -> float:
     """When ``req`` arrived, on the ``time.perf_counter()`` clock its deadlines are kept on: the
-    scheduler's receipt (else now).  (SGLang 0.5.23 leaves the tokenizer's ``created_time`` at 0 in
-    the scheduler's copy, so the time spent before the scheduler cannot be counted.)"""
-    return req.time_stats.scheduler_recv_time or time.perf_counter()
+    HTTP server's receipt (``created_time``, which SGLang 0.5.23 only passes on to the scheduler
+    with :func:`http_routes.install_created_time_propagation`), so the time a request spends in
+    the tokenizer counts against its TTFT as the client counts it; else the scheduler's receipt,
+    else now."""
+    stats = req.time_stats
+    received_s = stats.scheduler_recv_time or time.perf_counter()
+    created_s = getattr(stats, "created_time", 0.0) or 0.0
+    if 0.0 < received_s - created_s <= MAX_TOKENIZER_LEAD_S:
+        return created_s
+    return received_s
 
 
 def _record_of(scheduler, req) -> RuntimeRequestState:
