@@ -53,6 +53,7 @@ import online_model_replay  # noqa: E402
 
 from sglang_fair import strict_json  # noqa: E402
 from sglang_fair.policy.cost_model import FEATURE_NAMES, CostModel  # noqa: E402
+from sglang_fair.policy.registry import POLICY_NAMES, parse_option_value  # noqa: E402
 from sglang_fair.runtime.iteration_log import read_last_run  # noqa: E402
 from sglang_fair.sim.capacity import Variant, run_probe  # noqa: E402
 from sglang_fair.sim.engine import EngineConfig  # noqa: E402
@@ -85,14 +86,15 @@ class MachineCosts:
 
 def machine_costs(path: str) -> MachineCosts:
     """Fit the log's iterations, and measure the time between them and the noise around the fit."""
-    _, features, times = online_model_replay.read_log(path)
+    run = read_last_run(path)
+    _, features, times = online_model_replay.log_arrays(path, run)
     model = online_model_replay.hindsight_model(features, times)
     ratios = times / np.maximum(features @ model.coefficients(), 1e-12)
     stall = ratios > STALL_FACTOR
     logs = np.log(ratios[~stall & (ratios > 0)])
     # (the median absolute deviation, scaled to a normal's sigma: robust to what is left of stalls)
     sigma = float(1.4826 * np.median(np.abs(logs - np.median(logs)))) if len(logs) else 0.0
-    entries = [entry for _, entry in read_last_run(path)[2]]
+    entries = [entry for _, entry in run[2]]
     prefill = FEATURE_NAMES.index("prefill_iteration")
     gaps, prefill_gaps = [], []
     for before, entry in zip(entries, entries[1:]):
@@ -108,23 +110,22 @@ def machine_costs(path: str) -> MachineCosts:
 
 
 def parse_server(spec: str) -> tuple[str, str, dict]:
-    """``NAME=POLICY[:KEY=VALUE,...]`` -> (name, policy, options); values are numbers or booleans."""
+    """``NAME=POLICY[:KEY=VALUE,...]`` -> (name, policy, options), each option typed by its default
+    (``parse_option_value``, as the simulator's and the server's flags read them)."""
     name, sep, rest = spec.partition("=")
     policy, _, opts = rest.partition(":")
-    if not sep or not name.strip() or not policy.strip():
+    name, policy = name.strip(), policy.strip()
+    if not sep or not name or not policy:
         raise ValueError(f"--server {spec!r}: expected NAME=POLICY[:KEY=VALUE,...]")
+    if policy not in POLICY_NAMES:
+        raise ValueError(f"--server {spec!r}: unknown policy {policy!r} (choose from {', '.join(POLICY_NAMES)})")
     options = {}
     for item in filter(None, opts.split(",")):
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"--server {spec!r}: option {item!r} is not KEY=VALUE")
-        options[key] = {"true": True, "false": False}.get(value.lower(), None)
-        if options[key] is None:
-            try:
-                options[key] = int(value)
-            except ValueError:
-                options[key] = float(value)
-    return name.strip(), policy.strip(), options
+        options[key] = parse_option_value(policy, key, value)
+    return name, policy, options
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -61,9 +61,15 @@ def read_log(path: str) -> tuple[CostModel, np.ndarray, np.ndarray]:
     """The prior, the feature rows and the measured seconds of one iteration log (the last run's,
     if the file holds several: the log is appended to by every start)."""
     try:
-        header_line, header, entries = read_last_run(path)
+        run = read_last_run(path)
     except ValueError as exc:
         raise ReplayError(str(exc)) from None
+    return log_arrays(path, run)
+
+
+def log_arrays(path: str, run: tuple[int, dict, list[tuple[int, dict]]]) -> tuple[CostModel, np.ndarray, np.ndarray]:
+    """:func:`read_log` of a run already read (``read_last_run(path)``)."""
+    header_line, header, entries = run
     if list(header.get("features", [])) != list(FEATURE_NAMES):
         raise ReplayError(f"{path}:{header_line}: features {header.get('features')} are not {list(FEATURE_NAMES)}")
     try:

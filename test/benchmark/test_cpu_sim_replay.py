@@ -70,7 +70,8 @@ def test_servers_and_seeds_parse_and_bad_ones_are_refused():
         "stock", "sglang", {"chunked_prefill_size": 512, "mixed_chunk": True})
     assert cpu_sim_replay.parse_server("fair=fairbatching") == ("fair", "fairbatching", {})
     assert cpu_sim_replay.parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
-    for bad in ("stock", "=sglang", "x=sglang:budget"):
+    for bad in ("stock", "=sglang", "x=sglang:budget", "x=fifo", "x=sglang:no_such_option=1",
+                "x=sglang:mixed_chunk=maybe"):
         with pytest.raises(ValueError):
             cpu_sim_replay.parse_server(bad)
     with pytest.raises(SystemExit):

@@ -168,8 +168,9 @@ def install_created_time_propagation() -> None:
     the scheduler, whose copy then holds 0.  Added to the pickled state, it lands in the
     scheduler's ``SchedulerReqTimeStats.created_time`` (``new_from_obj`` copies the fields both
     have), and the runtime starts each TTFT there (:func:`records.arrival_time_s`) instead of at
-    the scheduler's receipt: on a loaded 2-core CPU server the queue before the scheduler took part
-    of the TTFT the policy planned with (``docs/results-cpu.md``)."""
+    the scheduler's receipt, so the time a request spends before the scheduler counts against its
+    TTFT as the client counts it (measured on a loaded 2-core CPU server: a small part of the time
+    the scheduler does not see; most is after the first token leaves it, ``docs/results-cpu.md``)."""
     from sglang.srt.observability.req_time_stats import APIServerReqTimeStats
 
     original = APIServerReqTimeStats.__getstate__
