@@ -26,7 +26,13 @@ output length (a mean TPOT over a few gaps is missed by one late gap).  Where a 
 counters of its own (``GET /fair/state``: FairBatching; stock batching keeps none), each run's are
 kept beside the client's, and the TTFTs met by the scheduler's clock (from its receipt of the
 request to its first token) are compared with the client's: the difference is lost outside the
-scheduler (tokenizer, detokenizer, HTTP), where the policy cannot see it.
+scheduler (tokenizer, detokenizer, HTTP), where the policy cannot see it.  Servers run with SGLang's
+``--enable-metrics`` (add it to each server's flags) stamp each request's receipt and first token,
+and with ``--per-request`` the TTFT is split into its legs for every server, stock included: send to
+the HTTP server's receipt, receipt to first token at the HTTP server, back to the client; the
+client's TTFT misses the HTTP server met were lost on the way in or out.  Each server's CPU seconds
+are read by process around every run (scheduler, detokenizer, HTTP server and tokenizer): on two
+cores they share the machine with each other and with this load client.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu_user_bench as bench  # noqa: E402
@@ -110,6 +118,38 @@ def misses_by_output(names: list[str], runs: list[dict]) -> dict:
     return out
 
 
+def ttft_path(names: list[str], runs: list[dict], ttft_slo_s: float) -> dict:
+    """With ``--per-request`` and servers run with ``--enable-metrics``: per server, over all seeds,
+    the median of each leg of the TTFT (send to the HTTP server's receipt; receipt to the HTTP
+    server holding the first token; back to the client), and the TTFTs missed by the client's clock
+    that the HTTP server met by its own (lost on the way in or out, where no scheduler sees)."""
+    out = {}
+    for name in names:
+        legs: dict[str, list[float]] = {"to_server_s": [], "server_ttft_s": [], "back_to_client_s": []}
+        missed = missed_outside = 0
+        for run in runs:
+            detail = run[name].get("requests_detail")
+            if detail is None or "server_ttft_s" not in detail["columns"]:
+                break
+            for row in detail["rows"]:
+                request = dict(zip(detail["columns"], row))
+                to_server, in_server, ttft = request["to_server_s"], request["server_ttft_s"], request["ttft_s"]
+                if not all(map(math.isfinite, (to_server, in_server, ttft))):
+                    continue
+                legs["to_server_s"].append(to_server)
+                legs["server_ttft_s"].append(in_server)
+                legs["back_to_client_s"].append(ttft - to_server - in_server)
+                if not request["ttft_met"]:
+                    missed += 1
+                    missed_outside += in_server <= ttft_slo_s
+        if legs["server_ttft_s"]:
+            out[name] = {"requests": len(legs["server_ttft_s"]),
+                         **{f"{leg}_p50": statistics.median(values) for leg, values in legs.items()},
+                         **{f"{leg}_p90": float(np.percentile(values, 90)) for leg, values in legs.items()},
+                         "ttft_missed": missed, "ttft_missed_server_met": missed_outside}
+    return out
+
+
 #: The counters of a server's ``/fair/state`` SLO block that a run's are the difference of.
 SERVER_COUNTERS = ("finished", "met_ttft", "met_tpot", "met_both")
 
@@ -161,6 +201,46 @@ def server_vs_client(names: list[str], runs: list[dict]) -> dict:
             "client_met_ttft": sum(round(row["ttft_attainment"] * row["requests"]) for row in rows),
             "client_met_both": sum(round(row["slo_attainment"] * row["requests"]) for row in rows),
         }
+    return out
+
+
+def process_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) a server's processes have used so far, summed by process title
+    (SGLang names its scheduler and detokenizer processes; the first is the HTTP server and tokenizer)."""
+    import psutil
+
+    out: dict[str, float] = {}
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return out
+    for process in processes:
+        try:
+            title = "http+tokenizer" if process.pid == pid else process.name()
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        out[title] = out.get(title, 0.0) + times.user + times.system
+    return out
+
+
+def run_cpu_seconds(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """One run's CPU seconds by process title: the difference of the readings around it."""
+    return {title: round(after[title] - before.get(title, 0.0), 3) for title in after}
+
+
+def cpu_by_process(names: list[str], runs: list[dict]) -> dict:
+    """Per server, the CPU seconds of each of its processes summed over the runs, and the runs' wall
+    seconds: on two cores the scheduler's forward (two threads) shares the machine with SGLang's
+    tokenizer and detokenizer processes and the load client."""
+    out = {}
+    for name in names:
+        totals: dict[str, float] = {}
+        for run in runs:
+            for title, seconds in run[name].get("cpu_s", {}).items():
+                totals[title] = round(totals.get(title, 0.0) + seconds, 3)
+        out[name] = {"wall_s": round(sum(run[name]["duration_s"] for run in runs), 3), "cpu_s": totals}
     return out
 
 
@@ -218,6 +298,27 @@ def render(report: dict) -> str:
             for name, v in verdicts.items():
                 lines.append(f"| {name} | {v['runs']} | {v['server_finished']} | {v['server_met_ttft']} /"
                              f" {v['client_met_ttft']} | {v['server_met_both']} / {v['client_met_both']} |")
+        path = block.get("ttft_path")
+        if path:
+            lines += ["", "Where the TTFT goes (servers run with `--enable-metrics`; medians / P90 over all requests,"
+                      " ms): send to the HTTP server's receipt, receipt to the HTTP server holding the first token,"
+                      " back to the client; and the TTFTs the client saw missed that the HTTP server met:", "",
+                      "| server | to server | in server | back to client | TTFT missed | of them met in server |",
+                      "|---|---|---|---|---|---|"]
+            for name, leg in path.items():
+                lines.append(f"| {name} | " + " | ".join(
+                    f"{1000 * leg[key + '_p50']:.1f} / {1000 * leg[key + '_p90']:.1f}"
+                    for key in ("to_server_s", "server_ttft_s", "back_to_client_s"))
+                    + f" | {leg['ttft_missed']} | {leg['ttft_missed_server_met']} |")
+        cpu = block.get("cpu_s")
+        if cpu and any(row["cpu_s"] for row in cpu.values()):
+            titles = sorted({title for row in cpu.values() for title in row["cpu_s"]})
+            lines += ["", "CPU seconds by process, all seeds (the machine has "
+                      f"{os.cpu_count()} cores):", "",
+                      "| server | wall s | " + " | ".join(titles) + " |", "|---|---|" + "---|" * len(titles)]
+            for name, row in cpu.items():
+                lines.append(f"| {name} | {row['wall_s']:.1f} | "
+                             + " | ".join(f"{row['cpu_s'].get(title, 0.0):.1f}" for title in titles) + " |")
     return "\n".join(lines)
 
 
@@ -299,9 +400,11 @@ def main(argv=None) -> int:
                 row = {"seed": seed}
                 for server in started:  # interleaved: every server on this seed before the next seed
                     before = server_slo(server.url)
+                    cpu_before = process_cpu_seconds(server.process.pid)
                     row[server.name] = bench.run_once(server, specs, seed, model.vocab_size, args.drain_timeout,
                                                       f"{arrival} seed {seed} {server.name}", args.per_request)
                     row[server.name]["server_slo"] = server_run_slo(before, server_slo(server.url))
+                    row[server.name]["cpu_s"] = run_cpu_seconds(cpu_before, process_cpu_seconds(server.process.pid))
                 runs[arrival].append(row)
                 print(f"[ab] {arrival} seed {seed}: " + ", ".join(
                     f"{name} {row[name]['slo_attainment']:.0%}" for name in names), flush=True)
@@ -309,7 +412,9 @@ def main(argv=None) -> int:
             report["arrivals"][arrival] = {"rate_rps": args.rate, "arrival_cv": ARRIVAL_CV[arrival],
                                            "seeds": args.seeds, "runs": rows, "summary": summarize(names, rows),
                                            "misses_by_output": misses_by_output(names, rows),
-                                           "server_vs_client": server_vs_client(names, rows)}
+                                           "server_vs_client": server_vs_client(names, rows),
+                                           "ttft_path": ttft_path(names, rows, args.ttft_slo),
+                                           "cpu_s": cpu_by_process(names, rows)}
     finally:
         for server in started:
             bench.stop(server)

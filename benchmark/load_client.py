@@ -130,6 +130,12 @@ class RequestResult:
     #: that carry several tokens give them all the chunk's time, as bench_serving sees them).
     token_times_s: list[float] = field(default_factory=list)
     latency_s: float = math.nan
+    #: Where the TTFT went, from the server's own stamps (SGLang returns them in the last chunk's
+    #: ``meta_info`` when it runs with ``--enable-metrics``; NaN otherwise): seconds from the send
+    #: to the HTTP server's receipt, and from that receipt to the HTTP server holding the first
+    #: token.  The rest of the client's TTFT is the way back (the stream and this client's loop).
+    to_server_s: float = math.nan
+    server_ttft_s: float = math.nan
 
     @property
     def output_tokens(self) -> int:
@@ -138,6 +144,19 @@ class RequestResult:
     @property
     def ttft_s(self) -> float:
         return self.token_times_s[0] if self.token_times_s else math.nan
+
+    @property
+    def back_to_client_s(self) -> float:
+        """Seconds from the HTTP server holding the first token to this client reading it."""
+        return self.ttft_s - self.to_server_s - self.server_ttft_s
+
+    def read_server_stamps(self, meta_info: dict, sent_wall_s: float) -> None:
+        """Keep the server's TTFT stamps of a last chunk's ``meta_info`` (:attr:`to_server_s`)."""
+        received = meta_info.get("request_received_ts")
+        first_token = meta_info.get("first_token_latency")
+        if isinstance(received, (int, float)) and isinstance(first_token, (int, float)):
+            self.to_server_s = float(received) - sent_wall_s
+            self.server_ttft_s = float(first_token)
 
     @property
     def tpot_s(self) -> float:
@@ -180,7 +199,8 @@ class RequestResult:
 
 
 #: The columns of :func:`request_rows`.
-REQUEST_COLUMNS = ("index", "prompt_tokens", "output_tokens", "ttft_s", "tpot_s", "ttft_met", "tpot_met")
+REQUEST_COLUMNS = ("index", "prompt_tokens", "output_tokens", "ttft_s", "tpot_s", "ttft_met", "tpot_met",
+                   "to_server_s", "server_ttft_s")
 
 
 def request_rows(results: list[RequestResult]) -> list[list]:
@@ -191,7 +211,7 @@ def request_rows(results: list[RequestResult]) -> list[list]:
     for r in results:
         ttft_met, tpot_met = r.slo_met()
         rows.append([r.spec.index, r.spec.prompt_tokens, r.output_tokens, round(r.ttft_s, 6), round(r.tpot_s, 6),
-                     bool(ttft_met), bool(tpot_met)])
+                     bool(ttft_met), bool(tpot_met), round(r.to_server_s, 6), round(r.server_ttft_s, 6)])
     return rows
 
 
@@ -254,7 +274,9 @@ async def send_one(
         "stream": True,
     }
     start = time.perf_counter()
+    sent_wall_s = time.time()  # the server stamps its receipt in wall-clock time
     seen_tokens = 0
+    meta_info: dict = {}
     try:
         async with session.post(
             f"{url}/generate", json=payload, timeout=aiohttp.ClientTimeout(total=timeout_s)
@@ -274,12 +296,14 @@ async def send_one(
                 if "error" in chunk:
                     result.error = str(chunk["error"])[:200]
                     return result
-                total = int(chunk.get("meta_info", {}).get("completion_tokens", seen_tokens + 1))
+                meta_info = chunk.get("meta_info") or {}
+                total = int(meta_info.get("completion_tokens", seen_tokens + 1))
                 result.token_times_s.extend([now] * max(0, total - seen_tokens))
                 seen_tokens = max(seen_tokens, total)
                 if on_token is not None:
                     on_token(seen_tokens)
         result.latency_s = time.perf_counter() - start
+        result.read_server_stamps(meta_info, sent_wall_s)
         result.ok = seen_tokens > 0
         if not result.ok:
             result.error = "no tokens streamed"

@@ -146,3 +146,48 @@ def test_the_schedulers_own_verdicts_are_set_beside_the_clients():
                                                                                    "fair": fair}]),
                                       "server_vs_client": verdicts}}}
     assert "| fair | 1 | 240 | 220 / 210 | 213 / 204 |" in ab.render(report)
+
+
+def test_the_ttft_legs_and_the_misses_lost_outside_the_server():
+    """With --enable-metrics stamps: per server, each leg's median, and the client's TTFT misses
+    that the HTTP server met by its own clock."""
+    columns = ["index", "prompt_tokens", "output_tokens", "ttft_s", "tpot_s", "ttft_met", "tpot_met",
+               "to_server_s", "server_ttft_s"]
+
+    def run(rows):
+        return {**_run(0.9), "requests_detail": {"columns": columns, "rows": rows}}
+
+    runs = [{"seed": 0,
+             # met; missed though the server met it (lost outside); missed in the server too
+             "fair": run([[0, 10, 3, 0.050, 0.01, True, True, 0.002, 0.040],
+                          [1, 10, 3, 0.150, 0.01, False, True, 0.020, 0.120],
+                          [2, 10, 3, 0.300, 0.01, False, True, 0.004, 0.290],
+                          [3, 10, 3, float("nan"), float("nan"), False, False, float("nan"), float("nan")]]),
+             "stock": run([[0, 10, 3, 0.050, 0.01, True, True, float("nan"), float("nan")]])}]
+    path = ab.ttft_path(["fair", "stock"], runs, ttft_slo_s=0.136)
+    assert list(path) == ["fair"]  # stock ran without the stamps: no row
+    fair = path["fair"]
+    assert fair["requests"] == 3 and fair["ttft_missed"] == 2 and fair["ttft_missed_server_met"] == 1
+    assert fair["to_server_s_p50"] == pytest.approx(0.004)
+    assert fair["server_ttft_s_p50"] == pytest.approx(0.120)
+    assert fair["back_to_client_s_p50"] == pytest.approx(0.008)
+    # Rows written before the stamps existed give no table either.
+    old = [{"seed": 0, "fair": {**_run(0.9), "requests_detail": {"columns": columns[:7], "rows": []}}}]
+    assert ab.ttft_path(["fair"], old, 0.136) == {}
+
+
+def test_cpu_seconds_by_process_add_up_over_runs_and_are_rendered():
+    readings = [{"http+tokenizer": 1.0, "sglang::scheduler": 10.0}, {"http+tokenizer": 1.5, "sglang::scheduler": 12.0,
+                                                                     "sglang::detokenizer": 0.5}]
+    assert ab.run_cpu_seconds(*readings) == {"http+tokenizer": 0.5, "sglang::scheduler": 2.0, "sglang::detokenizer": 0.5}
+    runs = [{"seed": s, "fair": {**_run(0.9), "duration_s": 10.0, "cpu_s": {"sglang::scheduler": 11.0 + s}}}
+            for s in (0, 1)]
+    cpu = ab.cpu_by_process(["fair"], runs)
+    assert cpu == {"fair": {"wall_s": 20.0, "cpu_s": {"sglang::scheduler": 23.0}}}
+    report = {"date_utc": "d", "load_start": {"uptime": "u0"}, "load_end": {"uptime": "u1"}, "model": "tiny",
+              "requests": 2, "ttft_slo_s": 0.136, "tpot_slo_s": 0.017, "servers": {},
+              "arrivals": {"bursty": {"rate_rps": 12.0, "seeds": [0, 1], "summary": ab.summarize(["fair"], runs),
+                                      "cpu_s": cpu}}}
+    assert "| fair | 20.0 | 23.0 |" in ab.render(report)
+    # A process that is gone (a dead server) reads as none, not as an error.
+    assert ab.process_cpu_seconds(2**22 + 12345) == {}

@@ -55,8 +55,10 @@ def test_summarize_goodput_and_attainment():
     assert summary["tpot_attainment"] == pytest.approx(2 / 3)
     rows = load_client.request_rows(results)
     assert [dict(zip(load_client.REQUEST_COLUMNS, row))["ttft_met"] for row in rows] == [True, False, False]
-    assert [row[-1] for row in rows] == [True, True, False]  # TPOT met, met, never completed
-    assert rows[0][2] == 2 and rows[0][3] == pytest.approx(0.5)
+    rows = [dict(zip(load_client.REQUEST_COLUMNS, row)) for row in rows]
+    assert [row["tpot_met"] for row in rows] == [True, True, False]  # TPOT met, met, never completed
+    assert rows[0]["output_tokens"] == 2 and rows[0]["ttft_s"] == pytest.approx(0.5)
+    assert math.isnan(rows[0]["server_ttft_s"])  # no --enable-metrics stamps: unknown, not zero
     assert summary["goodput_rps"] == pytest.approx(0.25)
     assert summary["throughput_rps"] == pytest.approx(0.5)
     assert summary["ttft_p50_s"] == pytest.approx(1.25)
@@ -84,3 +86,16 @@ def test_only_loopback_urls():
     load_client.check_loopback("http://127.0.0.1:30000")
     with pytest.raises(ValueError):
         load_client.check_loopback("http://example.com:30000")
+
+
+def test_server_stamps_split_the_ttft_into_its_legs():
+    """SGLang's last chunk under --enable-metrics carries its receipt (wall clock) and the time from
+    it to the first token; the rest of the client's TTFT is the way back."""
+    result = _result([0.100, 0.120])
+    result.read_server_stamps({"request_received_ts": 1000.004, "first_token_latency": 0.080}, sent_wall_s=1000.0)
+    assert result.to_server_s == pytest.approx(0.004)
+    assert result.server_ttft_s == pytest.approx(0.080)
+    assert result.back_to_client_s == pytest.approx(0.016)
+    unstamped = _result([0.100, 0.120])
+    unstamped.read_server_stamps({"completion_tokens": 2}, sent_wall_s=1000.0)
+    assert math.isnan(unstamped.server_ttft_s) and math.isnan(unstamped.back_to_client_s)
