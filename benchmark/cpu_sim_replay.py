@@ -17,7 +17,9 @@ own measured costs, to tell what a policy decides from how the server carries it
   as the online model does not (it times the forward pass);
 * **noise**: log-normal, with the spread of log(measured / fitted) over the iterations under
   :data:`STALL_FACTOR` times their fit (a robust estimate); the stalls above it are counted and
-  reported, not simulated.
+  reported, not simulated.  The machine's slow spells last several iterations: consecutive busy
+  iterations' log ratios correlate (lag 1: 0.5-0.6 on this machine), and the simulated noise is an
+  AR(1) series with that correlation (``--noise-correlation 0`` draws each iteration's alone).
 
 The workload of each seed is ``cpu_ab.py``'s (``load_client.make_workload``, the same rows, lengths
 and arrival times), the engine the default tiny server's (``--kv-capacity-tokens``,
@@ -78,6 +80,8 @@ class MachineCosts:
     #: The engine's model: ``model`` plus the scheduler's own time between iterations.
     engine: CostModel
     noise_sigma: float
+    #: Lag-1 correlation of log(measured / fitted) between consecutive busy iterations.
+    noise_correlation: float
     gap_s: float
     prefill_gap_s: float
     iterations: int
@@ -96,17 +100,25 @@ def machine_costs(path: str) -> MachineCosts:
     sigma = float(1.4826 * np.median(np.abs(logs - np.median(logs)))) if len(logs) else 0.0
     entries = [entry for _, entry in run[2]]
     prefill = FEATURE_NAMES.index("prefill_iteration")
-    gaps, prefill_gaps = [], []
-    for before, entry in zip(entries, entries[1:]):
+    gaps, prefill_gaps, consecutive = [], [], []
+    for i, (before, entry) in enumerate(zip(entries, entries[1:])):
         gap_s = entry["end_s"] - entry["measured_s"] - before["end_s"]
         if 0 <= gap_s < IDLE_GAP_S:
             (prefill_gaps if entry["features"][prefill] > 0 else gaps).append(gap_s)
+            if not (stall[i] or stall[i + 1]) and ratios[i] > 0 and ratios[i + 1] > 0:
+                consecutive.append(i)
+    correlation = 0.0
+    if len(consecutive) > 2:
+        pairs = np.log(ratios[np.array(consecutive)[:, None] + np.array([0, 1])])
+        with np.errstate(invalid="ignore", divide="ignore"):  # (exact times: no spread, no correlation)
+            measured = float(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1])
+        correlation = measured if 0.0 < measured < 1.0 else 0.0
     gap_s = float(np.mean(gaps)) if gaps else 0.0
     prefill_gap_s = max(float(np.mean(prefill_gaps)) - gap_s, 0.0) if prefill_gaps else 0.0
     engine = CostModel.from_dict({**model.to_dict(), "name": f"{model.name}+loop",
                                   "fixed_s": model.fixed_s + gap_s,
                                   "per_prefill_iteration_s": model.per_prefill_iteration_s + prefill_gap_s})
-    return MachineCosts(model, engine, sigma, gap_s, prefill_gap_s, int(len(times)), int(stall.sum()))
+    return MachineCosts(model, engine, sigma, correlation, gap_s, prefill_gap_s, int(len(times)), int(stall.sum()))
 
 
 def parse_server(spec: str) -> tuple[str, str, dict]:
@@ -166,12 +178,18 @@ def real_attainment(path: str, arrivals: str) -> dict[str, dict[int, float]]:
     return out
 
 
+def noise_correlation(costs: MachineCosts, args) -> float:
+    """The AR(1) correlation the simulated noise gets: the log's own unless ``--noise-correlation``
+    gives one (0: independent draws, as before 2026-12-07 afternoon)."""
+    return costs.noise_correlation if args.noise_correlation == "measured" else float(args.noise_correlation)
+
+
 def simulate_seeds(costs: MachineCosts, servers: list[tuple[str, str, dict]], seeds: list[int], args) -> dict:
     """Each server on each seed's workload: ``{name: {seed: attainment}}``."""
     prompts, outputs = load_client.load_trace_lengths(args.trace)
     config = EngineConfig(kv_capacity_tokens=args.kv_capacity_tokens, max_running_requests=args.max_running_requests,
                           max_prefill_tokens=args.max_prefill_tokens, noise_sigma=costs.noise_sigma,
-                          true_cost_model=costs.engine)
+                          noise_correlation=noise_correlation(costs, args), true_cost_model=costs.engine)
     out: dict[str, dict[int, float]] = {name: {} for name, _, _ in servers}
     for seed in seeds:
         specs = load_client.make_workload(prompts, outputs, num_requests=args.requests, rate_rps=args.rate, seed=seed,
@@ -188,7 +206,8 @@ def simulate_seeds(costs: MachineCosts, servers: list[tuple[str, str, dict]], se
 def render(costs: MachineCosts, simulated: dict, real: dict, args) -> str:
     model = costs.model
     lines = [f"Machine from {args.iteration_log}: {costs.iterations} iterations, {costs.stalls} stalls over"
-             f" {STALL_FACTOR:g}x their fit (not simulated); noise sigma {costs.noise_sigma:.2f}; between"
+             f" {STALL_FACTOR:g}x their fit (not simulated); noise sigma {costs.noise_sigma:.2f}, lag-1"
+             f" correlation {costs.noise_correlation:.2f} (simulated: {noise_correlation(costs, args):.2f}); between"
              f" iterations {costs.gap_s * 1e3:.2f} ms, {costs.prefill_gap_s * 1e3:.2f} ms more before a prefill;"
              f" fitted fixed {model.fixed_s * 1e3:.2f} ms, per new token {model.per_new_token_s * 1e6:.1f} us,"
              f" per prefill iteration {model.per_prefill_iteration_s * 1e3:.2f} ms",
@@ -223,6 +242,8 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--kv-capacity-tokens", type=int, default=TINY_KV_TOKENS)
     parser.add_argument("--max-running-requests", type=int, default=TINY_SEATS)
     parser.add_argument("--max-prefill-tokens", type=int, default=TINY_PREFILL_TOKENS)
+    parser.add_argument("--noise-correlation", default="measured",
+                        help="lag-1 correlation of the simulated noise: 'measured' (the log's) or a number in [0, 1)")
     parser.add_argument("--real", help="cpu_ab.py's results.json(.gz) of the same rate, arrivals and seeds")
     parser.add_argument("--out", help="write the figures here (strict JSON)")
     args = parser.parse_args(argv)
@@ -231,6 +252,13 @@ def parse_args(argv) -> argparse.Namespace:
         args.servers = [parse_server(spec) for spec in (args.servers or DEFAULT_SERVERS)]
     except ValueError as exc:
         parser.error(str(exc))
+    if args.noise_correlation != "measured":
+        try:
+            value = float(args.noise_correlation)
+        except ValueError:
+            value = math.nan
+        if not 0 <= value < 1:
+            parser.error(f"--noise-correlation must be 'measured' or a number in [0, 1), got {args.noise_correlation!r}")
     for flag in ("rate", "ttft_slo", "tpot_slo", "length_scale"):
         value = getattr(args, flag)
         if not (value > 0 and math.isfinite(value)):
@@ -254,7 +282,9 @@ def main(argv=None) -> int:
         strict_json.write(args.out, {
             "iteration_log": args.iteration_log, "rate_rps": args.rate, "arrivals": args.arrivals,
             "requests": args.requests, "ttft_slo_s": args.ttft_slo, "tpot_slo_s": args.tpot_slo,
-            "machine": {"model": costs.model.to_dict(), "noise_sigma": costs.noise_sigma, "gap_s": costs.gap_s,
+            "machine": {"model": costs.model.to_dict(), "noise_sigma": costs.noise_sigma,
+                        "noise_correlation_measured": costs.noise_correlation,
+                        "noise_correlation_simulated": noise_correlation(costs, args), "gap_s": costs.gap_s,
                         "prefill_gap_s": costs.prefill_gap_s, "iterations": costs.iterations, "stalls": costs.stalls},
             "servers": {name: {"policy": policy, "options": options} for name, policy, options in args.servers},
             "simulated": {name: {str(seed): value for seed, value in per_seed.items()}

@@ -25,14 +25,15 @@ def _features(new_tokens: int, context: int, seqs: int, prefill: bool) -> list[f
     return [row[name] for name in FEATURE_NAMES]
 
 
-def _log(tmp_path, stall_every=0):
+def _log(tmp_path, stall_every=0, noise_correlation=None):
     """Decode steps of 1-8 requests and prefill-only iterations of 16-512 tokens, each timed by
     MACHINE, with GAP_S / PREFILL_GAP_S before them and an idle second now and then."""
     rng = np.random.default_rng(0)
     lines = [{"kind": "start", "batch_policy": "fairbatching", "features": list(FEATURE_NAMES),
               "prior": MACHINE.to_dict()}]
     end_s = 100.0
-    for i in range(400):
+    level = 0.0  # AR(1) log noise, when asked for: slow spells that last
+    for i in range(400 if noise_correlation is None else 4000):
         prefill = i % 4 == 0
         if prefill:
             tokens = int(rng.integers(16, 512))
@@ -41,6 +42,9 @@ def _log(tmp_path, stall_every=0):
             seqs = int(rng.integers(1, 9))
             features = _features(seqs, seqs * int(rng.integers(20, 400)), seqs, False)
         measured_s = float(np.dot(features, MACHINE.coefficients()))
+        if noise_correlation is not None:
+            level = noise_correlation * level + rng.normal(0.0, 0.3 * np.sqrt(1 - noise_correlation ** 2))
+            measured_s *= float(np.exp(level))
         if stall_every and i % stall_every == stall_every - 1:
             measured_s *= 20
         end_s += (PREFILL_GAP_S if prefill else GAP_S) + measured_s + (1.0 if i % 50 == 49 else 0.0)
@@ -63,6 +67,22 @@ def test_the_machine_is_fitted_and_the_loop_time_measured_apart_from_idle_time(t
     assert costs.engine.per_prefill_iteration_s == pytest.approx(costs.model.per_prefill_iteration_s
                                                                  + PREFILL_GAP_S - GAP_S)
     assert costs.noise_sigma < 0.01  # exact times: no noise once the stalls are set apart
+    assert costs.noise_correlation == 0.0
+
+
+@pytest.mark.parametrize("correlation", [0.0, 0.6])
+def test_the_noise_and_its_lag_one_correlation_are_measured(tmp_path, correlation):
+    """Slow spells that last several iterations are measured (consecutive busy iterations only),
+    and the simulated noise gets that correlation unless told otherwise."""
+    costs = cpu_sim_replay.machine_costs(_log(tmp_path, noise_correlation=correlation))
+    assert costs.noise_sigma == pytest.approx(0.3, rel=0.15)
+    assert costs.noise_correlation == pytest.approx(correlation, abs=0.08)
+    argv = ["--iteration-log", "x", "--rate", "12", "--ttft-slo", "0.1", "--tpot-slo", "0.02"]
+    assert cpu_sim_replay.noise_correlation(costs, cpu_sim_replay.parse_args(argv)) == costs.noise_correlation
+    assert cpu_sim_replay.noise_correlation(costs, cpu_sim_replay.parse_args(argv + ["--noise-correlation", "0"])) == 0
+    for bad in ("1", "-0.1", "lots"):
+        with pytest.raises(SystemExit):
+            cpu_sim_replay.parse_args(argv + ["--noise-correlation", bad])
 
 
 def test_servers_and_seeds_parse_and_bad_ones_are_refused():

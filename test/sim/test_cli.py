@@ -26,6 +26,7 @@ def trace(tmp_path):
     (["--option", "sarathi.token_budget=0"], "token_budget must be >= 1"),
     (["--option", "sarathi.nope=1"], "has no option"),
     (["--replicas", "0"], "--replicas must be >= 1"),
+    (["--noise-correlation", "1"], "--noise-correlation must be in [0, 1)"),
 ])
 def test_bad_input_exits_2_with_one_line(trace, capsys, args, message):
     assert main(["capacity", "--trace", trace, "--quiet", *args]) == 2

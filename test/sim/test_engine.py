@@ -150,6 +150,36 @@ def test_noise_and_true_cost_model():
     assert noisy[0].busy_s != base.busy_s
 
 
+@pytest.mark.parametrize("correlation", [0.0, 0.6])
+def test_correlated_noise_keeps_its_spread_and_mean_and_carries_its_slow_spells(correlation):
+    """AR(1) noise in log space: the same spread and a mean of one, consecutive iterations
+    correlated as asked (a CPU server's slow spells), across the blocks it is drawn in."""
+    w = small_workload([100], [5], np.zeros(1))
+    config = EngineConfig(noise_sigma=0.4, noise_correlation=correlation)
+    replica = Simulation(w, [make_policy("fairbatching", A100)], config=config, seed=3).replicas[0]
+    draws = np.array([replica.noise() for _ in range(3 * 4096)])
+    logs = np.log(draws)
+    assert np.std(logs) == pytest.approx(0.4, rel=0.1)
+    assert np.mean(draws) == pytest.approx(1.0, abs=0.05)
+    assert np.corrcoef(logs[:-1], logs[1:])[0, 1] == pytest.approx(correlation, abs=0.05)
+    if correlation:
+        # The series goes on across the blocks it is drawn in: a near-random walk does not jump there.
+        walk = Simulation(w, [make_policy("fairbatching", A100)], seed=3,
+                          config=EngineConfig(noise_sigma=0.4, noise_correlation=0.999)).replicas[0]
+        walk_logs = np.log([walk.noise() for _ in range(2 * 4096)])
+        steps = np.abs(np.diff(walk_logs))
+        assert steps[4095] < 5 * np.std(np.diff(walk_logs)) < abs(walk_logs[4095])
+
+
+def test_independent_noise_is_the_stream_it_always_was():
+    """noise_correlation=0 draws exactly the log-normal blocks of before (figures reproduce)."""
+    w = small_workload([100], [5], np.zeros(1))
+    replica = Simulation(w, [make_policy("fairbatching", A100)], config=EngineConfig(noise_sigma=0.2),
+                         seed=5).replicas[0]
+    expected = np.random.default_rng([5, 7, 0]).lognormal(-0.5 * 0.04, 0.2, 4096)[::-1]
+    np.testing.assert_array_equal([replica.noise() for _ in range(10)], expected[:10])
+
+
 def test_empty_plan_with_work_is_an_error():
     class Lazy:
         name = "lazy"

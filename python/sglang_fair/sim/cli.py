@@ -39,6 +39,8 @@ def _add_common(parser: argparse.ArgumentParser, *, num_requests_default: int) -
     parser.add_argument("--cost-model", default="a100-llama2-7b", help="preset name or JSON file (the policies' model)")
     parser.add_argument("--true-cost-model", default=None, help="the engine's real timing if it differs (preset or JSON)")
     parser.add_argument("--noise", type=float, default=0.0, help="log-normal sigma of iteration-time noise (0 = none)")
+    parser.add_argument("--noise-correlation", type=float, default=0.0,
+                        help="lag-1 correlation of that noise between consecutive iterations (AR(1); 0 = independent)")
     parser.add_argument("--ttft-slo", type=float, default=2.0, help="seconds")
     parser.add_argument("--tpot-slo", type=float, default=0.1, help="seconds")
     parser.add_argument("--slo-classes", default=None, help="TTFT:TPOT:SHARE,... overriding --ttft-slo/--tpot-slo per request")
@@ -144,6 +146,8 @@ def _prepare(args):
         raise UsageError(f"--{str(exc).replace('_', '-')}") from None
     if not (args.noise >= 0 and math.isfinite(args.noise)):
         raise UsageError(f"--noise must be >= 0, got {args.noise}")
+    if not 0 <= args.noise_correlation < 1:
+        raise UsageError(f"--noise-correlation must be in [0, 1), got {args.noise_correlation}")
     if not (args.load_poll_s >= 0 and math.isfinite(args.load_poll_s)):
         raise UsageError(f"--load-poll-s must be >= 0, got {args.load_poll_s}")
     if args.router_retries < 0:
@@ -167,7 +171,7 @@ def _prepare(args):
     config = EngineConfig.for_cost_model(
         true_model or cost_model, kv_capacity_tokens=args.kv_capacity_tokens,
         max_running_requests=args.max_running_requests, max_prefill_tokens=args.max_prefill_tokens,
-        noise_sigma=args.noise, true_cost_model=true_model)
+        noise_sigma=args.noise, noise_correlation=args.noise_correlation, true_cost_model=true_model)
     workload_options = dict(arrival=args.arrival, burstiness_cv=args.burstiness, clients=args.clients,
                             client_skew=args.client_skew, slo_classes=slo_classes, max_new_tokens=max_new_tokens)
     return policies, routers, ttft, tpot, cost_model, options, trace, config, workload_options, criteria
@@ -320,6 +324,7 @@ def _settings(args, ttft, tpot, cost_model, config, criteria) -> dict:
     return {
         "trace": args.trace, "cost_model": cost_model.name, "true_cost_model":
         config.true_cost_model.name if config.true_cost_model else None, "noise_sigma": config.noise_sigma,
+        "noise_correlation": config.noise_correlation,
         "ttft_slo_s": ttft, "tpot_slo_s": tpot, "slo_classes": args.slo_classes, "num_requests": args.num_requests,
         "seed": args.seed, "arrival": args.arrival, "burstiness": args.burstiness,
         "max_new_tokens": args.max_new_tokens, "kv_capacity_tokens": config.kv_capacity_tokens,

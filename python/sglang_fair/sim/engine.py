@@ -87,6 +87,11 @@ class EngineConfig:
     max_prefill_tokens: int = 8192
     #: Log-normal sigma of multiplicative noise on iteration times (0 = deterministic).
     noise_sigma: float = 0.0
+    #: Correlation of the log noise between consecutive iterations of a replica (AR(1), 0 =
+    #: independent).  A CPU server's slow spells last several iterations (lag-1 correlation 0.5-0.6
+    #: measured, ``docs/results-cpu.md``): independent noise lets a plan at the margin recover on
+    #: the next draw where the machine would stay slow.
+    noise_correlation: float = 0.0
     #: The engine's real timing; ``None`` means the policy's own cost model is exact.
     true_cost_model: CostModel | None = None
 
@@ -167,12 +172,25 @@ class Replica:
         # Each replica draws its own noise, so how replicas interleave does not change it.
         self._noise = np.random.default_rng([sim.seed, 7, index])
         self._noise_buffer: list[float] = []
+        self._noise_log = 0.0  # the last log deviation drawn (AR(1) noise carries it on)
 
     def noise(self) -> float:
-        """A mean-one log-normal factor on an iteration's time, drawn in blocks."""
+        """A mean-one log-normal factor on an iteration's time, drawn in blocks; with
+        ``noise_correlation`` an AR(1) series in log space of the same spread."""
         if not self._noise_buffer:
-            sigma = self.config.noise_sigma
-            self._noise_buffer = list(self._noise.lognormal(-0.5 * sigma * sigma, sigma, 4096))
+            sigma, rho = self.config.noise_sigma, self.config.noise_correlation
+            if rho <= 0:
+                self._noise_buffer = list(self._noise.lognormal(-0.5 * sigma * sigma, sigma, 4096))
+            else:
+                shocks = self._noise.normal(0.0, sigma * math.sqrt(1.0 - rho * rho), 4096)
+                logs = np.empty(4096)
+                level = self._noise_log
+                for i, shock in enumerate(shocks.tolist()):
+                    level = rho * level + shock
+                    logs[i] = level
+                self._noise_log = level
+                # (popped from the end: reversed, so the series plays in the order it was drawn)
+                self._noise_buffer = np.exp(logs[::-1] - 0.5 * sigma * sigma).tolist()
         return self._noise_buffer.pop()
 
     # --- load measures ------------------------------------------------------------------------
