@@ -18,7 +18,7 @@ own measured costs, to tell what a policy decides from how the server carries it
 * **noise**: log-normal, with the spread of log(measured / fitted) over the iterations under
   :data:`STALL_FACTOR` times their fit (a robust estimate); the stalls above it are counted and
   reported, not simulated.  The machine's slow spells last several iterations: consecutive busy
-  iterations' log ratios correlate (lag 1: 0.5-0.6 on this machine), and the simulated noise is an
+  iterations' log ratios correlate (lag 1: 0.54-0.65 on this machine), and the simulated noise is an
   AR(1) series with that correlation (``--noise-correlation 0`` draws each iteration's alone).
 
 The workload of each seed is ``cpu_ab.py``'s (``load_client.make_workload``, the same rows, lengths

@@ -14,6 +14,11 @@ a request's last token is a missed mean TPOT), a second table takes each request
 token and the iterations that ran since that request's previous token, by their steps: how late,
 how long its line had given it, how far those iterations ran over their prediction, and the
 scheduler's own time between them (the wait less the iterations' measured time).
+
+A third table counts the stretches of planned decode-only iterations in a row while prompts waited
+(``apart: decodes ...``, ``decodes: ...``): how long, how many prompts waited at their end and how far
+the first of them was past its TTFT by then.  Long ones are prompts starved by decodes that do not
+get back on their line (``docs/results-cpu.md``, "Overdue decodes and late prompts take turns").
 """
 
 from __future__ import annotations
@@ -112,6 +117,48 @@ def render_first_late(table: list[dict], top: int = 12) -> str:
     return "\n".join(lines)
 
 
+#: Stretch lengths (decode-only iterations in a row while prompts waited) the third table bins by.
+STRETCH_BINS = ((1, "1"), (4, "2-4"), (9, "5-9"), (10**9, "10 or more"))
+
+
+def is_decode_only_plan(step: str) -> bool:
+    """A decode-only iteration the policy chose while prompts waited (its step names no prefill)."""
+    return step.startswith(("apart: decodes", "decodes")) and "prefill" not in step
+
+
+def starved_stretches(rows: list[dict]) -> list[dict]:
+    """Each stretch of planned decode-only iterations in a row: its length, the prompts waiting at
+    its end and the least TTFT slack among them then (negative: past the TTFT; None if not logged)."""
+    stretches, length = [], 0
+    for index, row in enumerate(rows):
+        if is_decode_only_plan(row.get("step") or ""):
+            length += 1
+            last = row
+        elif length:
+            stretches.append({"iterations": length, "end": index - 1,
+                              "waiting_prompts": last.get("waiting_prompts"),
+                              "min_prompt_slack_s": last.get("min_prompt_slack_s")})
+            length = 0
+    if length:
+        stretches.append({"iterations": length, "end": len(rows) - 1, "waiting_prompts": last.get("waiting_prompts"),
+                          "min_prompt_slack_s": last.get("min_prompt_slack_s")})
+    return stretches
+
+
+def render_stretches(stretches: list[dict]) -> str:
+    lines = ["| decode-only iterations in a row | stretches | most prompts waiting at the end |"
+             " least TTFT slack at the end, ms |", "|---|---|---|---|"]
+    previous = 0  # (the bins are contiguous: each starts after the previous bound)
+    for bound, label in STRETCH_BINS:
+        group = [s for s in stretches if previous < s["iterations"] <= bound]
+        previous = bound
+        waiting = [s["waiting_prompts"] for s in group if s["waiting_prompts"] is not None]
+        slack = [s["min_prompt_slack_s"] for s in group if s["min_prompt_slack_s"] is not None]
+        lines.append(f"| {label} | {len(group)} | {max(waiting) if waiting else ''} |"
+                     f" {f'{1000 * min(slack):.0f}' if slack else ''} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("log", help="a --fair-iteration-log file (.gz accepted)")
@@ -132,6 +179,11 @@ def main(argv=None) -> int:
         print(f"\n{sum(row['requests'] for row in first_late)} requests had a decode token past the line the policy plans"
               " against; their first such token, by the iterations since the request's previous token:")
         print(render_first_late(first_late))
+    stretches = starved_stretches(rows)
+    if stretches:
+        print(f"\nPlanned decode-only iterations while prompts waited, by stretches in a row (longest"
+              f" {max(s['iterations'] for s in stretches)}):")
+        print(render_stretches(stretches))
     return 0
 
 

@@ -78,3 +78,20 @@ def test_first_late_tokens_are_traced_to_the_iterations_since_the_previous_token
     text = iteration_steps.render_first_late(table)
     assert "| apart: prefill, amortised + (decode run) | 1 | 6.0 | 17.0 | 1.50 | 5.0 |" in text
     assert iteration_steps.first_late_table(iteration_steps.read_log(_log(tmp_path))) == []
+
+
+def test_decode_only_stretches_while_prompts_waited_are_counted():
+    """Planned decode-only iterations in a row (prompts waiting) are the stretches; a prefill, a
+    mixed batch or an unplanned decode step ends one."""
+    steps = ["apart: decodes, prompts wait", "apart: decodes overdue", "apart: decodes overdue",
+             "apart: prefill, head late", "", "decodes: prompts wait", "mixed"] + ["apart: decodes overdue"] * 12
+    rows = [{"measured_s": 0.01, "step": step, "waiting_prompts": i, "min_prompt_slack_s": 0.05 - 0.01 * i}
+            for i, step in enumerate(steps)]
+    stretches = iteration_steps.starved_stretches(rows)
+    assert [s["iterations"] for s in stretches] == [3, 1, 12]
+    assert stretches[0]["waiting_prompts"] == 2 and stretches[0]["min_prompt_slack_s"] == pytest.approx(0.03)
+    assert stretches[2]["end"] == len(rows) - 1
+    text = iteration_steps.render_stretches(stretches)
+    assert "| 1 | 1 | 5 | 0 |" in text and "| 2-4 | 1 | 2 | 30 |" in text and "| 10 or more | 1 | 18 | -130 |" in text
+    assert "| 5-9 | 0 |  |  |" in text
+    assert not iteration_steps.is_decode_only_plan("apart: prefill, head cannot wait")

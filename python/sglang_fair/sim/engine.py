@@ -88,7 +88,7 @@ class EngineConfig:
     #: Log-normal sigma of multiplicative noise on iteration times (0 = deterministic).
     noise_sigma: float = 0.0
     #: Correlation of the log noise between consecutive iterations of a replica (AR(1), 0 =
-    #: independent).  A CPU server's slow spells last several iterations (lag-1 correlation 0.5-0.6
+    #: independent).  A CPU server's slow spells last several iterations (lag-1 correlation 0.54-0.65
     #: measured, ``docs/results-cpu.md``): independent noise lets a plan at the margin recover on
     #: the next draw where the machine would stay slow.
     noise_correlation: float = 0.0
