@@ -293,6 +293,33 @@ def test_dear_extend_path_runs_overdue_decodes_then_a_prompt_that_cannot_wait_al
     assert chunk.tokens >= CPU_LIKE.efficient_chunk_tokens(0)
 
 
+@pytest.mark.parametrize("take_turns", [True, False])
+def test_overdue_decodes_and_a_late_prompt_take_turns(take_turns):
+    # 16 decodes far behind their line (a slow spell of the machine: on the CPU server decode
+    # steps then take about a TPOT each and the decodes never catch up) and a prompt already past
+    # its TTFT.  Overdue decodes go first, but with overdue_take_turns only for one step: the late
+    # prompt's prefill comes next, then the decodes again.  Without it the prompt waits for the
+    # decodes to be back on their line: measured, 14-36 decode-only steps in a row while 20-36
+    # prompts missed their TTFT (docs/results-cpu.md).
+    policy = FairBatchingPolicy(CPU_LIKE, budget_safety=0.9, overdue_take_turns=take_turns)
+    decodes = _fresh_decodes(16)
+    for request in decodes:
+        request.first_token_s = request.last_token_s = NOW - 1.0
+    prompt = make_request("w", NOW - 1.5, 3000, 1.0, 0.05)
+    first = policy.plan(IterationView(NOW, decodes, [prompt], 10**6, 10**6, 256, 8192))
+    assert first.step == "apart: decodes overdue" and len(first.decodes) == 16 and not first.prefills
+    now_s = _after_decode_step(decodes, first.predicted_s)
+    second = policy.plan(IterationView(now_s, decodes, [prompt], 10**6, 10**6, 256, 8192))
+    if not take_turns:
+        assert second.step == "apart: decodes overdue" and not second.prefills
+        return
+    assert second.step == "apart: prefill, head late" and not second.decodes
+    (chunk,) = second.prefills
+    assert chunk.tokens >= CPU_LIKE.efficient_chunk_tokens(0)
+    third = policy.plan(IterationView(now_s + second.predicted_s, decodes, [prompt], 10**6, 10**6, 256, 8192))
+    assert third.step == "apart: decodes overdue" and len(third.decodes) == 16  # their turn again
+
+
 @pytest.mark.parametrize("remaining", [40, 600])
 def test_a_part_prefilled_prompt_gets_its_chunk_priced_from_its_prefix(remaining):
     # The second test above with a prompt whose first 3000 tokens are prefilled: its next chunk
