@@ -38,6 +38,8 @@ cores they share the machine with each other and with this load client.
 from __future__ import annotations
 
 import argparse
+import gzip
+import json
 import math
 import os
 import shlex
@@ -73,6 +75,13 @@ def parse_server(spec: str, ttft_slo_s: float, tpot_slo_s: float) -> tuple[str, 
     return name, python_path or None, shlex.split(filled)
 
 
+def read_results(path: str) -> dict:
+    """A round's ``results.json`` as this script wrote it (gzipped if the name ends in ``.gz``, as
+    the committed rounds are)."""
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def summarize(names: list[str], runs: list[dict]) -> dict:
     """Per server: attainment per seed and the medians over seeds of :data:`REPORTED`; collapses
     counted against the first server (a run under 50% on a seed where it met >= 90%)."""
@@ -87,8 +96,8 @@ def summarize(names: list[str], runs: list[dict]) -> dict:
         out[name] = {
             "attainment_per_seed": [run[name]["slo_attainment"] for run in runs],
             "median": median,
-            "collapses": sum(run[name]["slo_attainment"] < bench.COLLAPSE_ATTAINMENT
-                             and run[reference]["slo_attainment"] >= bench.STOCK_OK_ATTAINMENT for run in runs),
+            "collapses": sum(bench.is_collapse(run[name]["slo_attainment"], run[reference]["slo_attainment"])
+                             for run in runs),
         }
     return out
 

@@ -21,7 +21,6 @@ code, so a mix is seen.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import statistics
 import sys
@@ -30,16 +29,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cpu_ab  # noqa: E402
 import cpu_user_bench as bench  # noqa: E402
 
 BOOTSTRAP_SAMPLES = 10_000
 LOW_RATIO = 0.9
-
-
-def read_round(path: str) -> dict:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt") as handle:
-        return json.load(handle)
 
 
 def pairs_of(report: dict, arrivals: str, reference: str, server: str, aliases: dict[str, str]) -> list[dict]:
@@ -86,8 +80,7 @@ def pool(rounds: list[tuple[str, dict]], arrivals: str, reference: str, server: 
                          "code": {reference: codes.get(reference), server: codes.get(server)},
                          "reference_attainment": ref["slo_attainment"], "attainment": run["slo_attainment"],
                          "goodput_ratio": ratio,
-                         "collapse": (run["slo_attainment"] < bench.COLLAPSE_ATTAINMENT
-                                      and ref["slo_attainment"] >= bench.STOCK_OK_ATTAINMENT),
+                         "collapse": bench.is_collapse(run["slo_attainment"], ref["slo_attainment"]),
                          "reference_met": round(ref["slo_attainment"] * ref["requests"]),
                          "met": round(run["slo_attainment"] * run["requests"]), "requests": run["requests"],
                          "reference_ttft_p99_s": ref["ttft_p99_s"], "ttft_p99_s": run["ttft_p99_s"],
@@ -166,7 +159,7 @@ def parse_args(argv) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        rounds = [(Path(path).parent.name, read_round(path)) for path in args.paths]
+        rounds = [(Path(path).parent.name, cpu_ab.read_results(path)) for path in args.paths]
         result = pool(rounds, args.arrivals, args.reference, args.server, args.aliases, args.round_aliases)
     except (OSError, ValueError, KeyError) as exc:
         raise SystemExit(f"cpu_ab_pool: {exc}") from None

@@ -36,8 +36,6 @@ in its plans.
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import math
 import os
 import statistics
@@ -165,8 +163,7 @@ def sim_workload(specs: list[load_client.RequestSpec]) -> Workload:
 
 def real_attainment(path: str, arrivals: str) -> dict[str, dict[int, float]]:
     """``cpu_ab.py``'s results: per server, per seed, the attainment it measured."""
-    with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as handle:
-        report = json.load(handle)
+    report = cpu_ab.read_results(path)
     block = report.get("arrivals", {}).get(arrivals)
     if block is None:
         raise ValueError(f"--real {path}: no {arrivals!r} runs in it")

@@ -67,6 +67,11 @@ STOCK_OK_ATTAINMENT = 0.9
 PLAIN_REQUEST_LIMIT_S = 1.0
 
 
+def is_collapse(attainment: float, stock_attainment: float) -> bool:
+    """A collapse: a run under half its SLOs met on a seed where stock met >= 90% (issue 11's count)."""
+    return attainment < COLLAPSE_ATTAINMENT and stock_attainment >= STOCK_OK_ATTAINMENT
+
+
 # --- model shapes ---------------------------------------------------------------------------------
 @dataclass
 class ModelShape:
@@ -357,8 +362,7 @@ def user_mode_for_model(model: ModelShape, args, out_dir: Path, prompts, outputs
                     row[server.name if server is fair else "stock"] = run_once(
                         server, specs, seed, model.vocab_size, args.drain_timeout, f"{label} seed {seed} {server.name}")
                 row["goodput_ratio"] = _ratio(row["fairbatching"]["goodput_rps"], row["stock"]["goodput_rps"])
-                row["collapse"] = (row["fairbatching"]["slo_attainment"] < COLLAPSE_ATTAINMENT
-                                   and row["stock"]["slo_attainment"] >= STOCK_OK_ATTAINMENT)
+                row["collapse"] = is_collapse(row["fairbatching"]["slo_attainment"], row["stock"]["slo_attainment"])
                 runs.append(row)
                 print(f"[user] {label} seed {seed}: goodput fair/stock {row['goodput_ratio']:.2f}"
                       f" (attainment {row['fairbatching']['slo_attainment']:.0%} vs {row['stock']['slo_attainment']:.0%})",

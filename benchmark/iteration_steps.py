@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import itertools
 import os
 import sys
 from collections import defaultdict
@@ -127,21 +128,17 @@ def is_decode_only_plan(step: str) -> bool:
 
 
 def starved_stretches(rows: list[dict]) -> list[dict]:
-    """Each stretch of planned decode-only iterations in a row: its length, the prompts waiting at
-    its end and the least TTFT slack among them then (negative: past the TTFT; None if not logged)."""
-    stretches, length = [], 0
-    for index, row in enumerate(rows):
-        if is_decode_only_plan(row.get("step") or ""):
-            length += 1
-            last = row
-        elif length:
-            stretches.append({"iterations": length, "end": index - 1,
-                              "waiting_prompts": last.get("waiting_prompts"),
+    """Each stretch of planned decode-only iterations in a row: its length, the index of its last
+    iteration, the prompts waiting then and the least TTFT slack among them (negative: past the
+    TTFT; None if not logged)."""
+    stretches = []
+    runs = itertools.groupby(enumerate(rows), key=lambda item: is_decode_only_plan(item[1].get("step") or ""))
+    for decode_only, run in runs:
+        if decode_only:
+            run = list(run)
+            end, last = run[-1]
+            stretches.append({"iterations": len(run), "end": end, "waiting_prompts": last.get("waiting_prompts"),
                               "min_prompt_slack_s": last.get("min_prompt_slack_s")})
-            length = 0
-    if length:
-        stretches.append({"iterations": length, "end": len(rows) - 1, "waiting_prompts": last.get("waiting_prompts"),
-                          "min_prompt_slack_s": last.get("min_prompt_slack_s")})
     return stretches
 
 

@@ -188,6 +188,8 @@ class FairBatchingPolicy(BatchPolicy):
         # decode-only step, then the prompt's prefill (:meth:`separate_iteration`); False lets the
         # decodes go first until they are back on their line.
         self.overdue_take_turns = overdue_take_turns
+        # Whether the last separate iteration was decodes overdue over a prompt that could not wait
+        # (a mixed iteration between leaves it: it carries the urgent decodes anyway).
         self._overdue_decodes_went_last = False
         self._chunk_model: CostModel | None = None  # the model _chunk_sizes was computed for
         self._chunk_sizes: dict[int, tuple[int | None, int | None]] = {}
