@@ -16,7 +16,9 @@ stock SGLang and the README's FairBatching command.  A server may run another ch
 package with ``NAME@PATH=FLAGS`` (``PATH`` goes first on its ``PYTHONPATH``: a git worktree's
 ``python/`` folder).  Each server's code is recorded (the checkout's commit, and the files under
 its ``python/`` that differ from it: a server without ``@PATH`` runs this checkout's working tree,
-uncommitted edits included, which is named and warned about).  Reported per arrival process: each
+uncommitted edits included, which is named and warned about).  ``--server-env NAME:KEY=VALUE`` sets an
+environment variable for one server's processes (e.g. ``OMP_WAIT_POLICY=passive``); it is recorded
+with the server and written before its command.  Reported per arrival process: each
 server's attainment per seed (TTFT and mean TPOT both met), the median, the share that met TTFT and
 the share that met TPOT each on its own (which SLO the misses miss), P99 TTFT, P99 TBT (inter-token
 gap) and P99 per-request TPOT (medians over seeds), and runs under 50% where the first server met
@@ -73,6 +75,20 @@ def parse_server(spec: str, ttft_slo_s: float, tpot_slo_s: float) -> tuple[str, 
         raise ValueError(f"--server {spec!r}: the name must be a plain word (it names the log file)")
     filled = flags.replace("{ttft}", repr(ttft_slo_s)).replace("{tpot}", repr(tpot_slo_s))
     return name, python_path or None, shlex.split(filled)
+
+
+def parse_server_env(specs: list[str], names: list[str]) -> dict[str, dict[str, str]]:
+    """``NAME:KEY=VALUE`` items -> {server name: {KEY: VALUE}}, every name one of ``names``."""
+    out: dict[str, dict[str, str]] = {}
+    for spec in specs:
+        name, colon, assignment = spec.partition(":")
+        key, equals, value = assignment.partition("=")
+        if not colon or not equals or not key:
+            raise ValueError(f"--server-env {spec!r}: expected NAME:KEY=VALUE")
+        if name not in names:
+            raise ValueError(f"--server-env {spec!r}: no server named {name!r} (servers: {', '.join(names)})")
+        out.setdefault(name, {})[key] = value
+    return out
 
 
 def read_results(path: str) -> dict:
@@ -335,6 +351,9 @@ def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="cpu_ab.py", description=__doc__.splitlines()[0])
     parser.add_argument("--server", action="append", default=None, metavar="NAME[@PYTHONPATH]=FLAGS",
                         help="a server to compare (repeat; the first is the reference for collapses)")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME:KEY=VALUE",
+                        help="an environment variable for one server's processes (repeat), e.g. "
+                             "fair:OMP_WAIT_POLICY=passive")
     parser.add_argument("--rate", type=float, required=True, help="req/s, the same for every server")
     parser.add_argument("--arrivals", default="poisson,bursty", help="poisson (gamma CV 1), bursty (CV 3)")
     parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7")
@@ -365,6 +384,10 @@ def parse_args(argv) -> argparse.Namespace:
     names = [name for name, _, _ in args.servers]
     if len(set(names)) != len(names):
         parser.error(f"--server names must differ: {names}")
+    try:
+        args.server_env = parse_server_env(args.server_env, names)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -383,7 +406,7 @@ def main(argv=None) -> int:
     try:
         for name, python_path, flags in args.servers:
             server = bench.Server(name, flags)
-            env = dict(base_env)
+            env = {**base_env, **args.server_env.get(name, {})}
             if python_path:
                 env["PYTHONPATH"] = os.pathsep.join(filter(None, [python_path, env.get("PYTHONPATH")]))
             bench.launch(server, model, out_dir, env)
@@ -392,7 +415,10 @@ def main(argv=None) -> int:
             if code["modified"]:
                 print(f"[ab] warning: {name} runs uncommitted edits to {', '.join(code['modified'])}", flush=True)
             report["servers"][name] = {"flags": flags, "pythonpath": python_path, "code": code,
-                                       "command": shlex.join(["python", "-m", "sglang_fair.launch_server", *flags])}
+                                       "env": args.server_env.get(name, {}),
+                                       "command": shlex.join([*(f"{key}={value}" for key, value
+                                                                in args.server_env.get(name, {}).items()),
+                                                              "python", "-m", "sglang_fair.launch_server", *flags])}
         for server in started:
             bench.wait_ready(server, args.start_timeout)
             report["servers"][server.name]["startup_s"] = server.startup_s

@@ -35,10 +35,20 @@ def test_default_servers_are_stock_and_the_readme_command():
     ["--rate", "5", "--ttft-slo", "0.1", "--tpot-slo", "0.01", "--arrivals", "steady"],
     ["--rate", "5", "--ttft-slo", "0.1", "--tpot-slo", "0.01", "--server", "a=--x", "--server", "a=--y"],
     ["--rate", "5", "--ttft-slo", "0.1", "--tpot-slo", "0.01", "--server", "nameless"],
+    ["--rate", "5", "--ttft-slo", "0.1", "--tpot-slo", "0.01", "--server-env", "nobody:OMP_WAIT_POLICY=passive"],
+    ["--rate", "5", "--ttft-slo", "0.1", "--tpot-slo", "0.01", "--server-env", "fair:OMP_WAIT_POLICY"],
+    ["--rate", "5", "--ttft-slo", "0.1", "--tpot-slo", "0.01", "--server-env", "fair=OMP_WAIT_POLICY=passive"],
 ])
 def test_bad_arguments_are_refused(argv):
     with pytest.raises(SystemExit):
         ab.parse_args(argv)
+
+
+def test_an_environment_variable_is_set_for_the_named_server_only():
+    args = ab.parse_args(["--rate", "12", "--ttft-slo", "0.136", "--tpot-slo", "0.017",
+                          "--server-env", "fair:OMP_WAIT_POLICY=passive", "--server-env", "fair:A=b=c"])
+    assert args.server_env == {"fair": {"OMP_WAIT_POLICY": "passive", "A": "b=c"}}
+    assert ab.parse_args(["--rate", "12", "--ttft-slo", "0.1", "--tpot-slo", "0.01"]).server_env == {}
 
 
 def _run(attainment, ttft_p99=0.2, itl_p99=0.03, tpot_p99=0.02):
