@@ -94,3 +94,23 @@ def test_run_replay_cluster_json(trace, tmp_path):
     for r in report["results"]:
         assert r["requests"] == 108 and 0 <= r["attainment"] <= 1
         assert set(r["clients"]) == {"client0", "client1"}
+
+
+def test_slo_classes_are_reported_each_in_run_and_at_capacity(trace, tmp_path, capsys):
+    out = tmp_path / "run.json"
+    assert main(["run", "--trace", trace, "--rate", "2", "--policies", "fairbatching", "--quiet",
+                 "--slo-classes", "1:0.05:0.5,5:0.2:0.5", "--json", str(out)]) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    classes = result["slo_classes"]
+    assert [(c["ttft_slo_s"], c["tpot_slo_s"]) for c in classes] == [(1.0, 0.05), (5.0, 0.2)]
+    assert sum(c["requests"] for c in classes) == result["requests"]
+    assert sum(c["attainment"] * c["requests"] for c in classes) == pytest.approx(
+        result["attainment"] * result["requests"])
+    assert "class TTFT 1 s / TPOT 0.05 s" in capsys.readouterr().out
+    cap = tmp_path / "cap.json"
+    assert main(["capacity", "--trace", trace, "--policies", "fairbatching", "--num-requests", "60",
+                 "--tolerance", "0.3", "--quiet", "--jobs", "1", "--slo-classes", "1:0.05:0.5,5:0.2:0.5",
+                 "--json", str(cap)]) == 0
+    (entry,) = json.loads(cap.read_text())["results"]
+    assert len(entry["at_capacity"]["slo_classes"]) == 2
+    assert "class TTFT 5 s / TPOT 0.2 s" in capsys.readouterr().out

@@ -63,6 +63,23 @@ def test_metrics_definitions():
     assert s["attainment"] == 0.0 and s["envelope_attainment"] == 1.0
 
 
+def test_attainment_is_split_by_slo_class_with_the_same_verdicts():
+    # Two requests at once: the strict one (TTFT 10 ms) cannot have its first token in time, the
+    # relaxed one meets both SLOs.  One SLO pair gives no split (the totals say it).
+    w = small_workload([100, 100], [3, 3], [0.0, 0.0])
+    w.ttft_slo_s[:] = [0.01, 5.0]
+    w.tpot_slo_s[:] = [0.05, 0.2]
+    s = summarize(simulate(w, lambda: make_policy("sarathi", A100), warmup_fraction=0))
+    strict, relaxed = s["slo_classes"]
+    assert (strict["ttft_slo_s"], strict["tpot_slo_s"], strict["requests"]) == (0.01, 0.05, 1)
+    assert strict["attainment"] == 0.0 and strict["ttft_attainment"] == 0.0 and strict["ttft_ratio_p99"] > 1
+    assert (relaxed["ttft_slo_s"], relaxed["requests"], relaxed["attainment"]) == (5.0, 1, 1.0)
+    assert s["attainment"] == pytest.approx((strict["attainment"] + relaxed["attainment"]) / 2)
+    one = summarize(simulate(small_workload([100, 100], [3, 3], [0.0, 0.0]), lambda: make_policy("sarathi", A100),
+                             warmup_fraction=0))
+    assert one["slo_classes"] == []
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     name=st.sampled_from(POLICY_NAMES),

@@ -289,4 +289,4 @@ _REPORTED_AT_CAPACITY = ("ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s",
 _CURVE_KEYS = ("attainment", "envelope_attainment", "ttft_attainment", "tpot_attainment",
                "goodput_rps", "ttft_p50_s", "ttft_p99_s", "ttft_ratio_p99", "ttft_ratio_max",
                "ttft_over_bound", "tpot_p50_s", "tpot_p99_s", "tbt_p99_s", "rejected", "retractions",
-               "stopped_early", "plan_cpu_us_per_iter", "wall_s")
+               "stopped_early", "plan_cpu_us_per_iter", "wall_s", "slo_classes")

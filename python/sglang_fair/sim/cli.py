@@ -353,6 +353,7 @@ def _print_capacity(report: dict) -> None:
               f"{r['share_of_saturation']:>5.2f} {r['share_of_work_bound']:>5.2f} {_fmt(r['ttft_p99_s']):>10} "
               f"{_fmt(r['tbt_p99_s']):>9} {_fmt(r['ttft_ratio_p99'], '.2f'):>12} {_fmt(r['ttft_ratio_max'], '.1f'):>7} "
               f"{_fmt(r['ttft_over_bound'], 'd'):>5}  {opts}")
+        _print_slo_classes((r.get("at_capacity") or {}).get("slo_classes", []))
 
 
 def _print_run(report: dict) -> None:
@@ -365,6 +366,15 @@ def _print_run(report: dict) -> None:
               f"{_fmt(r['ttft_ratio_p99'], '.2f'):>8} {_fmt(r['tpot_p50_s'], '.4f'):>8} "
               f"{_fmt(r['tpot_p99_s'], '.4f'):>8} {_fmt(r['tbt_p99_s']):>8} {r['rejected']:>5} "
               f"{r['retractions']:>5} {'yes' if r['within_criteria'] else 'no':>3}")
+        _print_slo_classes(r.get("slo_classes", []))
+
+
+def _print_slo_classes(classes: list[dict]) -> None:
+    """One line per SLO class under a result row (none with a single SLO)."""
+    for c in classes:
+        print(f"  class TTFT {c['ttft_slo_s']:g} s / TPOT {c['tpot_slo_s']:g} s: {c['requests']} requests, "
+              f"attainment {c['attainment']:.3f} (TTFT {c['ttft_attainment']:.3f}, TPOT {c['tpot_attainment']:.3f}),"
+              f" TTFT/SLO p99 {_fmt(c['ttft_ratio_p99'], '.2f')}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,8 @@ Rejected requests (admission control, or too long for the KV pool) count as miss
 TTFT.  Goodput is requests meeting both SLOs per second of the measured requests' arrival span.
 
 The TTFT tail is judged per request against its own SLO: ``ttft_ratio_p99`` is the 99th percentile
-of ``TTFT_i / ttft_slo_i`` over the measured requests.
+of ``TTFT_i / ttft_slo_i`` over the measured requests.  With SLO classes, ``slo_classes`` splits the
+attainment by (TTFT, TPOT) pair.
 """
 
 from __future__ import annotations
@@ -154,4 +155,28 @@ def summarize(result: SimResult, *, input_weight: float = 1.0, output_weight: fl
             "service_tokens": float(input_weight * prompt[mask].sum() + output_weight * generated_served[mask].sum()),
         }
     summary["clients"] = per_client
+    summary["slo_classes"] = _per_slo_class(ttft_slo, w.tpot_slo_s[measured], met, ttft_ok & ~rejected,
+                                            tpot_ok & ~rejected, ttft_ratio)
     return summary
+
+
+def _per_slo_class(ttft_slo, tpot_slo, met, ttft_met, tpot_met, ttft_ratio) -> list[dict]:
+    """With more than one (TTFT, TPOT) SLO pair among the measured requests, each pair's requests
+    and their attainment, by the same per-request verdicts as the totals (which class misses which
+    SLO); an empty list with one pair (the totals say it)."""
+    pairs = np.unique(np.stack([ttft_slo, tpot_slo], axis=1), axis=0) if len(ttft_slo) else []
+    if len(pairs) < 2:
+        return []
+    out = []
+    for ttft_slo_s, tpot_slo_s in pairs:
+        mask = (ttft_slo == ttft_slo_s) & (tpot_slo == tpot_slo_s)
+        out.append({
+            "ttft_slo_s": float(ttft_slo_s),
+            "tpot_slo_s": float(tpot_slo_s),
+            "requests": int(mask.sum()),
+            "attainment": float(met[mask].mean()),
+            "ttft_attainment": float(ttft_met[mask].mean()),
+            "tpot_attainment": float(tpot_met[mask].mean()),
+            "ttft_ratio_p99": float(np.quantile(ttft_ratio[mask], 0.99, method="inverted_cdf")),
+        })
+    return out
