@@ -26,13 +26,10 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu_ab  # noqa: E402
 import cpu_user_bench as bench  # noqa: E402
 
-BOOTSTRAP_SAMPLES = 10_000
 LOW_RATIO = 0.9
 
 
@@ -48,14 +45,6 @@ def pairs_of(report: dict, arrivals: str, reference: str, server: str, aliases: 
         if reference in runs and server in runs:
             out.append({"seed": row["seed"], "reference": runs[reference], "server": runs[server]})
     return out
-
-
-def bootstrap_median_interval(values: list[float], seed: int = 0) -> tuple[float, float]:
-    """A 90% percentile-bootstrap interval of the median of ``values``."""
-    rng = np.random.default_rng(seed)
-    samples = rng.choice(np.asarray(values), size=(BOOTSTRAP_SAMPLES, len(values)), replace=True)
-    medians = np.median(samples, axis=1)
-    return float(np.percentile(medians, 5)), float(np.percentile(medians, 95))
 
 
 def pool(rounds: list[tuple[str, dict]], arrivals: str, reference: str, server: str,
@@ -90,7 +79,7 @@ def pool(rounds: list[tuple[str, dict]], arrivals: str, reference: str, server: 
     if not rows:
         return {"pairs": [], "summary": None}
     ratios = [row["goodput_ratio"] for row in rows]
-    low, high = bootstrap_median_interval(ratios)
+    low, high = bench.bootstrap_median_interval(ratios)
     summary = {
         "pairs": len(rows), "rounds": len({row["round"] for row in rows}),
         "median_goodput_ratio": statistics.median(ratios), "median_ratio_interval_90": [low, high],

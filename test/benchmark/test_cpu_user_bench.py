@@ -126,5 +126,20 @@ def test_drain_rounds_report_the_median_and_count_every_hung_request():
     text = user.render_drain(report)
     assert "| sglang | 2.2 [1.9-2.4] | 179 | 0 | 1 |" in text and "3 rounds, interleaved" in text
     assert "per round 1.00, 1.10, 1.05" in text
+    report.update(drain_ratio_interval=(1.0, 1.1), drain_line_decided="met")
+    assert "90% bootstrap interval 1.00-1.10 (the 1.1x line: met)" in user.render_drain(report)
     with pytest.raises(SystemExit):
         user.parse_args(["--mode", "drain", "--drain-repeats", "0"])
+
+
+def test_the_drain_line_is_decided_only_when_the_interval_is_all_on_one_side():
+    # 2026-12-07's 200-request drain, FairBatching over stock round by round: 1.13, 1.05, 1.36,
+    # 1.09, 1.06 (median 1.09; the ratio of the median drain times, the acceptance's, was 1.11x):
+    # the 1.1x line is inside the interval, so the rounds do not decide it.
+    interval = user.bootstrap_median_interval([1.13, 1.05, 1.36, 1.09, 1.06])
+    assert interval[0] <= 1.09 <= interval[1]
+    assert user.drain_line_decided(interval) == "undecided"
+    assert user.drain_line_decided(user.bootstrap_median_interval([1.02, 1.0, 1.04, 1.01, 1.03])) == "met"
+    assert user.drain_line_decided(user.bootstrap_median_interval([1.3, 1.25, 1.4, 1.35, 1.2])) == "missed"
+    low, high = user.bootstrap_median_interval([1.0] * 5)
+    assert low == high == 1.0
