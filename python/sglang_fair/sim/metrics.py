@@ -27,7 +27,7 @@ import numpy as np
 from ..policy.request import mean_tpot_s, meets_envelope, meets_mean_tpot, meets_ttft
 from .engine import SimResult
 
-__all__ = ["DEFINITIONS", "Criteria", "percentile", "summarize", "weighted_percentile"]
+__all__ = ["DEFINITIONS", "Criteria", "percentile", "summarize", "ttft_ratio_p99", "weighted_percentile"]
 
 DEFINITIONS = ("mean", "envelope")
 
@@ -89,6 +89,12 @@ def weighted_percentile(values: np.ndarray, counts: np.ndarray, q: float) -> flo
     return float(values[order][min(index, len(values) - 1)])
 
 
+def ttft_ratio_p99(ttft_ratio: np.ndarray) -> float:
+    """The tail the capacity bound judges: the 99th percentile of TTFT / TTFT-SLO, an observed value
+    (inverted CDF, no interpolation), so a rejected request's infinite ratio counts as it is."""
+    return float(np.quantile(ttft_ratio, 0.99, method="inverted_cdf"))
+
+
 def summarize(result: SimResult, *, input_weight: float = 1.0, output_weight: float = 2.0,
               max_ttft_p99_factor: float = Criteria.max_ttft_p99_factor) -> dict:
     w = result.workload
@@ -109,6 +115,7 @@ def summarize(result: SimResult, *, input_weight: float = 1.0, output_weight: fl
         tpot_ok = done & meets_mean_tpot(tpot, w.tpot_slo_s[measured])
         envelope = done & ~rejected & meets_envelope(result.worst_slack_s[measured])
     met = ttft_ok & tpot_ok & ~rejected
+    ttft_met, tpot_met = ttft_ok & ~rejected, tpot_ok & ~rejected
     count = len(arrival)
     span_s = float(arrival[-1] - arrival[0]) if count > 1 else 0.0
     served = done & ~rejected
@@ -122,12 +129,12 @@ def summarize(result: SimResult, *, input_weight: float = 1.0, output_weight: fl
         "offered_rps": count / span_s if span_s > 0 else float("nan"),
         "attainment": float(met.mean()) if count else float("nan"),
         "envelope_attainment": float(envelope.mean()) if count else float("nan"),
-        "ttft_attainment": float((ttft_ok & ~rejected).mean()) if count else float("nan"),
-        "tpot_attainment": float((tpot_ok & ~rejected).mean()) if count else float("nan"),
+        "ttft_attainment": float(ttft_met.mean()) if count else float("nan"),
+        "tpot_attainment": float(tpot_met.mean()) if count else float("nan"),
         "goodput_rps": float(met.sum() / span_s) if span_s > 0 else float("nan"),
         "ttft_p50_s": percentile(ttft[served], 50),
         "ttft_p99_s": percentile(ttft[served], 99),
-        "ttft_ratio_p99": float(np.quantile(ttft_ratio, 0.99, method="inverted_cdf")) if count else math.nan,
+        "ttft_ratio_p99": ttft_ratio_p99(ttft_ratio) if count else math.nan,
         "ttft_ratio_max": float(ttft_ratio.max()) if count else math.nan,
         "ttft_over_bound": int((ttft_ratio > max_ttft_p99_factor).sum()) if max_ttft_p99_factor > 0 else 0,
         "tpot_p50_s": percentile(tpot[served & (generated > 1)], 50),
@@ -155,8 +162,7 @@ def summarize(result: SimResult, *, input_weight: float = 1.0, output_weight: fl
             "service_tokens": float(input_weight * prompt[mask].sum() + output_weight * generated_served[mask].sum()),
         }
     summary["clients"] = per_client
-    summary["slo_classes"] = _per_slo_class(ttft_slo, w.tpot_slo_s[measured], met, ttft_ok & ~rejected,
-                                            tpot_ok & ~rejected, ttft_ratio)
+    summary["slo_classes"] = _per_slo_class(ttft_slo, w.tpot_slo_s[measured], met, ttft_met, tpot_met, ttft_ratio)
     return summary
 
 
@@ -177,6 +183,6 @@ def _per_slo_class(ttft_slo, tpot_slo, met, ttft_met, tpot_met, ttft_ratio) -> l
             "attainment": float(met[mask].mean()),
             "ttft_attainment": float(ttft_met[mask].mean()),
             "tpot_attainment": float(tpot_met[mask].mean()),
-            "ttft_ratio_p99": float(np.quantile(ttft_ratio[mask], 0.99, method="inverted_cdf")),
+            "ttft_ratio_p99": ttft_ratio_p99(ttft_ratio[mask]),
         })
     return out
