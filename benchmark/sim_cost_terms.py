@@ -14,7 +14,8 @@ carried a prefill, so a capacity gap can be read off the terms (docs/results-sim
 ``--window START,END`` (simulated seconds) adds the same split over the plans made in that stretch
 of the run only, with the prompt and decode tokens they carried: a trace whose load changes along
 the run (Azure conv's prompts are longest from about 250 s to 550 s) is decided by its overload,
-and this shows whether a scheduler did more work there or only served it in another order.
+and this shows whether a scheduler did more work there or only served it in another order, and
+how many of the run's misses arrived in that stretch (per SLO class when there are several).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def cost_terms(scenario: sim_compare.Scenario, seed: int, policy: str, options: 
         return windowed.wrap(built) if windowed else built
 
     result = simulate(workload, make, config=config, seed=seed)
-    summary = summarize(result, max_ttft_p99_factor=5.0)
+    summary = summarize(result, max_ttft_p99_factor=5.0, arrival_window_s=window_s)
     fixed_s = model.fixed_s * result.iterations
     attention_s = model.per_chunk_sq_s * totals.sum_chunk_sq + model.per_chunk_prefix_s * totals.sum_chunk_prefix
     extend_s = (model.per_prefill_iteration_s * totals.prefill_plans
@@ -112,6 +113,7 @@ def cost_terms(scenario: sim_compare.Scenario, seed: int, policy: str, options: 
             "planned_s": windowed.planned_s, "fixed_s": model.fixed_s * windowed.plans,
             "chunk_attention_s": model.per_chunk_sq_s * windowed.sum_chunk_sq
             + model.per_chunk_prefix_s * windowed.sum_chunk_prefix,
+            "arrivals": summary["arrival_window"],
         }
     return {
         "policy": policy, "options": options, "rate_rps": rate_rps, "seed": seed,
@@ -190,6 +192,13 @@ def main(argv=None) -> int:
                       f"({1000 * w['planned_s'] / max(w['plans'], 1):.0f} ms each), {w['prefill_tokens']:,} prompt "
                       f"and {w['decode_tokens']:,} decode tokens, fixed {w['fixed_s']:.1f} s, chunk attention "
                       f"{w['chunk_attention_s']:.1f} s", flush=True)
+                a = w["arrivals"]
+                print(f"  arriving then: {a['requests']} requests, {a['missed']} missed ({a['missed_ttft']} on TTFT) "
+                      f"of the run's {a['missed_in_run']} misses", flush=True)
+                for c in a["slo_classes"]:
+                    print(f"    {c['ttft_slo_s']:g} s / {c['tpot_slo_s'] * 1000:g} ms: {c['requests']} requests, "
+                          f"both met {c['attainment']:.1%}, TTFT {c['ttft_attainment']:.1%}, "
+                          f"TPOT {c['tpot_attainment']:.1%}", flush=True)
     if args.out:
         strict_json.write(args.out, {"scenario": args.scenario, "rows": rows}, indent=1)
     return 0

@@ -49,3 +49,15 @@ def test_a_bad_window_is_refused(capsys):
         sim_cost_terms.main(["--window", "500,100", "--seeds", "0", "--schedulers", "sarathi@1"])
     assert "--window" in capsys.readouterr().err
 
+
+
+def test_the_misses_of_windows_that_split_the_run_add_up_to_the_runs(whole_and_halves):
+    run, first, second = whole_and_halves
+    whole = run["window"]["arrivals"]
+    assert whole["missed"] == whole["missed_in_run"]
+    assert whole["requests"] == first["window"]["arrivals"]["requests"] + second["window"]["arrivals"]["requests"]
+    for key in ("missed", "missed_ttft"):
+        assert first["window"]["arrivals"][key] + second["window"]["arrivals"][key] == whole[key]
+    assert whole["missed_ttft"] <= whole["missed"]
+    # attainment is over the measured requests: the whole window's misses are the run's
+    assert whole["missed"] == round((1 - run["attainment"]) * whole["requests"])

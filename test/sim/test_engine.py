@@ -80,6 +80,22 @@ def test_attainment_is_split_by_slo_class_with_the_same_verdicts():
     assert one["slo_classes"] == []
 
 
+def test_an_arrival_window_counts_the_misses_of_the_requests_that_arrived_in_it():
+    # The strict request (TTFT 10 ms) arrives at 0 and misses; the relaxed one arrives at 1 s and meets both.
+    w = small_workload([100, 100], [3, 3], [0.0, 1.0])
+    w.ttft_slo_s[:] = [0.01, 5.0]
+    w.tpot_slo_s[:] = [0.05, 0.2]
+    result = simulate(w, lambda: make_policy("sarathi", A100), warmup_fraction=0)
+    whole = summarize(result, arrival_window_s=(0.0, 2.0))
+    assert whole["arrival_window"]["slo_classes"] == whole["slo_classes"]
+    assert (whole["arrival_window"]["requests"], whole["arrival_window"]["missed"]) == (2, 1)
+    early = summarize(result, arrival_window_s=(0.0, 0.5))["arrival_window"]
+    late = summarize(result, arrival_window_s=(0.5, 2.0))["arrival_window"]
+    assert (early["requests"], early["missed"], early["missed_ttft"], early["missed_in_run"]) == (1, 1, 1, 1)
+    assert (late["requests"], late["missed"], late["missed_in_run"]) == (1, 0, 1)
+    assert early["slo_classes"] == [] and "arrival_window" not in summarize(result)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     name=st.sampled_from(POLICY_NAMES),

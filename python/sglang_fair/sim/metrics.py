@@ -96,7 +96,12 @@ def ttft_ratio_p99(ttft_ratio: np.ndarray) -> float:
 
 
 def summarize(result: SimResult, *, input_weight: float = 1.0, output_weight: float = 2.0,
-              max_ttft_p99_factor: float = Criteria.max_ttft_p99_factor) -> dict:
+              max_ttft_p99_factor: float = Criteria.max_ttft_p99_factor,
+              arrival_window_s: tuple[float, float] | None = None) -> dict:
+    """The run's metrics over its measured requests; with ``arrival_window_s`` (start, end in
+    simulated seconds) also ``arrival_window``: the requests that arrived then, how many missed
+    (and how many of those on TTFT) beside the run's misses, and their attainment per SLO class, by
+    the same verdicts (where in a run a scheduler's misses come from)."""
     w = result.workload
     start = result.warmup_requests
     measured = slice(start, len(w))
@@ -109,10 +114,11 @@ def summarize(result: SimResult, *, input_weight: float = 1.0, output_weight: fl
     generated = result.generated_tokens[measured]
     ttft = first - arrival
     ttft_slo = w.ttft_slo_s[measured]
+    tpot_slo = w.tpot_slo_s[measured]
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = mean_tpot_s(first, finish, generated)
         ttft_ok = done & meets_ttft(ttft, ttft_slo)
-        tpot_ok = done & meets_mean_tpot(tpot, w.tpot_slo_s[measured])
+        tpot_ok = done & meets_mean_tpot(tpot, tpot_slo)
         envelope = done & ~rejected & meets_envelope(result.worst_slack_s[measured])
     met = ttft_ok & tpot_ok & ~rejected
     ttft_met, tpot_met = ttft_ok & ~rejected, tpot_ok & ~rejected
@@ -162,7 +168,20 @@ def summarize(result: SimResult, *, input_weight: float = 1.0, output_weight: fl
             "service_tokens": float(input_weight * prompt[mask].sum() + output_weight * generated_served[mask].sum()),
         }
     summary["clients"] = per_client
-    summary["slo_classes"] = _per_slo_class(ttft_slo, w.tpot_slo_s[measured], met, ttft_met, tpot_met, ttft_ratio)
+    summary["slo_classes"] = _per_slo_class(ttft_slo, tpot_slo, met, ttft_met, tpot_met, ttft_ratio)
+    if arrival_window_s is not None:
+        start_s, end_s = arrival_window_s
+        inside = (arrival >= start_s) & (arrival < end_s)
+        summary["arrival_window"] = {
+            "start_s": start_s,
+            "end_s": end_s,
+            "requests": int(inside.sum()),
+            "missed": int((inside & ~met).sum()),
+            "missed_ttft": int((inside & ~ttft_met).sum()),
+            "missed_in_run": int((~met).sum()),
+            "slo_classes": _per_slo_class(ttft_slo[inside], tpot_slo[inside], met[inside],
+                                          ttft_met[inside], tpot_met[inside], ttft_ratio[inside]),
+        }
     return summary
 
 
