@@ -32,6 +32,8 @@ OVERLOAD_COLUMNS = [
     ("answered", lambda r: r["answered"]),
     ("rejected", lambda r: r["rejected"]),
     ("lost", lambda r: r["lost"]),
+    # (older summaries have no such count: their client never sent a request twice)
+    ("sent again, body unwritten", lambda r: r.get("resent_unsent", 0)),
     ("p50 / max latency (s)", lambda r: f"{_num(r.get('latency_p50_s'), 1)} / {_num(r.get('latency_max_s'), 1)}"),
     ("all answered after (s)", lambda r: _num(r["all_answered_after_s"], 1)),
     ("scheduler RSS before -> after (MiB)",

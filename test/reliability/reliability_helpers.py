@@ -79,6 +79,8 @@ class Outcome:
     sent_at_s: float
     reason: str = ""  # the rejection's reason (body), when not 200
     replica: str = ""  # x-sglang-fair-replica of the answer
+    #: Sent again because its body could not be written on a pooled connection (:func:`post`).
+    resent_unsent: bool = False
 
 
 @dataclass
@@ -107,22 +109,41 @@ class Tally:
             "codes": codes,
             "rejections_without_reason": 0,  # by definition above; kept for the figures' shape
             "lost_reasons": sorted({f"{o.status}: {o.reason[:160]}" for o in lost})[:5],
+            "resent_unsent": sum(1 for o in self.outcomes if o.resent_unsent),
             "latency_p50_s": latencies[len(latencies) // 2] if latencies else None,
             "latency_max_s": latencies[-1] if latencies else None,
         }
 
 
+#: What aiohttp says when a request's body could not be written: the connection (a pooled one the
+#: server was closing) failed before the server had the request, so the server cannot have served it.
+UNSENT_BODY = "Can not write request body"
+
+
+def _unsent(exc: BaseException) -> bool:
+    return isinstance(exc, aiohttp.ClientOSError) and UNSENT_BODY in str(exc)
+
+
 async def post(session: aiohttp.ClientSession, url: str, body: dict, started_s: float,
                timeout_s: float = CLIENT_TIMEOUT_S) -> Outcome:
+    """One request, answered or not within ``timeout_s`` (from the first try).  A request whose body
+    could not be written is sent once more (the failed connection is gone) and marked ``resent_unsent``:
+    the keep-alive race of a pooled client (the server closes an idle connection while the client
+    reuses it: stock's 158 lost in the 10-minute soak of 2026-12-06, docs/reliability.md), which a
+    real client retries too; any other failure is a lost request."""
     sent = time.monotonic()
-    try:
-        async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
-            text = await response.text()
-            reason = "" if response.status == 200 else text[:300]
-            return Outcome(response.status, time.monotonic() - sent, sent - started_s, reason,
-                           response.headers.get("x-sglang-fair-replica", ""))
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        return Outcome(-1, time.monotonic() - sent, sent - started_s, f"{type(exc).__name__}: {exc}")
+    for resent in (False, True):
+        left_s = timeout_s - (time.monotonic() - sent)
+        try:
+            async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=max(left_s, 1e-3))) as response:
+                text = await response.text()
+                reason = "" if response.status == 200 else text[:300]
+                return Outcome(response.status, time.monotonic() - sent, sent - started_s, reason,
+                               response.headers.get("x-sglang-fair-replica", ""), resent)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            if resent or not _unsent(exc):
+                return Outcome(-1, time.monotonic() - sent, sent - started_s, f"{type(exc).__name__}: {exc}",
+                               resent_unsent=resent)
 
 
 async def _open_loop(url: str, rate_rps: float, duration_s: float, make_body, seed: int, timeout_s: float) -> Tally:
