@@ -6,7 +6,9 @@ same burst each round); a round's ratio is FairBatching's drain time over stock'
 On this 2-core machine five rounds span 15-30 points, so one run's 90% interval of the median
 ratio usually straddles the line (``undecided``).  This pools the per-round ratios of several runs
 of the same burst, model and length scale, and reports the median, its 90% bootstrap interval and
-whether that decides the line, with the same functions the drain benchmark uses::
+whether that decides the line, with the same functions the drain benchmark uses.  The median is of
+the per-round ratios (``median_round_ratio``), the statistic the benchmark's interval is of; a run's
+own ``drain_ratio`` is its median drain times' ratio, which can differ (0.99x against 1.05x)::
 
     .venv/bin/python benchmark/drain_pool.py benchmark/results/cpu_user_2026-12-08/drain_200_*/results.json
 
@@ -49,9 +51,9 @@ def pool(runs: list[tuple[str, dict]]) -> dict:
         **{field: first.get(field) for field in SAME_IN_EVERY_RUN},
         "runs": [{"path": label, "date_utc": report.get("date_utc"),
                   "drain_ratio_per_round": report["drain_ratio_per_round"],
-                  "drain_ratio": statistics.median(report["drain_ratio_per_round"])} for label, report in runs],
+                  "median_round_ratio": statistics.median(report["drain_ratio_per_round"])} for label, report in runs],
         "rounds": len(ratios),
-        "drain_ratio": statistics.median(ratios),
+        "median_round_ratio": statistics.median(ratios),
         "drain_ratio_interval": interval,
         "drain_line": bench.DRAIN_RATIO_LINE,
         "drain_line_decided": bench.drain_line_decided(interval),
@@ -63,9 +65,9 @@ def render(result: dict) -> str:
              " FairBatching's drain time over stock's, per round", ""]
     for run in result["runs"]:
         per_round = ", ".join(f"{x:.2f}" for x in run["drain_ratio_per_round"])
-        lines.append(f"- {run['path']} ({run['date_utc']}): {per_round} (median {run['drain_ratio']:.2f})")
+        lines.append(f"- {run['path']} ({run['date_utc']}): {per_round} (median {run['median_round_ratio']:.2f})")
     low, high = result["drain_ratio_interval"]
-    lines += ["", f"Pooled, {result['rounds']} rounds: median **{result['drain_ratio']:.2f}x**, 90% bootstrap"
+    lines += ["", f"Pooled, {result['rounds']} rounds: median **{result['median_round_ratio']:.2f}x**, 90% bootstrap"
               f" interval {low:.2f}-{high:.2f}; the {result['drain_line']:g}x line: {result['drain_line_decided']}"]
     return "\n".join(lines)
 

@@ -32,11 +32,11 @@ def test_rounds_of_several_runs_are_pooled_with_the_benchmarks_own_verdict(tmp_p
     assert drain_pool.main([*paths, "--out", str(out)]) == 0
     pooled = json.loads(out.read_text())
     assert pooled["rounds"] == 15
-    assert pooled["drain_ratio"] == pytest.approx(statistics.median(first + second + third))
+    assert pooled["median_round_ratio"] == pytest.approx(statistics.median(first + second + third))
     low, high = pooled["drain_ratio_interval"]
-    assert low <= pooled["drain_ratio"] <= high < cpu_user_bench.DRAIN_RATIO_LINE
+    assert low <= pooled["median_round_ratio"] <= high < cpu_user_bench.DRAIN_RATIO_LINE
     assert pooled["drain_line_decided"] == "met"
-    assert [run["drain_ratio"] for run in pooled["runs"]] == [statistics.median(r) for r in (first, second, third)]
+    assert [run["median_round_ratio"] for run in pooled["runs"]] == [statistics.median(r) for r in (first, second, third)]
     assert "Pooled, 15 rounds" in capsys.readouterr().out
 
 
